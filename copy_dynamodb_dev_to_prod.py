@@ -1226,3 +1226,810 @@ def plan_entity(kind: KindSpec, raw: Any, image_id: str,
         raise InputError(f"belongs to image {raw['image_id']!r}, not to this file's image",
                          field="image_id")
     return build_item(kind, raw, rules)
+
+
+# =============================================================================
+# 5. Batch writing with retries
+# =============================================================================
+
+BATCH_SIZE = 25          # BatchWriteItem's limit
+GET_BATCH_SIZE = 100     # BatchGetItem's limit
+BACKOFF_BASE = 0.05      # seconds; full jitter: sleep uniform(0, min(cap, base * 2**attempt))
+BACKOFF_CAP = 5.0
+
+
+class WriteError(Exception):
+    """A request that still failed after every retry; `unwritten` are the items it lost."""
+
+    def __init__(self, message: str, unwritten: Sequence[dict[str, AttributeValue]] = ()) -> None:
+        super().__init__(message)
+        self.unwritten = list(unwritten)
+
+
+def make_client(cfg: Config, service: str = "dynamodb") -> Any:
+    """One thread-safe client: botocore's standard retry mode retries throttling, 5xx and
+    dropped connections with backoff; the pool is as large as the worker count."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    session = boto3.Session(profile_name=cfg.profile, region_name=cfg.region)
+    config = BotoConfig(
+        retries={"mode": "standard", "max_attempts": cfg.max_retries + 1},
+        max_pool_connections=cfg.max_workers + 4,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    endpoint = cfg.endpoint_url if service == "dynamodb" else None
+    return session.client(service, endpoint_url=endpoint, config=config)
+
+
+class RateLimiter:
+    """A token bucket shared by all workers: at most `rate` items per second on average,
+    bursts of at most one second's worth."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate, self.clock, self.sleep = rate, clock, sleep
+        self.capacity = max(rate, float(BATCH_SIZE))
+        self.tokens = 0.0
+        self.stamp = clock()
+        self.lock = threading.Lock()
+
+    def acquire(self, n: int) -> None:
+        with self.lock:  # one waiter at a time keeps the order fair and the math simple
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            self.tokens -= n
+            wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
+            if wait > 0:
+                self.sleep(wait)
+
+
+def backoff_delay(attempt: int, rng: random.Random) -> float:
+    return rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason without request details (which could carry signed headers)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        err = response["Error"]
+        return f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+class BatchWriter:
+    """Writes up to 25 items with one BatchWriteItem, re-sending UnprocessedItems with
+    exponential backoff and full jitter until written or out of retries."""
+
+    def __init__(self, client: Any, table: str, max_retries: int,
+                 limiter: Optional[RateLimiter] = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.client, self.table, self.max_retries = client, table, max_retries
+        self.limiter, self.sleep = limiter, sleep
+        self.rng = random.Random()
+        self.rng_lock = threading.Lock()
+
+    def write(self, items: Sequence[dict[str, AttributeValue]]) -> None:
+        """Raises WriteError naming how many items were not written."""
+        if not 0 < len(items) <= BATCH_SIZE:
+            raise ValueError(f"a batch holds 1..{BATCH_SIZE} items, not {len(items)}")
+        if len({(i["PK"]["S"], i["SK"]["S"]) for i in items}) != len(items):
+            raise ValueError("a batch must not hold two puts of the same key")
+        pending = [{"PutRequest": {"Item": item}} for item in items]
+        attempt = 0
+        while True:
+            if self.limiter:
+                self.limiter.acquire(len(pending))
+            try:
+                response = self.client.batch_write_item(RequestItems={self.table: pending})
+            except Exception as exc:  # botocore already retried what is retryable
+                raise WriteError(f"{len(pending)} item(s) not written: {describe_error(exc)}",
+                                 [p["PutRequest"]["Item"] for p in pending]) from None
+            pending = response.get("UnprocessedItems", {}).get(self.table, [])
+            if not pending:
+                return
+            attempt += 1
+            if attempt > self.max_retries:
+                raise WriteError(f"{len(pending)} item(s) still unprocessed after "
+                                 f"{self.max_retries} retries (table throttled?)",
+                                 [p["PutRequest"]["Item"] for p in pending])
+            with self.rng_lock:
+                delay = backoff_delay(attempt, self.rng)
+            self.sleep(delay)
+
+
+def batches(items: Sequence[dict[str, AttributeValue]], size: int = BATCH_SIZE
+            ) -> Iterator[Sequence[dict[str, AttributeValue]]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def query_partition(client: Any, table: str, image_id: str) -> dict[str, dict[str, AttributeValue]]:
+    """Everything prod holds under PK = IMAGE#<id>, by SK (paginated, consistent)."""
+    found: dict[str, dict[str, AttributeValue]] = {}
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "PK = :pk",
+        "ExpressionAttributeValues": {":pk": {"S": f"IMAGE#{image_id}"}},
+        "ConsistentRead": True,
+    }
+    while True:
+        page = client.query(**kwargs)
+        for item in page.get("Items", []):
+            found[item["SK"]["S"]] = item
+        if "LastEvaluatedKey" not in page:
+            return found
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def existing_images(client: Any, table: str, image_ids: Sequence[str], max_retries: int,
+                    sleep: Callable[[float], None] = time.sleep) -> set[str]:
+    """Which of these images have their IMAGE item in prod (read-only BatchGetItem)."""
+    found: set[str] = set()
+    rng = random.Random()
+    for chunk in batches(list(dict.fromkeys(image_ids)), GET_BATCH_SIZE):
+        request: dict[str, Any] = {table: {
+            "Keys": [{"PK": {"S": f"IMAGE#{i}"}, "SK": {"S": "IMAGE"}} for i in chunk],
+            "ProjectionExpression": "PK", "ConsistentRead": True}}
+        attempt = 0
+        while request:
+            response = client.batch_get_item(RequestItems=request)
+            for item in response.get("Responses", {}).get(table, []):
+                found.add(item["PK"]["S"][len("IMAGE#"):])
+            request = response.get("UnprocessedKeys") or {}
+            if request:
+                attempt += 1
+                if attempt > max_retries:
+                    raise WriteError("prod check: keys still unprocessed after retries")
+                sleep(backoff_delay(attempt, rng))
+    return found
+
+
+# --- comparing with what prod holds -------------------------------------------
+
+PROD_OWNED = {"RECEIPT_LINE": {"embedding_status", "GSI1PK"},
+              "RECEIPT_WORD": {"embedding_status", "GSI1PK"}}
+
+
+def canonical(v: AttributeValue) -> Any:
+    """A comparable form: numbers as decimals (DynamoDB trims zeros), maps by key, sets as sets."""
+    (tag, x), = v.items()
+    if tag == "N":
+        return ("N", Decimal(x))
+    if tag == "M":
+        return ("M", {k: canonical(y) for k, y in x.items()})
+    if tag == "L":
+        return ("L", [canonical(y) for y in x])
+    if tag == "NS":
+        return (tag, frozenset(Decimal(s) for s in x))
+    if tag in ("SS", "BS"):
+        return (tag, frozenset(x))
+    return (tag, x)
+
+
+def differing_attributes(ours: Mapping[str, AttributeValue],
+                         theirs: Mapping[str, AttributeValue]) -> list[str]:
+    return sorted(name for name in set(ours) | set(theirs)
+                  if name not in ours or name not in theirs
+                  or canonical(ours[name]) != canonical(theirs[name]))
+
+
+@dataclasses.dataclass
+class Diff:
+    to_write: list[dict[str, AttributeValue]]
+    unchanged: int = 0
+    prod_progress: int = 0   # differs only in prod-owned embedding fields: left alone
+    conflicts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def diff_with_prod(items: Sequence[dict[str, AttributeValue]],
+                   prod: Mapping[str, Mapping[str, AttributeValue]], overwrite_changed: bool) -> Diff:
+    """Decide per item: write (missing), unchanged (identical), or conflict (prod differs)."""
+    diff = Diff([])
+    for item in items:
+        existing = prod.get(item["SK"]["S"])
+        if existing is None:
+            diff.to_write.append(item)
+            continue
+        names = differing_attributes(item, existing)
+        if not names:
+            diff.unchanged += 1
+        elif set(names) <= PROD_OWNED.get(item["TYPE"]["S"], set()):
+            diff.prod_progress += 1
+        else:
+            diff.conflicts.append({"PK": item["PK"]["S"], "SK": item["SK"]["S"],
+                                   "type": item["TYPE"]["S"], "attributes": names,
+                                   "action": "overwritten" if overwrite_changed else "kept prod"})
+            if overwrite_changed:
+                diff.to_write.append(item)
+    return diff
+
+
+# =============================================================================
+# 6. Orchestration and progress
+# =============================================================================
+
+def shard_of(image_id: str, shards: int) -> int:
+    """Stable across machines and Python versions (no hash randomisation)."""
+    return zlib.crc32(image_id.lower().encode("utf-8")) % shards
+
+
+class ItemBudget:
+    """Bounds the items held by submitted-but-unfinished images, so memory does not
+    grow with the export. An image larger than the whole budget still runs, alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self.cond = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self.cond:
+            self.used -= n
+            self.cond.notify_all()
+
+
+class Progress:
+    """tqdm bars on stderr for images and items; silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool, images: int) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.lock = threading.Lock()
+        self.bars: list[Any] = []
+        if self.enabled:
+            from tqdm import tqdm
+            self.images = tqdm(total=images, desc="images", unit="img", file=sys.stderr,
+                               position=0, dynamic_ncols=True)
+            self.items = tqdm(total=0, desc="items ", unit="item", file=sys.stderr,
+                              position=1, dynamic_ncols=True)
+            self.bars = [self.images, self.items]
+
+    def planned(self, n: int) -> None:
+        if self.enabled:
+            with self.lock:
+                self.items.total += n
+                self.items.refresh()
+
+    def items_done(self, n: int) -> None:
+        if self.enabled:
+            with self.lock:
+                self.items.update(n)
+
+    def image_done(self) -> None:
+        if self.enabled:
+            with self.lock:
+                self.images.update(1)
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+
+
+class TqdmLogHandler(logging.Handler):
+    """Log lines go through tqdm.write so they never tear the progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+@dataclasses.dataclass
+class ImageJob:
+    plan: ImagePlan
+    in_prod: bool = False
+    image_item: Optional[dict[str, AttributeValue]] = None
+    remaining: int = 0
+    written: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+    finished: bool = False
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+class Migration:
+    """Reads the export image by image and plans (dry run) or copies (live) each one.
+
+    Live, an image goes: read its prod partition -> diff -> write the missing items in
+    batches of 25 on the shared pool (parallel across batches, so one big image uses
+    every worker) -> write the IMAGE item last, only when every other item is confirmed.
+    """
+
+    def __init__(self, cfg: Config, rules: Rules, report: "Report", client: Any = None) -> None:
+        self.cfg, self.rules, self.report, self.client = cfg, rules, report, client
+        limiter = RateLimiter(cfg.max_items_per_second) if cfg.max_items_per_second else None
+        self.writer = BatchWriter(client, cfg.table or "", cfg.max_retries, limiter) if client else None
+        self.budget = ItemBudget(max(4000, cfg.max_workers * BATCH_SIZE * 16))
+        self.dump = DumpFile(cfg.dump_items)
+        self.progress: Optional[Progress] = None
+        self.pool: Optional[ThreadPoolExecutor] = None
+
+    # --- selecting and reading images -------------------------------------------
+
+    def select_files(self) -> list[Path]:
+        files = list_export_files(self.cfg.export_dir) if self.cfg.export_dir.is_dir() else []
+        if self.cfg.shard:
+            k, n = self.cfg.shard
+            files = [f for f in files if shard_of(f.stem, n) == k]
+        return files
+
+    def load_plan(self, path: Path) -> Optional[ImagePlan]:
+        """Parse and convert one file; a bad file is recorded as failed and gives None."""
+        try:
+            plan = plan_image(path, read_export_file(path), self.rules, self.cfg.ignore_unknown)
+        except InputError as exc:
+            self.report.image_failed(path, None, exc)
+            return None
+        except OSError as exc:
+            self.report.image_failed(path, None, InputError(f"cannot read file: {exc.strerror}"))
+            return None
+        for key, n in plan.ignored.items():
+            log.warning("%s: ignored unknown export list %r (%d entries)", path.name, key, n)
+        return plan
+
+    def run(self) -> None:
+        files = self.select_files()
+        self.report.images["total"] = len(files)
+        self.progress = Progress(self.cfg.progress, len(files))
+        check_prod = self.client is not None and (self.cfg.skip_existing or self.cfg.dry_run)
+        try:
+            if self.cfg.dry_run:
+                self.walk(files, check_prod, self.plan_only)
+            else:
+                with ThreadPoolExecutor(self.cfg.max_workers, thread_name_prefix="copy") as pool:
+                    self.pool = pool
+                    try:
+                        self.walk(files, check_prod, self.submit_image)
+                    except BaseException:
+                        self.report.interrupted = True
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
+        finally:
+            self.progress.close()
+            self.dump.close()
+
+    def walk(self, files: list[Path], check_prod: bool, handle: Callable[[ImagePlan, bool], None]) -> None:
+        copied = 0
+        for chunk in batches(files, GET_BATCH_SIZE):
+            in_prod = self.images_in_prod([p.stem for p in chunk]) if check_prod else set()
+            for index, path in enumerate(chunk):
+                if path.stem in in_prod and self.cfg.skip_existing:
+                    self.report.image_skipped(path.stem, "skipped_existing")
+                    self.progress_image()
+                    continue
+                if self.cfg.limit is not None and copied >= self.cfg.limit and path.stem not in in_prod:
+                    self.report.not_reached = len(files) - files.index(path)
+                    return
+                plan = self.load_plan(path)
+                if plan is None:
+                    self.progress_image()
+                    continue
+                if not plan.has_receipts and not self.cfg.include_empty:
+                    self.report.image_skipped(plan.image_id, "skipped_empty")
+                    self.progress_image()
+                    continue
+                if path.stem not in in_prod:
+                    copied += 1
+                handle(plan, path.stem in in_prod)
+
+    def images_in_prod(self, image_ids: list[str]) -> set[str]:
+        try:
+            return existing_images(self.client, self.cfg.table or "", image_ids, self.cfg.max_retries)
+        except Exception as exc:
+            raise FatalError(f"cannot read the prod table {self.cfg.table!r}: {describe_error(exc)}") from None
+
+    def progress_image(self) -> None:
+        if self.progress:
+            self.progress.image_done()
+
+    # --- dry run ----------------------------------------------------------------
+
+    def plan_only(self, plan: ImagePlan, in_prod: bool) -> None:
+        self.report.image_planned(plan)
+        self.report.count("planned", len(plan.items))
+        self.dump.write(plan.items)
+        self.report.image_done(plan, "copied")
+        self.progress_image()
+
+    # --- live copy ----------------------------------------------------------------
+
+    def submit_image(self, plan: ImagePlan, in_prod: bool) -> None:
+        assert self.pool is not None
+        self.report.image_planned(plan)
+        self.report.count("planned", len(plan.items))
+        if self.progress:
+            self.progress.planned(len(plan.items))
+        self.budget.acquire(len(plan.items))
+        job = ImageJob(plan, in_prod=in_prod)
+        self.pool.submit(self.guarded, job, self.start_image, job)
+
+    def guarded(self, job: ImageJob, fn: Callable[..., None], *args: Any) -> None:
+        """Run a task; an unexpected exception fails the image instead of vanishing."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            log.debug("unexpected error", exc_info=True)
+            job.errors.append(f"internal error: {describe_error(exc)}")
+            self.finish(job)
+
+    def start_image(self, job: ImageJob) -> None:
+        plan = job.plan
+        try:
+            prod = query_partition(self.client, self.cfg.table or "", plan.image_id)
+        except Exception as exc:
+            job.errors.append(f"cannot read prod partition: {describe_error(exc)}")
+            self.finish(job)
+            return
+        job.in_prod = "IMAGE" in prod
+        diff = diff_with_prod(plan.items, prod, self.cfg.overwrite_changed)
+        self.report.diffed(plan, diff)
+        if self.progress:
+            self.progress.items_done(len(plan.items) - len(diff.to_write))
+        rest = [i for i in diff.to_write if i["SK"]["S"] != "IMAGE"]
+        job.image_item = next((i for i in diff.to_write if i["SK"]["S"] == "IMAGE"), None)
+        chunks = list(batches(rest))
+        job.remaining = len(chunks)
+        if not chunks:
+            self.complete(job)
+            return
+        assert self.pool is not None
+        for chunk in chunks:
+            self.pool.submit(self.guarded, job, self.write_batch, job, chunk)
+
+    def write_batch(self, job: ImageJob, items: Sequence[dict[str, AttributeValue]]) -> None:
+        assert self.writer is not None
+        try:
+            self.writer.write(items)
+            lost: list[dict[str, AttributeValue]] = []
+        except WriteError as exc:
+            lost = exc.unwritten
+            with job.lock:
+                job.errors.append(str(exc))
+        self.confirm_written(job, [i for i in items if i not in lost] if lost else items)
+        with job.lock:
+            job.remaining -= 1
+            last = job.remaining == 0
+        if last:
+            self.complete(job)
+
+    def confirm_written(self, job: ImageJob, items: Sequence[dict[str, AttributeValue]]) -> None:
+        with job.lock:
+            job.written += len(items)
+        self.report.count("written", len(items))
+        self.dump.write(items)
+        if self.progress:
+            self.progress.items_done(len(items))
+
+    def complete(self, job: ImageJob) -> None:
+        """All other items are settled: the IMAGE item marks the image complete."""
+        if not job.errors and job.image_item is not None:
+            assert self.writer is not None
+            try:
+                self.writer.write([job.image_item])
+                self.confirm_written(job, [job.image_item])
+            except WriteError as exc:
+                job.errors.append(str(exc))
+        self.finish(job)
+
+    def finish(self, job: ImageJob) -> None:
+        with job.lock:
+            if job.finished:
+                return
+            job.finished = True
+        plan = job.plan
+        if job.errors:
+            for message in dict.fromkeys(job.errors):
+                self.report.image_failed(plan.path, plan.image_id, InputError(message), write=True)
+        elif job.in_prod and job.written == 0:
+            self.report.image_done(plan, "skipped_existing")
+        else:
+            self.report.image_done(plan, "copied")
+        self.budget.release(len(plan.items))
+        self.progress_image()
+
+
+class FatalError(Exception):
+    """The run cannot go on (e.g. the table cannot be read): exit 1 with a message."""
+
+
+class DumpFile:
+    """--dump-items: one item per line, DynamoDB low-level JSON, keys sorted."""
+
+    def __init__(self, path: Optional[Path]) -> None:
+        self.lock = threading.Lock()
+        self.file = path.open("w", encoding="utf-8") if path else None
+
+    def write(self, items: Iterable[dict[str, AttributeValue]]) -> None:
+        if self.file:
+            lines = "".join(json.dumps(i, sort_keys=True, ensure_ascii=False) + "\n" for i in items)
+            with self.lock:
+                self.file.write(lines)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+# =============================================================================
+# 7. Report
+# =============================================================================
+
+class Report:
+    """What the run did, image by image; printed as a summary and written as JSON."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.mode = "dry-run" if cfg.dry_run else "live"
+        self.lock = threading.Lock()
+        self.images = {"total": 0, "copied": 0, "skipped_existing": 0, "skipped_empty": 0,
+                       "failed": 0}
+        self.entities: Counter[str] = Counter()
+        self.items = {"planned": 0, "written": 0, "unchanged": 0, "prod_progress_kept": 0,
+                      "conflicts": 0}
+        self.excluded: Counter[str] = Counter()
+        self.ignored: Counter[str] = Counter()
+        self.errors: list[dict[str, Any]] = []
+        self.conflicts: list[dict[str, Any]] = []
+        self.failed_images: list[str] = []
+        self.not_reached = 0
+        self.interrupted = False
+        self.prod_checked = False
+        self.extra: dict[str, Any] = {}
+        self.started = time.time()
+
+    def count(self, key: str, n: int) -> None:
+        with self.lock:
+            self.items[key] += n
+
+    def image_planned(self, plan: ImagePlan) -> None:
+        with self.lock:
+            self.excluded.update(plan.excluded)
+            self.ignored.update(plan.ignored)
+
+    def image_done(self, plan: ImagePlan, outcome: str) -> None:
+        with self.lock:
+            self.images[outcome] += 1
+            if outcome == "copied":
+                self.entities.update(plan.entities)
+
+    def image_skipped(self, image_id: str, outcome: str) -> None:
+        with self.lock:
+            self.images[outcome] += 1
+
+    def diffed(self, plan: ImagePlan, diff: Diff) -> None:
+        with self.lock:
+            self.items["unchanged"] += diff.unchanged
+            self.items["prod_progress_kept"] += diff.prod_progress
+            self.items["conflicts"] += len(diff.conflicts)
+            self.conflicts.extend(dict(c, image_id=plan.image_id) for c in diff.conflicts)
+        for c in diff.conflicts:
+            log.warning("conflict: %s %s differs in prod (%s); %s", c["PK"], c["SK"],
+                        ", ".join(c["attributes"]), c["action"])
+
+    def image_failed(self, path: Path, image_id: Optional[str], exc: InputError,
+                     write: bool = False) -> None:
+        error = {"file": path.name, "image_id": image_id or path.stem, "entity": exc.entity,
+                 "index": exc.index, "field": exc.field, "message": exc.message}
+        where = exc.where()
+        log.error("%s: %s%s%s", path.name, where, ": " if where else "", exc.message)
+        with self.lock:
+            self.errors.append(error)
+            if error["image_id"] not in self.failed_images:
+                self.failed_images.append(error["image_id"])
+                self.images["failed"] += 1
+
+    @property
+    def failed(self) -> bool:
+        return self.images["failed"] > 0 or self.interrupted
+
+    def to_json(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "tool_version": __version__,
+            "mode": self.mode,
+            "table": cfg.table,
+            "endpoint_url": cfg.endpoint_url,
+            "region": cfg.region,
+            "export_dir": str(cfg.export_dir),
+            "prod_checked": self.prod_checked,
+            "started_at": dt.datetime.fromtimestamp(self.started, dt.timezone.utc).isoformat(),
+            "elapsed_seconds": round(time.time() - self.started, 3),
+            "images": dict(self.images, not_reached_limit=self.not_reached),
+            "entities": dict(self.entities),
+            "items": dict(self.items),
+            "excluded": dict(self.excluded),
+            "ignored": dict(self.ignored),
+            "errors": self.errors,
+            "failed_images": self.failed_images,
+            "conflicts": self.conflicts,
+            "interrupted": self.interrupted,
+            **self.extra,
+        }
+
+    def write_json(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+
+    def summary_lines(self) -> list[str]:
+        dry = self.mode == "dry-run"
+        im, it = self.images, self.items
+        lines = [
+            f"Images found:                   {im['total']:>9,}",
+            f"{'Would copy:' if dry else 'Copied:':<32}{im['copied']:>9,}",
+            f"{'Would skip (already in prod):' if dry else 'Skipped (already in prod):':<32}"
+            f"{im['skipped_existing']:>9,}",
+            f"Skipped (no receipts):          {im['skipped_empty']:>9,}",
+            f"Failed:                         {im['failed']:>9,}",
+        ]
+        if self.not_reached:
+            lines.append(f"Left for later (--limit):       {self.not_reached:>9,}")
+        if dry:
+            lines.append(f"Items to write:                 {it['planned']:>9,}")
+        else:
+            lines += [f"Items written:                  {it['written']:>9,}",
+                      f"Items unchanged:                {it['unchanged']:>9,}",
+                      f"Items kept (prod embeddings):   {it['prod_progress_kept']:>9,}",
+                      f"Conflicts:                      {it['conflicts']:>9,}"]
+        lines.append("Entity counts:")
+        for kind in KINDS:
+            if kind.export_key in self.entities:
+                lines.append(f"  {kind.export_key}: {self.entities[kind.export_key]:,}")
+        if self.excluded:
+            lines.append("Excluded (never copied):")
+            lines += [f"  {k}: {n:,}" for k, n in sorted(self.excluded.items())]
+        if self.ignored:
+            lines.append("Ignored unknown lists (--ignore-unknown):")
+            lines += [f"  {k}: {n:,}" for k, n in sorted(self.ignored.items())]
+        if self.conflicts:
+            lines.append("Conflicts (prod differs from the export; "
+                         + ("overwritten" if self.cfg.overwrite_changed else "prod's version kept")
+                         + "):")
+            lines += [f"  {c['PK']} {c['SK']}: {', '.join(c['attributes'])}" for c in self.conflicts[:50]]
+            if len(self.conflicts) > 50:
+                lines.append(f"  ... and {len(self.conflicts) - 50:,} more (see --report)")
+        if self.errors:
+            lines.append("Errors:")
+            lines += [f"  {format_error(e)}" for e in self.errors[:50]]
+            if len(self.errors) > 50:
+                lines.append(f"  ... and {len(self.errors) - 50:,} more (see --report)")
+        return lines
+
+
+def format_error(e: Mapping[str, Any]) -> str:
+    where = ""
+    if e.get("entity") is not None:
+        where = e["entity"] if e.get("index") is None else f"{e['entity']}[{e['index']}]"
+    if e.get("field") is not None:
+        where += f" field {e['field']!r}"
+    return f"{e['file']}: {where.strip()}{': ' if where else ''}{e['message']}"
+
+
+# =============================================================================
+# Main
+# =============================================================================
+
+def setup_logging(verbose: bool) -> None:
+    handler = TqdmLogHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+    # botocore's own debug output includes signed headers: never enable it.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+def print_header(cfg: Config, files: int) -> None:
+    if cfg.dry_run:
+        print("Mode: DRY RUN")
+        print("No records will be copied. Use --no-dry-run to actually copy.")
+    else:
+        print("Mode: LIVE")
+    print(f"Export: {cfg.export_dir} ({files:,} files"
+          + (f", shard {cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard else "") + ")")
+    if cfg.table:
+        print(f"Prod table: {cfg.table}" + (f" at {cfg.endpoint_url}" if cfg.endpoint_url else "")
+              + (f" ({cfg.region})" if cfg.region else ""))
+    else:
+        print("Prod table: not checked (no --table given): every image counts as not yet in prod")
+    for kind, renames in (("raw", cfg.dev_raw_bucket), ("cdn", cfg.dev_cdn_bucket)):
+        target = cfg.prod_raw_bucket if kind == "raw" else cfg.prod_cdn_bucket
+        print(f"{kind.capitalize()} bucket: {renames} -> {target}" if renames
+              else f"{kind.capitalize()} bucket: not rewritten (not configured)")
+    print()
+
+
+def confirm_live_run(cfg: Config, files: list[Path], rules: Rules) -> None:
+    """On a terminal, show what will happen and ask; without one, demand --yes."""
+    if cfg.yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError("a live run needs confirmation: run it on a terminal or pass --yes")
+    items = 0
+    for path in files:
+        try:
+            items += len(plan_image(path, read_export_file(path), rules, cfg.ignore_unknown).items)
+        except (InputError, OSError):
+            pass
+    print(f"About to copy into table {cfg.table!r}, region {cfg.region or '(default)'}, "
+          f"endpoint {cfg.endpoint_url or '(AWS)'}:")
+    print(f"  {len(files):,} images, up to {items:,} items (items already in prod are skipped)")
+    answer = input("Type 'yes' to continue: ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise UsageError("aborted: not confirmed")
+
+
+def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
+    client = make_client(cfg) if cfg.table else None
+    report.prod_checked = client is not None
+    migration = Migration(cfg, rules, report, client)
+    files = migration.select_files()
+    print_header(cfg, len(files))
+    if not cfg.dry_run:
+        confirm_live_run(cfg, files, rules)
+    migration.run()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    report: Optional[Report] = None
+    try:
+        cfg = resolve_config(args, os.environ)
+        for warning in check_config(cfg, "--export-dir" in (argv if argv is not None else sys.argv)):
+            log.warning("%s", warning)
+        report = Report(cfg)
+        if cfg.copies:
+            run_copy(cfg, Rules.from_config(cfg), report)
+        run_operations(cfg, report)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted: images not finished have no IMAGE item and will be completed "
+              "by the next run", file=sys.stderr)
+        if report:
+            report.interrupted = True
+            finish_report(cfg, report)
+        return 130
+    except FatalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if report:
+            finish_report(cfg, report)
+        return EXIT_FAILED
+    except Exception as exc:
+        if botocore_setup_error(exc):
+            print(f"error: {describe_error(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+    return finish_report(cfg, report)
+
+
+def botocore_setup_error(exc: Exception) -> bool:
+    """Missing region, credentials or profile: a configuration problem, not a crash."""
+    return type(exc).__name__ in ("NoRegionError", "NoCredentialsError", "ProfileNotFound",
+                                  "PartialCredentialsError", "InvalidEndpointURL")
+
+
+def finish_report(cfg: Config, report: Report) -> int:
+    if cfg.copies:
+        print()
+        print("\n".join(report.summary_lines()))
+    if cfg.report:
+        report.write_json(cfg.report)
+    return EXIT_FAILED if report.failed or report.extra.get("operations_failed") else EXIT_OK
+
+
+def run_operations(cfg: Config, report: Report) -> None:
+    """--status, --verify and --trigger-embeddings (section: after the copy)."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
