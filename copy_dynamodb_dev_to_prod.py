@@ -38,10 +38,11 @@ import threading
 import time
 import zlib
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, TypeVar
 
 __version__ = "1.0.0"
 
@@ -162,24 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
 class Config:
     export_dir: Path
     dry_run: bool = True
-    table: Optional[str] = None
-    dev_table: Optional[str] = None
-    dev_raw_bucket: Optional[str] = None
-    prod_raw_bucket: Optional[str] = None
-    dev_cdn_bucket: Optional[str] = None
-    prod_cdn_bucket: Optional[str] = None
-    region: Optional[str] = None
-    profile: Optional[str] = None
-    endpoint_url: Optional[str] = None
+    table: str | None = None
+    dev_table: str | None = None
+    dev_raw_bucket: str | None = None
+    prod_raw_bucket: str | None = None
+    dev_cdn_bucket: str | None = None
+    prod_cdn_bucket: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
     include_empty: bool = False
     ignore_unknown: bool = False
     skip_existing: bool = True
     overwrite_changed: bool = False
     max_workers: int = 10
     max_retries: int = 8
-    max_items_per_second: Optional[float] = None
-    limit: Optional[int] = None
-    shard: Optional[tuple[int, int]] = None
+    max_items_per_second: float | None = None
+    limit: int | None = None
+    shard: tuple[int, int] | None = None
     yes: bool = False
     force: bool = False
     trigger_embeddings: bool = False
@@ -187,8 +188,8 @@ class Config:
     word_state_machine: str = DEFAULT_WORD_MACHINE
     status: bool = False
     verify: bool = False
-    report: Optional[Path] = None
-    dump_items: Optional[Path] = None
+    report: Path | None = None
+    dump_items: Path | None = None
     progress: bool = True
     verbose: bool = False
 
@@ -198,7 +199,7 @@ class Config:
         return not (self.status or self.verify)
 
 
-def load_pulumi_outputs(path: Optional[Path]) -> dict[str, str]:
+def load_pulumi_outputs(path: Path | None) -> dict[str, str]:
     """Read the JSON that `pulumi stack output --json` prints."""
     if path is None:
         return {}
@@ -211,7 +212,7 @@ def load_pulumi_outputs(path: Optional[Path]) -> dict[str, str]:
     return {name: data[key] for name, key in PULUMI_KEYS.items() if isinstance(data.get(key), str)}
 
 
-def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+def parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
     m = re.fullmatch(r"(\d+)/(\d+)", text)
@@ -319,8 +320,8 @@ def looks_like_dev_table(name: str) -> bool:
 class InputError(Exception):
     """Bad data in one export file: fails that image alone."""
 
-    def __init__(self, message: str, entity: Optional[str] = None,
-                 index: Optional[int] = None, field: Optional[str] = None) -> None:
+    def __init__(self, message: str, entity: str | None = None,
+                 index: int | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.message, self.entity, self.index, self.field = message, entity, index, field
 
@@ -438,7 +439,7 @@ def repr_text(v: Any) -> str:
     return repr(float(finite_number(v)))
 
 
-def int_value(v: Any, minimum: Optional[int] = None) -> int:
+def int_value(v: Any, minimum: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise FieldError(f"expected an integer, got {json_type(v)} {v!r}")
     if minimum is not None and v < minimum:
@@ -507,7 +508,7 @@ def s_or_null(allow_empty: bool = True, enum: Sequence[str] = ()) -> Codec:
     return codec
 
 
-def n_int(minimum: Optional[int] = None, nullable: bool = False) -> Codec:
+def n_int(minimum: int | None = None, nullable: bool = False) -> Codec:
     def codec(v: Any) -> AttributeValue:
         if v is None and nullable:
             return NULL
@@ -560,7 +561,7 @@ def confidence_f2(v: Any) -> AttributeValue:
     return {"N": fixed_text(v, 2)}
 
 
-def number_map(keys: tuple[str, ...], places: Optional[int]) -> Codec:
+def number_map(keys: tuple[str, ...], places: int | None) -> Codec:
     """A map with exactly these numeric keys: Fk text, or R() when places is None."""
     def codec(v: Any) -> AttributeValue:
         if not isinstance(v, dict):
@@ -725,9 +726,9 @@ class KindSpec:
     fields: tuple[FieldSpec, ...]
     sk: str
     # (index, PK template, SK template, field that must be truthy or None)
-    indexes: tuple[tuple[str, str, str, Optional[str]], ...] = ()
+    indexes: tuple[tuple[str, str, str, str | None], ...] = ()
     # extra template values and cross-field checks: entity -> {name: value}
-    derive: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None
+    derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def field_names(self) -> frozenset[str]:
@@ -738,7 +739,7 @@ def fields(*groups: Iterable[FieldSpec]) -> tuple[FieldSpec, ...]:
     return tuple(f for group in groups for f in group)
 
 
-def geometry(text: Codec = None) -> list[FieldSpec]:  # type: ignore[assignment]
+def geometry(text: Codec | None = None) -> list[FieldSpec]:
     """Block G: text, bounding box and corners (F20), angles (F18), confidence (F2)."""
     return [
         FieldSpec("text", text or s_any),
@@ -751,9 +752,8 @@ def geometry(text: Codec = None) -> list[FieldSpec]:  # type: ignore[assignment]
 
 
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
-CDN_KEYS = ("cdn_s3_key", "cdn_webp_s3_key", "cdn_avif_s3_key") + tuple(
-    f"cdn_{size}{fmt}_s3_key" for size in ("thumbnail", "small", "medium")
-    for fmt in ("", "_webp", "_avif"))
+CDN_KEYS = tuple(f"cdn{size}{fmt}_s3_key" for size in ("", "_thumbnail", "_small", "_medium")
+                 for fmt in ("", "_webp", "_avif"))
 
 
 def s3_fields() -> list[FieldSpec]:
@@ -792,7 +792,7 @@ def derive_place(e: dict[str, Any]) -> dict[str, Any]:
     if not slug:
         raise InputError(f"merchant_name {e['merchant_name']!r} has no ASCII letter or digit "
                          "for the merchant index", field="merchant_name")
-    if e["validated_by"] not in ("",) + VALIDATION_METHOD:
+    if e["validated_by"] not in ("", *VALIDATION_METHOD):
         raise InputError(f"{e['validated_by']!r} is not one of {', '.join(VALIDATION_METHOD)}",
                          field="validated_by")
     for name in ("latitude", "viewport_ne_lat", "viewport_sw_lat"):
@@ -865,7 +865,8 @@ KINDS: tuple[KindSpec, ...] = (
                [FieldSpec("embedding_status", s_enum(*EMBEDDING_STATUS), "NONE"),
                 FieldSpec("is_noise", bool_value(), False)]),
         sk="RECEIPT#{receipt_id:05d}#LINE#{line_id:05d}",
-        indexes=(("GSI1", "EMBEDDING_STATUS#{embedding_status}", "LINE#" + RCPT + "#LINE#{line_id:05d}", None),
+        indexes=(("GSI1", "EMBEDDING_STATUS#{embedding_status}", "LINE#" + RCPT + "#LINE#{line_id:05d}",
+                  None),
                  ("GSI3", RCPT, "LINE", None),
                  ("GSI4", RCPT, "2_LINE#{line_id:05d}", None)),
     ),
@@ -1008,8 +1009,8 @@ class Rules:
     cdn_buckets: Mapping[str, str]
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "Rules":
-        def pair(dev: Optional[str], prod: Optional[str]) -> dict[str, str]:
+    def from_config(cls, cfg: Config) -> Rules:
+        def pair(dev: str | None, prod: str | None) -> dict[str, str]:
             return {dev: prod} if dev and prod else {}
         return cls(pair(cfg.dev_raw_bucket, cfg.prod_raw_bucket),
                    pair(cfg.dev_cdn_bucket, cfg.prod_cdn_bucket))
@@ -1145,7 +1146,7 @@ class ImagePlan:
     has_receipts: bool
 
 
-def never_copy_type(entry: Mapping[str, Any]) -> Optional[str]:
+def never_copy_type(entry: Mapping[str, Any]) -> str | None:
     """The never-copy kind an entry is, judged by its TYPE or its key shape."""
     t = entry.get("TYPE")
     if isinstance(t, str) and t in NEVER_COPY_TYPES:
@@ -1214,7 +1215,7 @@ def plan_image(path: Path, data: dict[str, Any], rules: Rules, ignore_unknown: b
 
 
 def plan_entity(kind: KindSpec, raw: Any, image_id: str,
-                rules: Rules) -> Optional[dict[str, AttributeValue]]:
+                rules: Rules) -> dict[str, AttributeValue] | None:
     """One export entry -> item; None for a never-copy entry."""
     if not isinstance(raw, dict):
         raise InputError(f"entity must be an object, got {json_type(raw)}")
@@ -1232,6 +1233,7 @@ def plan_entity(kind: KindSpec, raw: Any, image_id: str,
 # 5. Batch writing with retries
 # =============================================================================
 
+T = TypeVar("T")
 BATCH_SIZE = 25          # BatchWriteItem's limit
 GET_BATCH_SIZE = 100     # BatchGetItem's limit
 BACKOFF_BASE = 0.05      # seconds; full jitter: sleep uniform(0, min(cap, base * 2**attempt))
@@ -1260,7 +1262,7 @@ def make_client(cfg: Config, service: str = "dynamodb") -> Any:
         read_timeout=60,
     )
     endpoint = cfg.endpoint_url if service == "dynamodb" else None
-    return session.client(service, endpoint_url=endpoint, config=config)
+    return session.client(service, endpoint_url=endpoint, config=config)  # type: ignore[call-overload]
 
 
 class RateLimiter:
@@ -1304,7 +1306,7 @@ class BatchWriter:
     exponential backoff and full jitter until written or out of retries."""
 
     def __init__(self, client: Any, table: str, max_retries: int,
-                 limiter: Optional[RateLimiter] = None,
+                 limiter: RateLimiter | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.client, self.table, self.max_retries = client, table, max_retries
         self.limiter, self.sleep = limiter, sleep
@@ -1340,8 +1342,7 @@ class BatchWriter:
             self.sleep(delay)
 
 
-def batches(items: Sequence[dict[str, AttributeValue]], size: int = BATCH_SIZE
-            ) -> Iterator[Sequence[dict[str, AttributeValue]]]:
+def batches(items: Sequence[T], size: int = BATCH_SIZE) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
@@ -1474,6 +1475,10 @@ class ItemBudget:
             self.used -= n
             self.cond.notify_all()
 
+    def wait_idle(self) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.used == 0)
+
 
 class Progress:
     """tqdm bars on stderr for images and items; silent when stderr is not a terminal."""
@@ -1526,7 +1531,7 @@ class TqdmLogHandler(logging.Handler):
 class ImageJob:
     plan: ImagePlan
     in_prod: bool = False
-    image_item: Optional[dict[str, AttributeValue]] = None
+    image_item: dict[str, AttributeValue] | None = None
     remaining: int = 0
     written: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
@@ -1542,14 +1547,14 @@ class Migration:
     every worker) -> write the IMAGE item last, only when every other item is confirmed.
     """
 
-    def __init__(self, cfg: Config, rules: Rules, report: "Report", client: Any = None) -> None:
+    def __init__(self, cfg: Config, rules: Rules, report: Report, client: Any = None) -> None:
         self.cfg, self.rules, self.report, self.client = cfg, rules, report, client
         limiter = RateLimiter(cfg.max_items_per_second) if cfg.max_items_per_second else None
         self.writer = BatchWriter(client, cfg.table or "", cfg.max_retries, limiter) if client else None
         self.budget = ItemBudget(max(4000, cfg.max_workers * BATCH_SIZE * 16))
         self.dump = DumpFile(cfg.dump_items)
-        self.progress: Optional[Progress] = None
-        self.pool: Optional[ThreadPoolExecutor] = None
+        self.progress: Progress | None = None
+        self.pool: ThreadPoolExecutor | None = None
 
     # --- selecting and reading images -------------------------------------------
 
@@ -1560,7 +1565,7 @@ class Migration:
             files = [f for f in files if shard_of(f.stem, n) == k]
         return files
 
-    def load_plan(self, path: Path) -> Optional[ImagePlan]:
+    def load_plan(self, path: Path) -> ImagePlan | None:
         """Parse and convert one file; a bad file is recorded as failed and gives None."""
         try:
             plan = plan_image(path, read_export_file(path), self.rules, self.cfg.ignore_unknown)
@@ -1587,6 +1592,7 @@ class Migration:
                     self.pool = pool
                     try:
                         self.walk(files, check_prod, self.submit_image)
+                        self.budget.wait_idle()  # tasks submit tasks: keep the pool open
                     except BaseException:
                         self.report.interrupted = True
                         pool.shutdown(wait=True, cancel_futures=True)
@@ -1599,7 +1605,7 @@ class Migration:
         copied = 0
         for chunk in batches(files, GET_BATCH_SIZE):
             in_prod = self.images_in_prod([p.stem for p in chunk]) if check_prod else set()
-            for index, path in enumerate(chunk):
+            for path in chunk:
                 if path.stem in in_prod and self.cfg.skip_existing:
                     self.report.image_skipped(path.stem, "skipped_existing")
                     self.progress_image()
@@ -1623,7 +1629,8 @@ class Migration:
         try:
             return existing_images(self.client, self.cfg.table or "", image_ids, self.cfg.max_retries)
         except Exception as exc:
-            raise FatalError(f"cannot read the prod table {self.cfg.table!r}: {describe_error(exc)}") from None
+            raise FatalError(f"cannot read the prod table {self.cfg.table!r}: "
+                             f"{describe_error(exc)}") from None
 
     def progress_image(self) -> None:
         if self.progress:
@@ -1742,7 +1749,7 @@ class FatalError(Exception):
 class DumpFile:
     """--dump-items: one item per line, DynamoDB low-level JSON, keys sorted."""
 
-    def __init__(self, path: Optional[Path]) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.lock = threading.Lock()
         self.file = path.open("w", encoding="utf-8") if path else None
 
@@ -1813,7 +1820,7 @@ class Report:
             log.warning("conflict: %s %s differs in prod (%s); %s", c["PK"], c["SK"],
                         ", ".join(c["attributes"]), c["action"])
 
-    def image_failed(self, path: Path, image_id: Optional[str], exc: InputError,
+    def image_failed(self, path: Path, image_id: str | None, exc: InputError,
                      write: bool = False) -> None:
         error = {"file": path.name, "image_id": image_id or path.stem, "entity": exc.entity,
                  "index": exc.index, "field": exc.field, "message": exc.message}
@@ -1822,7 +1829,7 @@ class Report:
         with self.lock:
             self.errors.append(error)
             if error["image_id"] not in self.failed_images:
-                self.failed_images.append(error["image_id"])
+                self.failed_images.append(str(error["image_id"]))
                 self.images["failed"] += 1
 
     @property
@@ -1976,11 +1983,11 @@ def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
     migration.run()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    report: Optional[Report] = None
+    report: Report | None = None
     try:
         cfg = resolve_config(args, os.environ)
         for warning in check_config(cfg, "--export-dir" in (argv if argv is not None else sys.argv)):
