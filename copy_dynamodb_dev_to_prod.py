@@ -19,7 +19,8 @@ Sections, in the order data flows:
   4. Transformation rules (migration rules, item building, item checks)
   5. Batch writing with retries
   6. Orchestration and progress
-  7. Report
+  7. After the copy (embeddings, status, verification)
+  8. Report
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Dry run by default.",
     )
     src = p.add_argument_group("input")
-    src.add_argument("--export-dir", default="dev.export", type=Path,
+    src.add_argument("--export-dir", type=Path,
                      help="directory of <image_id>.json export files (default: dev.export)")
     src.add_argument("--include-empty", action="store_true",
                      help="also copy images that have no receipts (skipped by default)")
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"name or ARN (default {DEFAULT_LINE_MACHINE})")
     ops.add_argument("--word-state-machine", default=DEFAULT_WORD_MACHINE,
                      help=f"name or ARN (default {DEFAULT_WORD_MACHINE})")
+    ops.add_argument("--sfn-endpoint-url",
+                     help="Step Functions endpoint (default: --endpoint-url, e.g. one moto server)")
     ops.add_argument("--status", action="store_true",
                      help="count receipt lines/words still waiting for embeddings (read-only)")
     ops.add_argument("--verify", action="store_true",
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 @dataclasses.dataclass
 class Config:
     export_dir: Path
+    export_dir_given: bool = False
     dry_run: bool = True
     table: str | None = None
     dev_table: str | None = None
@@ -172,6 +176,7 @@ class Config:
     region: str | None = None
     profile: str | None = None
     endpoint_url: str | None = None
+    sfn_endpoint_url: str | None = None
     include_empty: bool = False
     ignore_unknown: bool = False
     skip_existing: bool = True
@@ -195,8 +200,11 @@ class Config:
 
     @property
     def copies(self) -> bool:
-        """--status and --verify are read-only operations of their own; anything else copies."""
-        return not (self.status or self.verify)
+        """--status and --verify are read-only operations of their own; anything else copies,
+        except --trigger-embeddings run where there is no export (it only triggers)."""
+        trigger_only = (self.trigger_embeddings and not self.export_dir_given
+                        and not self.export_dir.is_dir())
+        return not (self.status or self.verify or trigger_only)
 
 
 def load_pulumi_outputs(path: Path | None) -> dict[str, str]:
@@ -245,11 +253,14 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Conf
     if args.max_items_per_second is not None and not args.max_items_per_second > 0:
         raise UsageError("--max-items-per-second must be > 0")
     cfg = Config(
-        export_dir=args.export_dir,
+        export_dir=args.export_dir or Path("dev.export"),
+        export_dir_given=args.export_dir is not None,
         dry_run=args.dry_run,
         region=args.region,
         profile=args.profile,
         endpoint_url=args.endpoint_url or environ.get("AWS_ENDPOINT_URL_DYNAMODB") or None,
+        # botocore reads AWS_ENDPOINT_URL_SFN itself when this is None.
+        sfn_endpoint_url=args.sfn_endpoint_url or args.endpoint_url,
         include_empty=args.include_empty,
         ignore_unknown=args.ignore_unknown,
         skip_existing=args.skip_existing,
@@ -275,11 +286,10 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Conf
     return cfg
 
 
-def check_config(cfg: Config, export_dir_given: bool) -> list[str]:
+def check_config(cfg: Config) -> list[str]:
     """Refuse configurations that cannot work or are unsafe; return warnings."""
     warnings = []
-    needs_export = cfg.copies or cfg.verify or export_dir_given
-    if needs_export and not cfg.export_dir.is_dir():
+    if (cfg.copies or cfg.verify or cfg.export_dir_given) and not cfg.export_dir.is_dir():
         raise UsageError(f"export directory not found: {cfg.export_dir}")
     pairs = [("raw", cfg.dev_raw_bucket, cfg.prod_raw_bucket),
              ("cdn", cfg.dev_cdn_bucket, cfg.prod_cdn_bucket)]
@@ -292,9 +302,7 @@ def check_config(cfg: Config, export_dir_given: bool) -> list[str]:
             if cfg.copies and not cfg.dry_run:
                 raise UsageError(msg)
             warnings.append(msg)
-    needs_table = (cfg.copies and not cfg.dry_run) or cfg.status or cfg.verify or cfg.trigger_embeddings
-    if needs_table and not cfg.table and not (cfg.trigger_embeddings and not cfg.copies
-                                              and not cfg.status and not cfg.verify):
+    if ((cfg.copies and not cfg.dry_run) or cfg.status or cfg.verify) and not cfg.table:
         raise UsageError("no prod table: give --table, --prod-config or "
                          f"{ENV_VARS['table']} (a live run, --status and --verify need one)")
     if cfg.copies and not cfg.dry_run and cfg.table:
@@ -1261,7 +1269,7 @@ def make_client(cfg: Config, service: str = "dynamodb") -> Any:
         connect_timeout=10,
         read_timeout=60,
     )
-    endpoint = cfg.endpoint_url if service == "dynamodb" else None
+    endpoint = cfg.endpoint_url if service == "dynamodb" else cfg.sfn_endpoint_url
     return session.client(service, endpoint_url=endpoint, config=config)  # type: ignore[call-overload]
 
 
@@ -1765,7 +1773,148 @@ class DumpFile:
 
 
 # =============================================================================
-# 7. Report
+# 7. After the copy: embeddings, status, verification
+# =============================================================================
+
+def count_waiting_embeddings(client: Any, table: str, image_ids: Sequence[str] | None = None
+                             ) -> dict[str, int]:
+    """Receipt lines/words still NONE, counted with the embedding pipeline's own GSI1 query
+    (never a scan); restricted to some images by a longer GSI1SK prefix."""
+    counts = {}
+    for kind, prefix in (("lines", "LINE#"), ("words", "WORD#")):
+        prefixes = [f"{prefix}IMAGE#{i}#" for i in image_ids] if image_ids is not None else [prefix]
+        total = 0
+        for sk_prefix in prefixes:
+            kwargs: dict[str, Any] = {
+                "TableName": table, "IndexName": "GSI1", "Select": "COUNT",
+                "KeyConditionExpression": "GSI1PK = :pk AND begins_with(GSI1SK, :sk)",
+                "ExpressionAttributeValues": {":pk": {"S": "EMBEDDING_STATUS#NONE"},
+                                              ":sk": {"S": sk_prefix}},
+            }
+            while True:
+                page = client.query(**kwargs)
+                total += page.get("Count", 0)
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        counts[kind] = total
+    return counts
+
+
+def run_status(cfg: Config, client: Any, report: Report) -> None:
+    image_ids = None
+    if cfg.export_dir_given:
+        image_ids = [p.stem for p in Migration(cfg, Rules({}, {}), report).select_files()]
+    counts = count_waiting_embeddings(client, cfg.table or "", image_ids)
+    scope = "whole table" if image_ids is None else f"{len(image_ids):,} images of {cfg.export_dir}"
+    print(f"Embedding status in {cfg.table} ({scope}), GSI1 EMBEDDING_STATUS#NONE:")
+    print(f"  receipt lines waiting: {counts['lines']:,}")
+    print(f"  receipt words waiting: {counts['words']:,}")
+    report.extra["status"] = {"scope": scope, "lines_none": counts["lines"],
+                              "words_none": counts["words"]}
+
+
+def verify_image(cfg: Config, client: Any, rules: Rules, path: Path) -> dict[str, Any]:
+    """Compare one exported image with prod; prod-owned embedding fields excepted."""
+    try:
+        plan = plan_image(path, read_export_file(path), rules, cfg.ignore_unknown)
+    except InputError as exc:
+        return {"file": path.name, "image_id": path.stem, "invalid": format_error(
+            {"file": path.name, "entity": exc.entity, "index": exc.index, "field": exc.field,
+             "message": exc.message})}
+    if not plan.has_receipts and not cfg.include_empty:
+        return {"file": path.name, "image_id": plan.image_id, "skipped": "no receipts"}
+    prod = query_partition(client, cfg.table or "", plan.image_id)
+    missing, different = [], []
+    for item in plan.items:
+        theirs = prod.get(item["SK"]["S"])
+        if theirs is None:
+            missing.append(item["SK"]["S"])
+            continue
+        names = set(differing_attributes(item, theirs)) - PROD_OWNED.get(item["TYPE"]["S"], set())
+        if names:
+            different.append({"SK": item["SK"]["S"], "attributes": sorted(names)})
+    return {"file": path.name, "image_id": plan.image_id, "items": len(plan.items),
+            "missing": missing, "different": different}
+
+
+def run_verify(cfg: Config, client: Any, report: Report) -> None:
+    files = Migration(cfg, Rules.from_config(cfg), report).select_files()
+    rules = Rules.from_config(cfg)
+    results = []
+    with ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="verify") as pool:
+        for result in pool.map(lambda p: verify_image(cfg, client, rules, p), files):
+            results.append(result)
+    bad = [r for r in results if r.get("missing") or r.get("different") or r.get("invalid")]
+    checked = [r for r in results if "items" in r]
+    print(f"Verify: {len(checked):,} images checked against {cfg.table}, {len(bad):,} with problems")
+    for r in bad:
+        if r.get("invalid"):
+            print(f"  {r['invalid']}")
+            continue
+        print(f"  {r['image_id']}: {len(r['missing']):,} missing, {len(r['different']):,} different")
+        for sk in r["missing"][:20]:
+            print(f"    missing   {sk}")
+        for d in r["different"][:20]:
+            print(f"    different {d['SK']}: {', '.join(d['attributes'])}")
+    report.extra["verify"] = {"images_checked": len(checked), "images_with_problems": len(bad),
+                              "problems": bad}
+    if bad:
+        report.extra["operations_failed"] = True
+
+
+def resolve_state_machine(sfn: Any, name_or_arn: str) -> str:
+    if name_or_arn.startswith("arn:"):
+        return name_or_arn
+    for page in sfn.get_paginator("list_state_machines").paginate():
+        for machine in page["stateMachines"]:
+            if machine["name"] == name_or_arn:
+                return str(machine["stateMachineArn"])
+    raise FatalError(f"state machine {name_or_arn!r} not found (ListStateMachines)")
+
+
+def run_trigger_embeddings(cfg: Config, report: Report) -> None:
+    """Start the line and word embedding workflows with input {} unless one is running."""
+    machines = [("line", cfg.line_state_machine), ("word", cfg.word_state_machine)]
+    if cfg.dry_run:
+        for kind, name in machines:
+            print(f"Would start the {kind} embedding workflow {name} with input {{}}")
+        return
+    if report.failed:
+        print("Not starting embeddings: some images failed; fix them and re-run first.")
+        report.extra["operations_failed"] = True
+        return
+    sfn = make_client(cfg, "stepfunctions")
+    started = []
+    for kind, name in machines:
+        arn = resolve_state_machine(sfn, name)
+        running = sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING",
+                                      maxResults=1).get("executions", [])
+        if running:
+            print(f"Not starting the {kind} workflow: {running[0]['executionArn']} is still running")
+            started.append({"kind": kind, "state_machine": arn, "started": False,
+                            "running_execution": running[0]["executionArn"]})
+            continue
+        execution = sfn.start_execution(stateMachineArn=arn, input="{}")["executionArn"]
+        print(f"Started the {kind} embedding workflow: {execution}")
+        started.append({"kind": kind, "state_machine": arn, "started": True,
+                        "execution_arn": execution})
+    report.extra["embeddings"] = started
+
+
+def run_operations(cfg: Config, report: Report) -> None:
+    if cfg.verify or cfg.status:
+        client = make_client(cfg)
+        if cfg.verify:
+            run_verify(cfg, client, report)
+        if cfg.status:
+            run_status(cfg, client, report)
+    elif cfg.trigger_embeddings:
+        run_trigger_embeddings(cfg, report)
+
+
+# =============================================================================
+# 8. Report
 # =============================================================================
 
 class Report:
@@ -1990,7 +2139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: Report | None = None
     try:
         cfg = resolve_config(args, os.environ)
-        for warning in check_config(cfg, "--export-dir" in (argv if argv is not None else sys.argv)):
+        for warning in check_config(cfg):
             log.warning("%s", warning)
         report = Report(cfg)
         if cfg.copies:
@@ -2032,10 +2181,6 @@ def finish_report(cfg: Config, report: Report) -> int:
     if cfg.report:
         report.write_json(cfg.report)
     return EXIT_FAILED if report.failed or report.extra.get("operations_failed") else EXIT_OK
-
-
-def run_operations(cfg: Config, report: Report) -> None:
-    """--status, --verify and --trigger-embeddings (section: after the copy)."""
 
 
 if __name__ == "__main__":
