@@ -2129,7 +2129,11 @@ def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
     print_header(cfg, len(files))
     if not cfg.dry_run:
         confirm_live_run(cfg, files, rules)
-    migration.run()
+    try:
+        migration.run()
+    finally:
+        print()
+        print("\n".join(report.summary_lines()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -2175,9 +2179,6 @@ def botocore_setup_error(exc: Exception) -> bool:
 
 
 def finish_report(cfg: Config, report: Report) -> int:
-    if cfg.copies:
-        print()
-        print("\n".join(report.summary_lines()))
     if cfg.report:
         report.write_json(cfg.report)
     return EXIT_FAILED if report.failed or report.extra.get("operations_failed") else EXIT_OK
