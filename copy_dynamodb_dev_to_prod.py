@@ -1746,6 +1746,7 @@ class Migration:
             self.report.image_done(plan, "skipped_existing")
         else:
             self.report.image_done(plan, "copied")
+            log.debug("%s: complete, %d item(s) written", plan.image_id, job.written)
         self.budget.release(len(plan.items))
         self.progress_image()
 
@@ -2185,4 +2186,8 @@ def finish_report(cfg: Config, report: Report) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # e.g. piped into `head`: not an error of the migration
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_FAILED)
