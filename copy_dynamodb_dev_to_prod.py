@@ -1257,14 +1257,15 @@ class WriteError(Exception):
 
 
 def make_client(cfg: Config, service: str = "dynamodb") -> Any:
-    """One thread-safe client: botocore's standard retry mode retries throttling, 5xx and
-    dropped connections with backoff; the pool is as large as the worker count."""
+    """One thread-safe client, its pool as large as the worker count. botocore's standard
+    retry mode absorbs short blips (3 attempts); the Retrier below owns the long tail,
+    because botocore's retry quota runs dry under sustained throttling."""
     import boto3
     from botocore.config import Config as BotoConfig
 
     session = boto3.Session(profile_name=cfg.profile, region_name=cfg.region)
     config = BotoConfig(
-        retries={"mode": "standard", "max_attempts": cfg.max_retries + 1},
+        retries={"mode": "standard", "total_max_attempts": 3},
         max_pool_connections=cfg.max_workers + 4,
         connect_timeout=10,
         read_timeout=60,
@@ -1296,8 +1297,50 @@ class RateLimiter:
                 self.sleep(wait)
 
 
-def backoff_delay(attempt: int, rng: random.Random) -> float:
-    return rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
+THROTTLING_CODES = frozenset({
+    "ProvisionedThroughputExceededException", "ThrottlingException", "Throttling",
+    "RequestLimitExceeded", "TooManyRequestsException", "LimitExceededException",
+    "RequestThrottled", "RequestThrottledException", "TransactionInProgressException",
+})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Throttling, 5xx, dropped connections, timeouts, corrupt responses: a put or a read
+    can safely be sent again. Validation and permission errors cannot."""
+    from botocore.exceptions import ChecksumError, ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error.get("Code") in THROTTLING_CODES or status >= 500
+    return isinstance(exc, (BotoConnectionError, HTTPClientError, ChecksumError))
+
+
+class Retrier:
+    """Bounded retries with exponential backoff and full jitter, shared by all requests."""
+
+    def __init__(self, max_retries: int, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.max_retries, self.sleep = max_retries, sleep
+        self.rng = random.Random()
+        self.lock = threading.Lock()
+
+    def wait(self, attempt: int) -> None:
+        with self.lock:
+            delay = self.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
+        self.sleep(delay)
+
+    def call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return fn(**kwargs)
+            except Exception as exc:
+                if attempt >= self.max_retries or not is_retryable(exc):
+                    raise
+                attempt += 1
+                log.debug("retry %d after %s", attempt, describe_error(exc))
+                self.wait(attempt)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -1313,13 +1356,9 @@ class BatchWriter:
     """Writes up to 25 items with one BatchWriteItem, re-sending UnprocessedItems with
     exponential backoff and full jitter until written or out of retries."""
 
-    def __init__(self, client: Any, table: str, max_retries: int,
-                 limiter: RateLimiter | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.client, self.table, self.max_retries = client, table, max_retries
-        self.limiter, self.sleep = limiter, sleep
-        self.rng = random.Random()
-        self.rng_lock = threading.Lock()
+    def __init__(self, client: Any, table: str, retrier: Retrier,
+                 limiter: RateLimiter | None = None) -> None:
+        self.client, self.table, self.retrier, self.limiter = client, table, retrier, limiter
 
     def write(self, items: Sequence[dict[str, AttributeValue]]) -> None:
         """Raises WriteError naming how many items were not written."""
@@ -1328,26 +1367,26 @@ class BatchWriter:
         if len({(i["PK"]["S"], i["SK"]["S"]) for i in items}) != len(items):
             raise ValueError("a batch must not hold two puts of the same key")
         pending = [{"PutRequest": {"Item": item}} for item in items]
+        max_retries = self.retrier.max_retries
         attempt = 0
         while True:
             if self.limiter:
                 self.limiter.acquire(len(pending))
             try:
                 response = self.client.batch_write_item(RequestItems={self.table: pending})
-            except Exception as exc:  # botocore already retried what is retryable
-                raise WriteError(f"{len(pending)} item(s) not written: {describe_error(exc)}",
-                                 [p["PutRequest"]["Item"] for p in pending]) from None
-            pending = response.get("UnprocessedItems", {}).get(self.table, [])
-            if not pending:
-                return
-            attempt += 1
-            if attempt > self.max_retries:
-                raise WriteError(f"{len(pending)} item(s) still unprocessed after "
-                                 f"{self.max_retries} retries (table throttled?)",
+                pending = response.get("UnprocessedItems", {}).get(self.table, [])
+                if not pending:
+                    return
+                reason = f"still unprocessed after {max_retries} retries (table throttled?)"
+            except Exception as exc:
+                if not is_retryable(exc):
+                    attempt = max_retries
+                reason = f"not written: {describe_error(exc)}"
+            if attempt >= max_retries:
+                raise WriteError(f"{len(pending)} item(s) {reason}",
                                  [p["PutRequest"]["Item"] for p in pending])
-            with self.rng_lock:
-                delay = backoff_delay(attempt, self.rng)
-            self.sleep(delay)
+            attempt += 1
+            self.retrier.wait(attempt)
 
 
 def batches(items: Sequence[T], size: int = BATCH_SIZE) -> Iterator[Sequence[T]]:
@@ -1355,7 +1394,8 @@ def batches(items: Sequence[T], size: int = BATCH_SIZE) -> Iterator[Sequence[T]]
         yield items[start:start + size]
 
 
-def query_partition(client: Any, table: str, image_id: str) -> dict[str, dict[str, AttributeValue]]:
+def query_partition(client: Any, table: str, image_id: str, retrier: Retrier
+                    ) -> dict[str, dict[str, AttributeValue]]:
     """Everything prod holds under PK = IMAGE#<id>, by SK (paginated, consistent)."""
     found: dict[str, dict[str, AttributeValue]] = {}
     kwargs: dict[str, Any] = {
@@ -1365,7 +1405,7 @@ def query_partition(client: Any, table: str, image_id: str) -> dict[str, dict[st
         "ConsistentRead": True,
     }
     while True:
-        page = client.query(**kwargs)
+        page = retrier.call(client.query, **kwargs)
         for item in page.get("Items", []):
             found[item["SK"]["S"]] = item
         if "LastEvaluatedKey" not in page:
@@ -1373,26 +1413,24 @@ def query_partition(client: Any, table: str, image_id: str) -> dict[str, dict[st
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def existing_images(client: Any, table: str, image_ids: Sequence[str], max_retries: int,
-                    sleep: Callable[[float], None] = time.sleep) -> set[str]:
+def existing_images(client: Any, table: str, image_ids: Sequence[str], retrier: Retrier) -> set[str]:
     """Which of these images have their IMAGE item in prod (read-only BatchGetItem)."""
     found: set[str] = set()
-    rng = random.Random()
     for chunk in batches(list(dict.fromkeys(image_ids)), GET_BATCH_SIZE):
         request: dict[str, Any] = {table: {
             "Keys": [{"PK": {"S": f"IMAGE#{i}"}, "SK": {"S": "IMAGE"}} for i in chunk],
             "ProjectionExpression": "PK", "ConsistentRead": True}}
         attempt = 0
         while request:
-            response = client.batch_get_item(RequestItems=request)
+            response = retrier.call(client.batch_get_item, RequestItems=request)
             for item in response.get("Responses", {}).get(table, []):
                 found.add(item["PK"]["S"][len("IMAGE#"):])
             request = response.get("UnprocessedKeys") or {}
             if request:
                 attempt += 1
-                if attempt > max_retries:
+                if attempt > retrier.max_retries:
                     raise WriteError("prod check: keys still unprocessed after retries")
-                sleep(backoff_delay(attempt, rng))
+                retrier.wait(attempt)
     return found
 
 
@@ -1558,7 +1596,8 @@ class Migration:
     def __init__(self, cfg: Config, rules: Rules, report: Report, client: Any = None) -> None:
         self.cfg, self.rules, self.report, self.client = cfg, rules, report, client
         limiter = RateLimiter(cfg.max_items_per_second) if cfg.max_items_per_second else None
-        self.writer = BatchWriter(client, cfg.table or "", cfg.max_retries, limiter) if client else None
+        self.retrier = Retrier(cfg.max_retries)
+        self.writer = BatchWriter(client, cfg.table or "", self.retrier, limiter) if client else None
         self.budget = ItemBudget(max(4000, cfg.max_workers * BATCH_SIZE * 16))
         self.dump = DumpFile(cfg.dump_items)
         self.progress: Progress | None = None
@@ -1635,7 +1674,7 @@ class Migration:
 
     def images_in_prod(self, image_ids: list[str]) -> set[str]:
         try:
-            return existing_images(self.client, self.cfg.table or "", image_ids, self.cfg.max_retries)
+            return existing_images(self.client, self.cfg.table or "", image_ids, self.retrier)
         except Exception as exc:
             raise FatalError(f"cannot read the prod table {self.cfg.table!r}: "
                              f"{describe_error(exc)}") from None
@@ -1677,7 +1716,7 @@ class Migration:
     def start_image(self, job: ImageJob) -> None:
         plan = job.plan
         try:
-            prod = query_partition(self.client, self.cfg.table or "", plan.image_id)
+            prod = query_partition(self.client, self.cfg.table or "", plan.image_id, self.retrier)
         except Exception as exc:
             job.errors.append(f"cannot read prod partition: {describe_error(exc)}")
             self.finish(job)
@@ -1777,8 +1816,8 @@ class DumpFile:
 # 7. After the copy: embeddings, status, verification
 # =============================================================================
 
-def count_waiting_embeddings(client: Any, table: str, image_ids: Sequence[str] | None = None
-                             ) -> dict[str, int]:
+def count_waiting_embeddings(client: Any, table: str, retrier: Retrier,
+                             image_ids: Sequence[str] | None = None) -> dict[str, int]:
     """Receipt lines/words still NONE, counted with the embedding pipeline's own GSI1 query
     (never a scan); restricted to some images by a longer GSI1SK prefix."""
     counts = {}
@@ -1793,7 +1832,7 @@ def count_waiting_embeddings(client: Any, table: str, image_ids: Sequence[str] |
                                               ":sk": {"S": sk_prefix}},
             }
             while True:
-                page = client.query(**kwargs)
+                page = retrier.call(client.query, **kwargs)
                 total += page.get("Count", 0)
                 if "LastEvaluatedKey" not in page:
                     break
@@ -1806,7 +1845,7 @@ def run_status(cfg: Config, client: Any, report: Report) -> None:
     image_ids = None
     if cfg.export_dir_given:
         image_ids = [p.stem for p in Migration(cfg, Rules({}, {}), report).select_files()]
-    counts = count_waiting_embeddings(client, cfg.table or "", image_ids)
+    counts = count_waiting_embeddings(client, cfg.table or "", Retrier(cfg.max_retries), image_ids)
     scope = "whole table" if image_ids is None else f"{len(image_ids):,} images of {cfg.export_dir}"
     print(f"Embedding status in {cfg.table} ({scope}), GSI1 EMBEDDING_STATUS#NONE:")
     print(f"  receipt lines waiting: {counts['lines']:,}")
@@ -1825,7 +1864,7 @@ def verify_image(cfg: Config, client: Any, rules: Rules, path: Path) -> dict[str
              "message": exc.message})}
     if not plan.has_receipts and not cfg.include_empty:
         return {"file": path.name, "image_id": plan.image_id, "skipped": "no receipts"}
-    prod = query_partition(client, cfg.table or "", plan.image_id)
+    prod = query_partition(client, cfg.table or "", plan.image_id, Retrier(cfg.max_retries))
     missing, different = [], []
     for item in plan.items:
         theirs = prod.get(item["SK"]["S"])
