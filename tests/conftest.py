@@ -1,0 +1,201 @@
+"""Shared pytest fixtures: local DynamoDB servers, fresh tables, fault proxies.
+
+Test modules import the helpers directly (``tests/`` is on ``sys.path`` under pytest's
+default import mode), e.g. ``from servers import scan_all`` and
+``from fault_proxy import FaultProxy``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.retries.standard import ExponentialBackoff
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+for _p in (str(TESTS_DIR), str(REPO_ROOT)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from fault_proxy import FaultProxy  # noqa: E402
+from servers import (  # noqa: E402
+    DynaliteServer,
+    LocalServer,
+    MotoServer,
+    create_table,
+    delete_table,
+    dynalite_unavailable_reason,
+    env_for_subprocess,
+    make_client,
+    start_dynalite,
+    start_moto_server,
+)
+
+_table_numbers = itertools.count(1)
+
+
+@dataclass
+class TableHandle:
+    """A freshly created receipts table on a local server."""
+
+    name: str
+    url: str
+    client: Any  # boto3 DynamoDB client talking to ``url`` directly
+    server: LocalServer
+
+
+# --------------------------------------------------------------------------- environment
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _dummy_aws_environment() -> Iterator[None]:
+    """No real AWS configuration may leak into tests: scrub AWS_*, set dummies."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in list(os.environ):
+            if key.upper().startswith(("AWS_", "BOTO")):
+                mp.delenv(key)
+        for key, value in env_for_subprocess().items():
+            if key.startswith("AWS_"):
+                mp.setenv(key, value)
+        yield
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Scale botocore's standard-mode retry backoff by 1/100 in this process.
+
+    botocore sleeps ``rand() * min(scale * 2**i, 20)`` s before retry ``i`` with
+    scale 1 s for throttling errors and 25 ms for other DynamoDB errors, so tests
+    that inject many throttles get slow. Only affects in-process clients (not
+    subprocesses) in "standard" mode. Returns the factor.
+    """
+    factor = 0.01
+    original = ExponentialBackoff.delay_amount
+
+    def delay_amount(self: ExponentialBackoff, context: Any) -> float:
+        return float(original(self, context)) * factor
+
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", delay_amount)
+    return factor
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = start_moto_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def dynalite_server() -> Iterator[DynaliteServer]:
+    reason = dynalite_unavailable_reason()
+    if reason:
+        if os.environ.get("REQUIRE_DYNALITE"):  # CI sets it: a missing install must not pass
+            pytest.fail(f"REQUIRE_DYNALITE is set but {reason}")
+        pytest.skip(reason)
+    server = start_dynalite()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["moto", "dynalite"])
+def ddb_server(request: pytest.FixtureRequest) -> LocalServer:
+    """Each test using it runs once against moto and once against dynalite."""
+    server: LocalServer = request.getfixturevalue(f"{request.param}_server")
+    return server
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def new_table_name(prefix: str = "receipts-test") -> str:
+    """A table name unique within this test process (never contains "dev")."""
+    name = f"{prefix}-{os.getpid()}-{next(_table_numbers)}"
+    assert "dev" not in name.lower(), name
+    return name
+
+
+@pytest.fixture
+def table_name() -> str:
+    """A unique table name (the table is not created)."""
+    return new_table_name()
+
+
+@pytest.fixture
+def table_factory() -> Iterator[Callable[[LocalServer], TableHandle]]:
+    """``make(server) -> TableHandle``: create fresh tables; deleted after the test."""
+    created: list[TableHandle] = []
+
+    def make(server: LocalServer) -> TableHandle:
+        client = make_client(server.url)
+        name = new_table_name()
+        create_table(client, name)
+        handle = TableHandle(name=name, url=server.url, client=client, server=server)
+        created.append(handle)
+        return handle
+
+    yield make
+    for handle in created:
+        try:
+            delete_table(handle.client, handle.name)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def fresh_table(moto_server: MotoServer, table_factory: Callable[[LocalServer], TableHandle]) -> TableHandle:
+    """A new, empty receipts table on the session's moto server."""
+    return table_factory(moto_server)
+
+
+@pytest.fixture
+def dynalite_table(
+    dynalite_server: DynaliteServer, table_factory: Callable[[LocalServer], TableHandle]
+) -> TableHandle:
+    """A new, empty receipts table on the session's dynalite server."""
+    return table_factory(dynalite_server)
+
+
+@pytest.fixture
+def ddb_table(ddb_server: LocalServer, table_factory: Callable[[LocalServer], TableHandle]) -> TableHandle:
+    """A new, empty receipts table on moto and on dynalite (parametrized)."""
+    return table_factory(ddb_server)
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+@pytest.fixture
+def fault_proxy_factory() -> Iterator[Callable[..., FaultProxy]]:
+    """``make(upstream_url, **FaultProxy kwargs) -> FaultProxy``; stopped after the test."""
+    proxies: list[FaultProxy] = []
+
+    def make(upstream_url: str, **kwargs: Any) -> FaultProxy:
+        proxy = FaultProxy(upstream_url, **kwargs)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()
+
+
+# --------------------------------------------------------------------------- data
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """``tests/fixtures/golden`` (``export/*.json`` and ``expected/*.jsonl``)."""
+    path = TESTS_DIR / "fixtures" / "golden"
+    assert (path / "export").is_dir() and (path / "expected").is_dir(), path
+    return path
