@@ -28,8 +28,11 @@ def expected_items() -> dict[tuple[str, str], dict]:
 
 
 def interpreter(version: str) -> str | None:
+    """This interpreter, a pyenv installation (its shims need PYENV_VERSION), or PATH."""
     if sys.version_info[:2] == tuple(int(x) for x in version.split(".")):
         return sys.executable
+    for candidate in sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}")):
+        return str(candidate)
     return shutil.which(f"python{version}")
 
 
