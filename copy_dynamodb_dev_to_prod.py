@@ -1103,9 +1103,9 @@ def build_item(kind: KindSpec, raw: dict[str, Any], rules: Rules) -> dict[str, A
 
 def check_item_limits(item: dict[str, AttributeValue]) -> None:
     """What DynamoDB would reject: empty or oversized key strings, items over 400 KB."""
-    for name, value in item.items():
-        if name in KEY_ATTRIBUTES:
-            text = value["S"]
+    for name in KEY_ATTRIBUTES:
+        if name in item:
+            text = item[name]["S"]
             limit = MAX_SORT_KEY_BYTES if name.endswith("SK") else MAX_PARTITION_KEY_BYTES
             if text == "":
                 raise InputError(f"key attribute {name} would be an empty string", field=name)
@@ -1117,7 +1117,7 @@ def check_item_limits(item: dict[str, AttributeValue]) -> None:
                          f"({item['SK']['S'][:60]})")
 
 
-KEY_ATTRIBUTES = frozenset(["PK", "SK"] + [f"GSI{n}{k}" for n in range(1, 5) for k in ("PK", "SK")])
+KEY_ATTRIBUTES = ("PK", "SK", *(f"GSI{n}{k}" for n in range(1, 5) for k in ("PK", "SK")))
 
 
 def item_size(item: Mapping[str, AttributeValue]) -> int:
