@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-workers", type=int, default=10, help="parallel requests (default 10)")
     run.add_argument("--max-retries", type=int, default=8,
                      help="retries per request on throttling, 5xx, dropped connections and "
-                          "UnprocessedItems (default 8)")
+                          "UnprocessedItems, with exponential backoff and full jitter "
+                          "(default 8; 0 sends every request once)")
     run.add_argument("--max-items-per-second", type=float, metavar="R",
                      help="cap on items written per second, shared by all workers")
 
@@ -387,6 +388,8 @@ def read_export_file(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg} "
                          "(truncated or corrupt file?)") from None
+    except RecursionError:
+        raise InputError("invalid JSON: nested too deeply") from None
     except ValueError as exc:  # NaN / Infinity
         raise InputError(f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -444,7 +447,23 @@ def fixed_text(v: Any, places: int) -> str:
 
 def repr_text(v: Any) -> str:
     """R(v): Python's float repr; ints become floats first (0 -> '0.0')."""
-    return repr(float(finite_number(v)))
+    f = float(finite_number(v))
+    if f != 0 and not MIN_DYNAMODB_NUMBER <= abs(f) < MAX_DYNAMODB_NUMBER:
+        raise FieldError(f"{v!r} is outside the range DynamoDB can store (1e-130 .. 1e126)")
+    return repr(f)
+
+
+def int_text(v: int) -> str:
+    """An integer as DynamoDB N text: at most 38 significant digits."""
+    text = str(v)
+    if len(text.lstrip("-").rstrip("0")) > 38 or abs(v) >= MAX_DYNAMODB_NUMBER:
+        raise FieldError(f"{v} has more digits than DynamoDB can store (38)")
+    return text
+
+
+# DynamoDB numbers: 38 significant digits, magnitude 1e-130 .. 9.99...e125.
+MIN_DYNAMODB_NUMBER = 1e-130
+MAX_DYNAMODB_NUMBER = 1e126
 
 
 def int_value(v: Any, minimum: int | None = None) -> int:
@@ -520,7 +539,7 @@ def n_int(minimum: int | None = None, nullable: bool = False) -> Codec:
     def codec(v: Any) -> AttributeValue:
         if v is None and nullable:
             return NULL
-        return {"N": str(int_value(v, minimum))}
+        return {"N": int_text(int_value(v, minimum))}
     return codec
 
 
@@ -642,7 +661,7 @@ def generic_value(v: Any) -> AttributeValue:
     if isinstance(v, bool):
         return {"BOOL": v}
     if isinstance(v, int):
-        return {"N": str(v)}
+        return {"N": int_text(v)}
     if isinstance(v, float):
         return {"N": repr_text(v)}
     if isinstance(v, str):
@@ -1063,11 +1082,11 @@ def complete_entity(kind: KindSpec, raw: dict[str, Any]) -> dict[str, Any]:
     for f in kind.fields:
         if f.name in raw:
             value = raw[f.name]
-            entity[f.name] = f.none_as if value is None and f.none_as is not None else value
         elif f.default is REQUIRED:
             raise InputError("required field is missing", field=f.name)
         else:
-            entity[f.name] = list(f.default) if isinstance(f.default, list) else f.default
+            value = list(f.default) if isinstance(f.default, list) else f.default
+        entity[f.name] = f.none_as if value is None and f.none_as is not None else value
     return entity
 
 
@@ -1102,7 +1121,21 @@ def build_item(kind: KindSpec, raw: dict[str, Any], rules: Rules) -> dict[str, A
 
 
 def check_item_limits(item: dict[str, AttributeValue]) -> None:
-    """What DynamoDB would reject: empty or oversized key strings, items over 400 KB."""
+    """What DynamoDB would reject: text that is not Unicode, empty or oversized key
+    strings, items over 400 KB."""
+    try:
+        check_key_and_size_limits(item)
+    except UnicodeEncodeError:  # a lone surrogate (valid JSON, not valid UTF-8)
+        for name, value in item.items():
+            try:
+                value_size(value)
+            except UnicodeEncodeError:
+                raise InputError("text is not valid Unicode (lone surrogate escape)",
+                                 field=name) from None
+        raise
+
+
+def check_key_and_size_limits(item: dict[str, AttributeValue]) -> None:
     for name in KEY_ATTRIBUTES:
         if name in item:
             text = item[name]["S"]
@@ -1171,7 +1204,7 @@ def plan_image(path: Path, data: dict[str, Any], rules: Rules, ignore_unknown: b
     for key, entries in data.items():
         if not isinstance(entries, list):
             raise InputError(f"expected a list of entities, got {json_type(entries)}", entity=key)
-    images = data.get("images", [])
+    images = [e for e in data.get("images", []) if not (isinstance(e, dict) and never_copy_type(e))]
     if len(images) != 1 or not isinstance(images[0], dict):
         raise InputError(f"an export file holds exactly one image, found {len(images)}",
                          entity="images")
@@ -1257,15 +1290,16 @@ class WriteError(Exception):
 
 
 def make_client(cfg: Config, service: str = "dynamodb") -> Any:
-    """One thread-safe client, its pool as large as the worker count. botocore's standard
-    retry mode absorbs short blips (3 attempts); the Retrier below owns the long tail,
-    because botocore's retry quota runs dry under sustained throttling."""
+    """One thread-safe client, its pool as large as the worker count. Retries belong to the
+    Retrier below, not to botocore: --max-retries then bounds every request exactly, the
+    backoff starts at DynamoDB's 50 ms (botocore's starts at 1 s), and no client-wide
+    retry quota can run dry during a long throttled copy."""
     import boto3
     from botocore.config import Config as BotoConfig
 
     session = boto3.Session(profile_name=cfg.profile, region_name=cfg.region)
     config = BotoConfig(
-        retries={"mode": "standard", "total_max_attempts": 3},
+        retries={"mode": "standard", "total_max_attempts": 1},
         max_pool_connections=cfg.max_workers + 4,
         connect_timeout=10,
         read_timeout=60,
@@ -1598,7 +1632,9 @@ class Migration:
         limiter = RateLimiter(cfg.max_items_per_second) if cfg.max_items_per_second else None
         self.retrier = Retrier(cfg.max_retries)
         self.writer = BatchWriter(client, cfg.table or "", self.retrier, limiter) if client else None
-        self.budget = ItemBudget(max(4000, cfg.max_workers * BATCH_SIZE * 16))
+        # Several large images in flight keep every worker busy while one image waits for
+        # its last batches and its IMAGE item (~50 MB at 20,000 items).
+        self.budget = ItemBudget(max(20_000, cfg.max_workers * BATCH_SIZE * 40))
         self.dump = DumpFile(cfg.dump_items)
         self.progress: Progress | None = None
         self.pool: ThreadPoolExecutor | None = None
@@ -1621,6 +1657,10 @@ class Migration:
             return None
         except OSError as exc:
             self.report.image_failed(path, None, InputError(f"cannot read file: {exc.strerror}"))
+            return None
+        except Exception as exc:  # a case no check foresaw: still this image alone fails
+            log.debug("unexpected error reading %s", path, exc_info=True)
+            self.report.image_failed(path, None, InputError(f"unexpected error: {describe_error(exc)}"))
             return None
         for key, n in plan.ignored.items():
             log.warning("%s: ignored unknown export list %r (%d entries)", path.name, key, n)
@@ -1651,7 +1691,14 @@ class Migration:
     def walk(self, files: list[Path], check_prod: bool, handle: Callable[[ImagePlan, bool], None]) -> None:
         copied = 0
         for chunk in batches(files, GET_BATCH_SIZE):
-            in_prod = self.images_in_prod([p.stem for p in chunk]) if check_prod else set()
+            try:
+                in_prod = self.images_in_prod([p.stem for p in chunk]) if check_prod else set()
+            except Exception as exc:  # the images of this chunk fail; the run goes on
+                for path in chunk:
+                    self.report.image_failed(path, path.stem, InputError(
+                        f"cannot check prod for this image: {describe_error(exc)}"))
+                    self.progress_image()
+                continue
             for path in chunk:
                 if path.stem in in_prod and self.cfg.skip_existing:
                     self.report.image_skipped(path.stem, "skipped_existing")
@@ -1673,11 +1720,7 @@ class Migration:
                 handle(plan, path.stem in in_prod)
 
     def images_in_prod(self, image_ids: list[str]) -> set[str]:
-        try:
-            return existing_images(self.client, self.cfg.table or "", image_ids, self.retrier)
-        except Exception as exc:
-            raise FatalError(f"cannot read the prod table {self.cfg.table!r}: "
-                             f"{describe_error(exc)}") from None
+        return existing_images(self.client, self.cfg.table or "", image_ids, self.retrier)
 
     def progress_image(self) -> None:
         if self.progress:
@@ -2151,7 +2194,7 @@ def confirm_live_run(cfg: Config, files: list[Path], rules: Rules) -> None:
     for path in files:
         try:
             items += len(plan_image(path, read_export_file(path), rules, cfg.ignore_unknown).items)
-        except (InputError, OSError):
+        except Exception:  # counted here only; the run itself reports it
             pass
     print(f"About to copy into table {cfg.table!r}, region {cfg.region or '(default)'}, "
           f"endpoint {cfg.endpoint_url or '(AWS)'}:")

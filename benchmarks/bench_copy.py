@@ -1,0 +1,562 @@
+"""Benchmark copy_dynamodb_dev_to_prod.py against a local moto server.
+
+Developer tool (stdlib + boto3 + moto only).  It never talks to AWS: every boto3 client and
+every subprocess gets dummy credentials and a 127.0.0.1 endpoint.
+
+    python benchmarks/bench_copy.py --images 100 --threads 10 --repeats 3 --json bench.json
+
+What it measures
+  floor        the dry run's items (``--dump-items``) written with plain BatchWriteItem calls
+               of 25 from T threads sharing one client: what "just writing" costs here.
+  tool         the tool's live run (``--no-dry-run --yes``) into a fresh table, wall time
+               around the subprocess (python startup and imports included; measured apart).
+               Floor and tool alternate R times; medians and tool/floor ratios are reported.
+  dry run      conversion throughput of ``--dry-run`` (no table, no AWS).
+  memory       peak RSS of a dry run and of a live run, for the N-image export and for a
+               big-factor x N export, and the big/small ratio.
+
+moto runs in its own process (``python -m moto.server``) so its CPU does not share the
+benchmark's GIL, but on a small machine the two still compete for cores: compare the tool with
+the floor measured here, not with absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gen_export import generate_export
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TOOL = REPO / "copy_dynamodb_dev_to_prod.py"
+REGION = "us-east-1"
+BUCKET_ARGS = [
+    "--dev-raw-bucket", "dev-raw-bucket", "--prod-raw-bucket", "prod-raw-bucket",
+    "--dev-cdn-bucket", "dev-cdn-bucket", "--prod-cdn-bucket", "prod-cdn-bucket",
+]
+# Dummy credentials only; anything that could point boto3 at a real account is removed.
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_SECURITY_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+DROP_ENV = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB")
+
+
+def fake_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
+    env.update(FAKE_AWS_ENV)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+# --- moto ----------------------------------------------------------------------------------------
+
+class MotoServer:
+    """``python -m moto.server`` on 127.0.0.1 in a child process."""
+
+    def __init__(self, log_path: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log_path, "wb")
+        # Python's cyclic GC rescans moto's millions of item objects ever more often as a table
+        # grows (throughput halves by ~300k items); a higher gen-0 threshold keeps it steadier.
+        boot = ("import gc, sys; gc.set_threshold(100_000, 50, 100); "
+                "from moto.server import main; sys.exit(main(sys.argv[1:]))")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", boot, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=fake_env())
+        client = make_client(self.url, 1)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.list_tables()
+                return
+            except (BotoCoreError, ClientError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto server did not start (see {log_path})") from None
+                time.sleep(0.1)
+
+    def rss_mb(self) -> float | None:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def make_client(url: str, threads: int) -> Any:
+    return boto3.client(
+        "dynamodb", endpoint_url=url, region_name=REGION,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+        config=Config(max_pool_connections=max(10, threads),
+                      retries={"max_attempts": 10, "mode": "standard"}))
+
+
+def create_table(client: Any, name: str) -> None:
+    keys = ["PK", "SK", "TYPE"] + [f"GSI{i}{k}" for i in range(1, 5) for k in ("PK", "SK")]
+    gsis = [{"IndexName": f"GSI{i}",
+             "KeySchema": [{"AttributeName": f"GSI{i}PK", "KeyType": "HASH"},
+                           {"AttributeName": f"GSI{i}SK", "KeyType": "RANGE"}],
+             "Projection": {"ProjectionType": "ALL"}} for i in range(1, 5)]
+    gsis.append({"IndexName": "GSITYPE",
+                 "KeySchema": [{"AttributeName": "TYPE", "KeyType": "HASH"}],
+                 "Projection": {"ProjectionType": "ALL"}})
+    client.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "PK", "KeyType": "HASH"},
+                   {"AttributeName": "SK", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k in keys],
+        GlobalSecondaryIndexes=gsis,
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
+    client.get_waiter("table_exists").wait(TableName=name,
+                                          WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+
+
+def item_count(client: Any, name: str) -> int:
+    """moto computes ItemCount live (real DynamoDB updates it every ~6 hours)."""
+    return int(client.describe_table(TableName=name)["Table"]["ItemCount"])
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+def load_items(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fp:
+        return [json.loads(line) for line in fp if line.strip()]
+
+
+def floor_write(client: Any, table: str, items: list[dict[str, Any]], threads: int) -> dict[str, Any]:
+    """Plain BatchWriteItem of 25 from ``threads`` threads; returns timing."""
+    batches = [[{"PutRequest": {"Item": it}} for it in items[i:i + 25]]
+               for i in range(0, len(items), 25)]
+    retried = [0]
+    lock = threading.Lock()
+
+    def write(batch: list[dict[str, Any]]) -> None:
+        request = {table: batch}
+        delay = 0.05
+        while request:
+            resp = client.batch_write_item(RequestItems=request)
+            request = resp.get("UnprocessedItems") or {}
+            if request:
+                with lock:
+                    retried[0] += sum(len(v) for v in request.values())
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(write, batches):
+            pass
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "items": len(items), "items_per_s": len(items) / wall,
+            "requests": len(batches), "unprocessed_retried": retried[0]}
+
+
+def run_timed(cmd: list[str], log: Path, timeout: float | None = None) -> tuple[float, int]:
+    with open(log, "wb") as fp:
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=fp, stderr=subprocess.STDOUT, env=fake_env(),
+                              cwd=REPO, timeout=timeout, check=False)
+        return time.perf_counter() - t0, proc.returncode
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+_RSS_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.run(sys.argv[2:]).returncode\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(rc)\n"
+)
+
+
+def run_peak_rss(cmd: list[str], log: Path) -> dict[str, Any]:
+    """Run ``cmd``; return wall time, exit code and peak RSS (MB) of the process."""
+    gnu_time = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
+    rss_file = log.with_suffix(".rss")
+    if gnu_time:
+        wrapped = [gnu_time, "-v", "-o", str(rss_file), *cmd]
+    else:
+        wrapped = [sys.executable, "-c", _RSS_WRAPPER, str(rss_file), *cmd]
+    wall, rc = run_timed(wrapped, log)
+    peak_kb = None
+    try:
+        text = rss_file.read_text()
+        if gnu_time:
+            m = re.search(r"Maximum resident set size \(kbytes\):\s*(\d+)", text)
+            peak_kb = int(m.group(1)) if m else None
+        else:
+            peak_kb = int(text.strip())
+    except (OSError, ValueError):
+        pass
+    return {"wall_s": wall, "returncode": rc,
+            "peak_rss_mb": None if peak_kb is None else peak_kb / 1024,
+            "method": "/usr/bin/time -v" if gnu_time else "getrusage(RUSAGE_CHILDREN)"}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.tool = Path(args.tool).resolve()
+        self.py = sys.executable
+        self.runs = 0
+
+    def dry_cmd(self, export: Path, dump: Path | None = None) -> list[str]:
+        cmd = [self.py, str(self.tool), "--dry-run", "--export-dir", str(export),
+               *BUCKET_ARGS, "--no-progress"]
+        if dump is not None:
+            cmd += ["--dump-items", str(dump)]
+        return cmd
+
+    def live_cmd(self, export: Path, table: str, url: str, report: Path) -> list[str]:
+        return [self.py, str(self.tool), "--no-dry-run", "--yes", "--table", table,
+                "--endpoint-url", url, "--region", REGION, "--export-dir", str(export),
+                "--max-workers", str(self.args.threads), "--no-progress", *BUCKET_ARGS,
+                "--report", str(report)]
+
+    def log(self, name: str) -> Path:
+        self.runs += 1
+        return self.work / f"{self.runs:02d}-{name}.log"
+
+    def dry_run(self, export: Path, dump: Path) -> dict[str, Any]:
+        log = self.log("dry-run")
+        wall, rc = run_timed(self.dry_cmd(export, dump), log)
+        if rc != 0 or not dump.exists():
+            raise ToolFailed(f"dry run failed (exit {rc}):\n{tail(log)}")
+        with open(dump, encoding="utf-8") as fp:
+            n = sum(1 for line in fp if line.strip())
+        return {"wall_s": wall, "items": n, "items_per_s": n / wall if wall else None}
+
+    def live_run(self, export: Path, table: str, expect: int | None,
+                 rss: bool = False) -> dict[str, Any]:
+        with fresh_server(self.work, self.args.threads, table) as (server, client):
+            return self._live_run(server, client, export, table, expect, rss)
+
+    def _live_run(self, server: MotoServer, client: Any, export: Path, table: str,
+                  expect: int | None, rss: bool) -> dict[str, Any]:
+        report = self.work / f"report-{table}.json"
+        log = self.log(table)
+        cmd = self.live_cmd(export, table, server.url, report)
+        if rss:
+            res = run_peak_rss(cmd, log)
+        else:
+            wall, rc = run_timed(cmd, log)
+            res = {"wall_s": wall, "returncode": rc}
+        res["items_in_table"] = item_count(client, table)
+        res["moto_rss_mb"] = server.rss_mb()
+        if expect:
+            res["items"] = expect
+            res["items_per_s"] = expect / res["wall_s"]
+        res["report"] = summarize_report(report)
+        if res["returncode"] != 0:
+            res["error"] = tail(log)
+        elif expect is not None and res["items_in_table"] != expect:
+            res["error"] = f"table holds {res['items_in_table']} items, expected {expect}"
+        return res
+
+
+@contextlib.contextmanager
+def fresh_server(work: Path, threads: int, table: str) -> Iterator[tuple[MotoServer, Any]]:
+    """A new moto process holding one new, empty table.
+
+    moto never gives memory back (~13 KB per item), so each measurement gets its own process.
+    """
+    server = MotoServer(work / f"moto-{table}.log")
+    try:
+        client = make_client(server.url, threads)
+        create_table(client, table)
+        yield server, client
+    finally:
+        server.stop()
+
+
+class ToolFailed(Exception):
+    pass
+
+
+def summarize_report(path: Path) -> Any:
+    """The tool's --report, or its top-level scalars if it is large."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {"unparsable": text[:200]}
+    if len(text) > 20_000 and isinstance(data, dict):
+        return {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
+    return data
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def startup_times(py: str, tool: Path, repeats: int) -> dict[str, Any]:
+    imports, tool_version = [], []
+    for _ in range(max(3, repeats)):
+        t0 = time.perf_counter()
+        subprocess.run([py, "-c", "import boto3, tqdm"], check=True, env=fake_env())
+        imports.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        rc = subprocess.run([py, str(tool), "--version"], env=fake_env(), cwd=REPO, check=False,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        if rc == 0:
+            tool_version.append(time.perf_counter() - t0)
+    return {"python_import_boto3_tqdm_s": median(imports),
+            "tool_version_s": median(tool_version)}
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    os.environ.update(FAKE_AWS_ENV)
+    for key in DROP_ENV:
+        os.environ.pop(key, None)
+    bench = Bench(args, work)
+    res: dict[str, Any] = {
+        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "python": sys.version.split()[0], "cpus": os.cpu_count(), "errors": [],
+    }
+    export = work / "export"
+    t0 = time.perf_counter()
+    gen = generate_export(export, args.images, args.seed)
+    res["generate"] = {**gen, "wall_s": time.perf_counter() - t0}
+    print(f"generated {gen['images']} images ({gen['entities']} entities) "
+          f"in {res['generate']['wall_s']:.1f}s", file=sys.stderr)
+
+    res["startup"] = startup_times(bench.py, bench.tool, args.repeats)
+
+    # Dry run: conversion throughput, and the items the floor writes.
+    dump = work / "items.jsonl"
+    dry: list[dict[str, Any]] = []
+    items: list[dict[str, Any]] = []
+    try:
+        for _ in range(args.repeats):
+            dry.append(bench.dry_run(export, dump))
+        items = load_items(dump)
+    except ToolFailed as exc:
+        res["errors"].append(str(exc))
+        print(f"tool dry run failed, floor uses no items:\n{exc}", file=sys.stderr)
+    res["dry_run"] = {"runs": dry,
+                      "median_wall_s": median([d["wall_s"] for d in dry]),
+                      "median_items_per_s": median([d["items_per_s"] for d in dry]),
+                      "items": len(items)}
+    n_items = len(items) or None
+
+    pairs = []
+    for r in range(args.repeats):
+        pair: dict[str, Any] = {}
+        if items:
+            table = f"bench-floor-{r}"
+            with fresh_server(work, args.threads, table) as (server, client):
+                pair["floor"] = floor_write(client, table, items, args.threads)
+                pair["floor"]["items_in_table"] = item_count(client, table)
+                pair["floor"]["moto_rss_mb"] = server.rss_mb()
+            print(f"[{r + 1}/{args.repeats}] floor {pair['floor']['wall_s']:.2f}s "
+                  f"{pair['floor']['items_per_s']:.0f} items/s", file=sys.stderr)
+        pair["tool"] = bench.live_run(export, f"bench-tool-{r}", n_items)
+        tool = pair["tool"]
+        if "error" in tool:
+            res["errors"].append(f"tool live run {r}: {tool['error']}")
+        if "floor" in pair and tool.get("items_per_s"):
+            pair["ratio_tool_over_floor"] = tool["items_per_s"] / pair["floor"]["items_per_s"]
+        print(f"[{r + 1}/{args.repeats}] tool  {tool['wall_s']:.2f}s rc={tool['returncode']} "
+              f"table={tool['items_in_table']}", file=sys.stderr)
+        pairs.append(pair)
+    res["pairs"] = pairs
+    floors = [p["floor"] for p in pairs if "floor" in p]
+    tools = [p["tool"] for p in pairs if p["tool"]["returncode"] == 0]
+    startup = res["startup"]["python_import_boto3_tqdm_s"] or 0.0
+    res["summary"] = {
+        "items": n_items,
+        "floor_median_wall_s": median([f["wall_s"] for f in floors]),
+        "floor_median_items_per_s": median([f["items_per_s"] for f in floors]),
+        "tool_median_wall_s": median([t["wall_s"] for t in tools]),
+        "tool_median_items_per_s": median([t["items_per_s"] for t in tools
+                                           if t.get("items_per_s")]),
+        "tool_median_wall_minus_startup_s": median([t["wall_s"] - startup for t in tools]),
+        "ratio_per_pair": [p.get("ratio_tool_over_floor") for p in pairs],
+        "ratio_median": median([p["ratio_tool_over_floor"] for p in pairs
+                                if "ratio_tool_over_floor" in p and
+                                p["tool"]["returncode"] == 0]),
+    }
+    f_ips, t_ips = (res["summary"]["floor_median_items_per_s"],
+                    res["summary"]["tool_median_items_per_s"])
+    res["summary"]["ratio_of_medians"] = t_ips / f_ips if f_ips and t_ips else None
+
+    if not args.skip_memory:
+        res["memory"] = memory(bench, args, work, export, n_items)
+    return res
+
+
+def memory(bench: Bench, args: argparse.Namespace, work: Path, export: Path,
+           n_items: int | None) -> dict[str, Any]:
+    big = work / "export-big"
+    t0 = time.perf_counter()
+    gen = generate_export(big, args.images * args.big_factor, args.seed)
+    print(f"generated big export: {gen['images']} images in {time.perf_counter() - t0:.1f}s",
+          file=sys.stderr)
+    out: dict[str, Any] = {"big_images": gen["images"], "big_entities": gen["entities"]}
+    for size, path in (("small", export), ("big", big)):
+        out[f"dry_{size}"] = run_peak_rss(bench.dry_cmd(path), bench.log(f"rss-dry-{size}"))
+        print(f"rss dry {size}: {out[f'dry_{size}']['peak_rss_mb']} MB "
+              f"({out[f'dry_{size}']['wall_s']:.1f}s)", file=sys.stderr)
+    # Items of the big export ~ entities (one item per entity).
+    big_items = gen["entities"]
+    for size, path, expect in (("small", export, n_items), ("big", big, big_items)):
+        if size == "big" and big_items > args.big_live_max_items:
+            out["live_big"] = {"skipped": f"{big_items} items > --big-live-max-items "
+                                          f"{args.big_live_max_items}"}
+            continue
+        out[f"live_{size}"] = bench.live_run(path, f"bench-rss-{size}", expect, rss=True)
+        print(f"rss live {size}: {out[f'live_{size}'].get('peak_rss_mb')} MB "
+              f"({out[f'live_{size}']['wall_s']:.1f}s)", file=sys.stderr)
+    for kind in ("dry", "live"):
+        s, b = out.get(f"{kind}_small", {}), out.get(f"{kind}_big", {})
+        if s.get("peak_rss_mb") and b.get("peak_rss_mb"):
+            out[f"{kind}_ratio_big_over_small"] = b["peak_rss_mb"] / s["peak_rss_mb"]
+    shutil.rmtree(big, ignore_errors=True)
+    return out
+
+
+def fmt(v: Any, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(res: dict[str, Any]) -> None:
+    p, s = res["params"], res.get("summary", {})
+    rows: list[tuple[str, str]] = [
+        ("export", (f"{res['generate']['images']} images, {res['generate']['entities']} entities "
+                   f"(generated in {res['generate']['wall_s']:.1f}s)")),
+        ("threads / repeats", f"{p['threads']} / {p['repeats']}"),
+        ("python startup (import boto3, tqdm)",
+         f"{fmt(res['startup']['python_import_boto3_tqdm_s'], '.3f')} s"),
+        ("tool --version", f"{fmt(res['startup']['tool_version_s'], '.3f')} s"),
+        ("dry run", (f"{fmt(res['dry_run']['median_wall_s'])} s, "
+                    f"{fmt(res['dry_run']['median_items_per_s'], ',.0f')} items/s "
+                    f"({res['dry_run']['items']} items)")),
+    ]
+    for i, pair in enumerate(res.get("pairs", []), 1):
+        fl, tl = pair.get("floor", {}), pair["tool"]
+        rows.append((f"pair {i}",
+                     (f"floor {fmt(fl.get('wall_s'))} s {fmt(fl.get('items_per_s'), ',.0f')}/s | "
+                     f"tool {fmt(tl.get('wall_s'))} s {fmt(tl.get('items_per_s'), ',.0f')}/s "
+                     f"rc={tl['returncode']} | ratio {fmt(pair.get('ratio_tool_over_floor'), '.3f')}")))
+    if s:
+        rows += [
+            ("floor median", (f"{fmt(s['floor_median_wall_s'])} s, "
+                             f"{fmt(s['floor_median_items_per_s'], ',.0f')} items/s")),
+            ("tool median", (f"{fmt(s['tool_median_wall_s'])} s, "
+                            f"{fmt(s['tool_median_items_per_s'], ',.0f')} items/s "
+                            f"({fmt(s['tool_median_wall_minus_startup_s'])} s without startup)")),
+            ("tool/floor items/s", (f"median of pairs {fmt(s['ratio_median'], '.3f')}, "
+                                   f"of medians {fmt(s['ratio_of_medians'], '.3f')}")),
+        ]
+    mem = res.get("memory")
+    if mem:
+        for kind in ("dry", "live"):
+            sm, bg = mem.get(f"{kind}_small", {}), mem.get(f"{kind}_big", {})
+            big_txt = bg.get("skipped") or f"{fmt(bg.get('peak_rss_mb'), '.0f')} MB"
+            rows.append((f"peak RSS {kind} run",
+                         (f"{fmt(sm.get('peak_rss_mb'), '.0f')} MB (N) / {big_txt} "
+                         f"({mem['big_images']} images) ratio "
+                         f"{fmt(mem.get(f'{kind}_ratio_big_over_small'), '.2f')}")))
+    width = max(len(k) for k, _ in rows)
+    print()
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    for err in res["errors"]:
+        print(f"\nERROR: {err}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--images", type=int, default=100, help="images in the export (default 100)")
+    p.add_argument("--threads", type=int, default=10,
+                   help="writer threads / --max-workers (default 10)")
+    p.add_argument("--repeats", type=int, default=3, help="floor/tool pairs (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="export seed (default 0)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the results here")
+    p.add_argument("--big-factor", type=int, default=20,
+                   help="the memory runs' big export has this many times the images (default 20)")
+    p.add_argument("--big-live-max-items", type=int, default=600_000, metavar="N",
+                   help="skip the big live memory run above N items: moto keeps ~13 KB per item "
+                        "in memory and writes ~2k items/s (default 600,000)")
+    p.add_argument("--skip-memory", action="store_true", help="skip the peak-RSS runs")
+    p.add_argument("--tool", type=Path, default=DEFAULT_TOOL, help=argparse.SUPPRESS)
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, export)")
+    args = p.parse_args(argv)
+    if min(args.images, args.threads, args.repeats, args.big_factor) < 1:
+        p.error("--images, --threads, --repeats and --big-factor must be >= 1")
+
+    work = Path(tempfile.mkdtemp(prefix="bench_copy_"))
+    try:
+        res = run(args, work)
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print_table(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    return 1 if res["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""SIGKILL a slowed-down live run at several points: every image whose IMAGE item exists must be
+complete (the IMAGE-last invariant), and a re-run must finish the table exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TableHandle
+from live_helpers import (
+    GOLDEN_EXPORT,
+    TOOL,
+    all_items,
+    assert_table_equals,
+    image_items_present,
+    incomplete_marked_images,
+    item_count,
+    live_args,
+    load_expected,
+    run_cli,
+)
+from servers import env_for_subprocess
+
+EXPECTED = load_expected()
+RATE = 200  # items per second: the golden copy (756 items) then takes ~4 s
+
+
+def kill_when(table: TableHandle, threshold: int, tmp_path: Path) -> int:
+    """Start a slowed live run; SIGKILL it once the table holds >= threshold items.
+    Returns the item count seen right after the kill."""
+    args = live_args(table.name, table.url, GOLDEN_EXPORT, "--max-items-per-second", str(RATE),
+                     "--max-workers", "2")
+    log = (tmp_path / "run.log").open("w")
+    proc = subprocess.Popen([sys.executable, str(TOOL), *args], env=env_for_subprocess(),
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if item_count(table.client, table.name) >= threshold:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed: " + \
+                (tmp_path / "run.log").read_text()
+            time.sleep(0.005)
+        else:
+            raise AssertionError(f"fewer than {threshold} items after 60 s")
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+    time.sleep(0.2)  # requests already in flight at moto finish
+    return len(all_items(table.client, table.name))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.6, 0.9], ids=lambda f: f"at{int(f * 100)}pct")
+def test_kill_keeps_image_last_invariant_and_rerun_completes(
+    fresh_table: TableHandle, tmp_path: Path, fraction: float
+) -> None:
+    threshold = max(1, int(len(EXPECTED) * fraction))
+    present = kill_when(fresh_table, threshold, tmp_path)
+    assert threshold <= present < len(EXPECTED), f"kill did not land mid-run ({present} items)"
+    assert incomplete_marked_images(fresh_table.client, fresh_table.name) == [], \
+        "an IMAGE item exists for an image that is not complete"
+    complete_before = image_items_present(fresh_table.client, fresh_table.name)
+
+    again = run_cli(live_args(fresh_table.name, fresh_table.url), report=tmp_path / "r.json")
+    assert again.returncode == 0, again.describe()
+    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
+    report = again.report
+    assert report is not None
+    assert report["items"]["written"] == len(EXPECTED) - present
+    assert report["images"]["skipped_existing"] == len(complete_before)
+
+
+def test_repeated_kills_then_rerun(fresh_table: TableHandle, tmp_path: Path) -> None:
+    """Kill, resume and kill again (the resumed run is interrupted too), then finish."""
+    first = kill_when(fresh_table, len(EXPECTED) // 4, tmp_path)
+    second = kill_when(fresh_table, first + len(EXPECTED) // 3, tmp_path)
+    assert first < second < len(EXPECTED)
+    assert incomplete_marked_images(fresh_table.client, fresh_table.name) == []
+    again = run_cli(live_args(fresh_table.name, fresh_table.url), report=tmp_path / "r.json")
+    assert again.returncode == 0, again.describe()
+    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)

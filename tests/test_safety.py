@@ -1,0 +1,266 @@
+"""Safety of live runs: refusing dev tables, demanding confirmation, never leaking credentials."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TableHandle
+from fault_proxy import DEFAULT_FAULTS, THROTTLING
+from live_helpers import (
+    BUCKET_FLAGS,
+    GOLDEN_EXPORT,
+    TOOL,
+    RecordingProxy,
+    assert_table_equals,
+    golden_image_ids,
+    live_args,
+    load_expected,
+    run_cli,
+    table_items,
+)
+from servers import REGION, env_for_subprocess, free_port
+
+EXPECTED = load_expected()
+
+
+def without_yes(args: list[str]) -> list[str]:
+    return [a for a in args if a != "--yes"]
+
+
+# --------------------------------------------------------------------------- dev tables
+
+
+@pytest.mark.parametrize("via", ["flag", "env"])
+def test_refuses_the_configured_dev_table(fresh_table: TableHandle, tmp_path: Path, via: str) -> None:
+    proxy = RecordingProxy(fresh_table.url, rate=0.0)
+    env = env_for_subprocess()
+    args = live_args(fresh_table.name, proxy.url)
+    if via == "flag":
+        args += ["--dev-table", fresh_table.name]
+    else:
+        env["DEV_DYNAMODB_TABLE_NAME"] = fresh_table.name
+    try:
+        result = run_cli(args, env=env, report=tmp_path / "r.json")
+    finally:
+        proxy.stop()
+    assert result.returncode == 2, result.describe()
+    assert "dev" in result.stderr.lower()
+    assert proxy.calls == {}, f"a refused run contacted the endpoint: {proxy.calls}"
+    assert table_items(fresh_table.client, fresh_table.name) == {}
+
+
+def test_force_allows_the_configured_dev_table(fresh_table: TableHandle) -> None:
+    result = run_cli(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT,
+                               "--dev-table", fresh_table.name, "--force"))
+    assert result.returncode == 0, result.describe()
+    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
+
+
+@pytest.mark.parametrize("name", ["ReceiptsTable-dev-abc123", "receipts-dev", "dev-receipts",
+                                  "ReceiptsTable-DEV-1a2b", "receipts_dev_table",
+                                  "ReceiptsTable-development"])
+def test_refuses_a_dev_looking_table_name(moto_server: Any, tmp_path: Path, name: str) -> None:
+    proxy = RecordingProxy(moto_server.url, rate=0.0)
+    try:
+        result = run_cli(live_args(name, proxy.url), report=tmp_path / "r.json")
+    finally:
+        proxy.stop()
+    assert result.returncode == 2, result.describe()
+    assert name in result.stderr and "--force" in result.stderr
+    assert proxy.calls == {}, f"a refused run contacted the endpoint: {proxy.calls}"
+
+
+def test_force_passes_the_dev_name_check(moto_server: Any, tmp_path: Path) -> None:
+    """With --force the run goes on to the table (which does not exist here: the tests never
+    create a table named like a dev table, so the run fails later, with exit 1, not 2)."""
+    proxy = RecordingProxy(moto_server.url, rate=0.0)
+    try:
+        result = run_cli(live_args("ReceiptsTable-dev-abc123", proxy.url, GOLDEN_EXPORT, "--force",
+                                   "--max-retries", "0"))
+    finally:
+        proxy.stop()
+    assert result.returncode == 1, result.describe()
+    assert "refusing" not in result.stderr
+    assert proxy.calls, "with --force the table should have been contacted"
+    assert "BatchWriteItem" not in proxy.calls
+
+
+# --------------------------------------------------------------------------- confirmation
+
+
+@pytest.mark.parametrize("stdin_text", [None, "yes\n"], ids=["devnull", "piped-yes"])
+def test_live_run_without_yes_and_without_terminal_refuses(
+    fresh_table: TableHandle, stdin_text: str | None
+) -> None:
+    proxy = RecordingProxy(fresh_table.url, rate=0.0)
+    cmd = [sys.executable, str(TOOL), *without_yes(live_args(fresh_table.name, proxy.url))]
+    try:
+        proc = subprocess.run(cmd, env=env_for_subprocess(), capture_output=True, text=True, timeout=60,
+                              input=stdin_text, stdin=subprocess.DEVNULL if stdin_text is None else None)
+    finally:
+        proxy.stop()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--yes" in proc.stderr
+    assert "BatchWriteItem" not in proxy.calls
+    assert table_items(fresh_table.client, fresh_table.name) == {}
+
+
+def run_on_pty(args: list[str], answer: str, timeout: float = 60) -> tuple[int, str, str]:
+    """Run the tool with a pseudo-terminal as stdin/stdout/stderr; answer its prompt.
+    Returns (exit code, output before the answer, whole output)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(TOOL), *args], env=env_for_subprocess(),
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    before = ""
+    answered = False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if not answered and re.search(rb"(?i)type 'yes'|continue\?|\[y/n\]|confirm", out):
+                before = out.decode("utf-8", "replace")
+                time.sleep(0.1)
+                os.write(master, answer.encode() + b"\n")
+                answered = True
+            if proc.poll() is not None and not ready:
+                break
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert answered, f"no confirmation prompt seen:\n{out.decode('utf-8', 'replace')}"
+    return proc.returncode, before, out.decode("utf-8", "replace")
+
+
+def check_prompt_details(before: str, table: str, url: str) -> None:
+    assert table in before
+    assert REGION in before
+    assert url in before
+    n_images, n_items = len(golden_image_ids()), len(EXPECTED)
+    assert re.search(rf"\b{n_images}\s+images?\b", before), before
+    assert re.search(rf"\b{n_items:,}\s+items?\b|\b{n_items}\s+items?\b", before), before
+
+
+def test_terminal_prompt_answered_no_writes_nothing(fresh_table: TableHandle) -> None:
+    proxy = RecordingProxy(fresh_table.url, rate=0.0)
+    try:
+        code, before, whole = run_on_pty(without_yes(live_args(fresh_table.name, proxy.url)), "no")
+    finally:
+        proxy.stop()
+    check_prompt_details(before, fresh_table.name, proxy.url)
+    assert code != 0, whole
+    assert "BatchWriteItem" not in proxy.calls
+    assert table_items(fresh_table.client, fresh_table.name) == {}
+
+
+def test_terminal_prompt_answered_yes_copies(fresh_table: TableHandle) -> None:
+    code, before, whole = run_on_pty(without_yes(live_args(fresh_table.name, fresh_table.url)), "yes")
+    check_prompt_details(before, fresh_table.name, fresh_table.url)
+    assert code == 0, whole
+    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
+
+
+# --------------------------------------------------------------------------- credentials
+
+FAKE_KEY_ID = "AKIAFAKEKEYQZX7ZZ9WQ"
+FAKE_SECRET = "fAkeSecretQzx7/Zz9wqPlumBob+Not4Real00000"
+FAKE_TOKEN = "FakeSessionTokenQzx7Zz9wqIQoJb3JpZ2luX2VjEJ///////////wEaCXVzLWVhc3QtMSJHMEUCIQ=="
+FORBIDDEN = (FAKE_KEY_ID, FAKE_SECRET, FAKE_TOKEN, FAKE_SECRET[:16], FAKE_TOKEN[:24], "Qzx7")
+FORBIDDEN_CI = ("authorization", "x-amz-security-token", "signature=", "credential=")
+
+
+def credential_env() -> dict[str, str]:
+    env = env_for_subprocess()
+    env.update(AWS_ACCESS_KEY_ID=FAKE_KEY_ID, AWS_SECRET_ACCESS_KEY=FAKE_SECRET, AWS_SESSION_TOKEN=FAKE_TOKEN)
+    return env
+
+
+def assert_no_secrets(*texts: str) -> None:
+    for text in texts:
+        for s in FORBIDDEN:
+            assert s not in text, f"credential material {s[:6]}... appears in the output"
+        for s in FORBIDDEN_CI:
+            assert s not in text.lower(), f"{s!r} appears in the output"
+
+
+def leak_check_run(args: list[str], tmp_path: Path) -> Any:
+    report = tmp_path / "leak.json"
+    result = run_cli([*args, "--verbose"], env=credential_env(), report=report)
+    report_text = report.read_text(encoding="utf-8") if report.exists() else ""
+    assert_no_secrets(result.stdout, result.stderr, report_text)
+    return result
+
+
+def test_no_credentials_in_output_of_a_successful_run(fresh_table: TableHandle, tmp_path: Path) -> None:
+    dump = tmp_path / "items.jsonl"
+    result = leak_check_run(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT,
+                                      "--dump-items", str(dump)), tmp_path)
+    assert result.returncode == 0, result.describe()
+    assert_no_secrets(dump.read_text(encoding="utf-8"))
+    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
+
+
+@pytest.mark.parametrize("targets", [("BatchWriteItem",), None], ids=["writes-fail", "all-fail"])
+def test_no_credentials_in_output_when_requests_fail(
+    fresh_table: TableHandle, tmp_path: Path, targets: tuple[str, ...] | None
+) -> None:
+    proxy = RecordingProxy(fresh_table.url, seed=3, rate=1.0, faults=DEFAULT_FAULTS, targets=targets)
+    try:
+        result = leak_check_run(live_args(fresh_table.name, proxy.url, GOLDEN_EXPORT, "--max-retries", "1"),
+                                tmp_path)
+    finally:
+        proxy.stop()
+    assert result.returncode == 1, result.describe()
+    assert proxy.total_injected() > 0
+
+
+def test_no_credentials_in_output_when_endpoint_is_unreachable(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = leak_check_run(live_args("receipts-unreachable", url, GOLDEN_EXPORT, "--max-retries", "0"),
+                            tmp_path)
+    assert result.returncode == 1, result.describe()
+
+
+def test_no_credentials_in_dry_run_or_usage_errors(fresh_table: TableHandle, tmp_path: Path) -> None:
+    dry = [a for a in live_args(fresh_table.name, fresh_table.url) if a not in ("--no-dry-run", "--yes")]
+    result = leak_check_run(dry, tmp_path)
+    assert result.returncode == 0, result.describe()
+    bad = run_cli(["--no-dry-run", "--yes", "--table", "x", "--export-dir", str(GOLDEN_EXPORT), *BUCKET_FLAGS,
+                   "--max-retries", "-1", "--verbose"], env=credential_env())
+    assert bad.returncode == 2
+    assert_no_secrets(bad.stdout, bad.stderr)
+
+
+def test_throttled_run_with_verbose_logs_retries_without_secrets(
+    fresh_table: TableHandle, tmp_path: Path
+) -> None:
+    proxy = RecordingProxy(fresh_table.url, seed=5, rate=0.5, faults=(THROTTLING,),
+                           targets=("BatchWriteItem",))
+    try:
+        result = leak_check_run(live_args(fresh_table.name, proxy.url, GOLDEN_EXPORT, "--max-retries", "10"),
+                                tmp_path)
+    finally:
+        proxy.stop()
+    assert result.returncode == 0, result.describe()
+    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
