@@ -1297,7 +1297,7 @@ def make_client(cfg: Config, service: str = "dynamodb") -> Any:
     import boto3
     from botocore.config import Config as BotoConfig
 
-    session = boto3.Session(profile_name=cfg.profile, region_name=cfg.region)
+    session: Any = boto3.Session(profile_name=cfg.profile, region_name=cfg.region)
     config = BotoConfig(
         retries={"mode": "standard", "total_max_attempts": 1},
         max_pool_connections=cfg.max_workers + 4,
@@ -1305,7 +1305,7 @@ def make_client(cfg: Config, service: str = "dynamodb") -> Any:
         read_timeout=60,
     )
     endpoint = cfg.endpoint_url if service == "dynamodb" else cfg.sfn_endpoint_url
-    return session.client(service, endpoint_url=endpoint, config=config)  # type: ignore[call-overload]
+    return session.client(service, endpoint_url=endpoint, config=config)
 
 
 class RateLimiter:
