@@ -437,12 +437,24 @@ def finite_number(v: Any) -> float | int:
 
 def fixed_text(v: Any, places: int) -> str:
     """Fk(v): the float's repr, rounded half-up to k decimals, fixed-point."""
-    d = Decimal(repr(float(finite_number(v))))
-    try:
-        q = d.quantize(Decimal(1).scaleb(-places), context=NUMBER_CONTEXT)
-    except InvalidOperation:
-        raise FieldError(f"{v!r} is too large for {places} decimals") from None
-    return format(q, "f")
+    f = float(finite_number(v))
+    cache = FIXED_CACHE.setdefault(places, {})
+    text = cache.get(f) if f else None  # 0.0 == -0.0 as keys, but not as text
+    if text is None:
+        try:
+            q = Decimal(repr(f)).quantize(Decimal(1).scaleb(-places), context=NUMBER_CONTEXT)
+        except InvalidOperation:
+            raise FieldError(f"{v!r} is too large for {places} decimals") from None
+        text = format(q, "f")
+        if len(cache) > 200_000:  # bounded: memory must not grow with the export
+            cache.clear()
+        cache[f] = text
+    return text
+
+
+# Coordinates and angles repeat across an image (corners share the box's x and y, the
+# words of a line share its angle), so formatted numbers are worth remembering.
+FIXED_CACHE: dict[int, dict[float, str]] = {}
 
 
 def repr_text(v: Any) -> str:
@@ -1303,6 +1315,9 @@ def make_client(cfg: Config, service: str = "dynamodb") -> Any:
         max_pool_connections=cfg.max_workers + 4,
         connect_timeout=10,
         read_timeout=60,
+        # Every item is built and checked here (types, keys, sizes); botocore's pure-Python
+        # re-validation of each attribute of each item would only cost CPU per request.
+        parameter_validation=False,
     )
     endpoint = cfg.endpoint_url if service == "dynamodb" else cfg.sfn_endpoint_url
     return session.client(service, endpoint_url=endpoint, config=config)
@@ -1675,6 +1690,9 @@ class Migration:
             if self.cfg.dry_run:
                 self.walk(files, check_prod, self.plan_only)
             else:
+                # Conversion on this thread must not hold the GIL for long while workers
+                # wait to hand the next request to the table.
+                sys.setswitchinterval(0.0005)
                 with ThreadPoolExecutor(self.cfg.max_workers, thread_name_prefix="copy") as pool:
                     self.pool = pool
                     try:
@@ -1694,6 +1712,8 @@ class Migration:
             try:
                 in_prod = self.images_in_prod([p.stem for p in chunk]) if check_prod else set()
             except Exception as exc:  # the images of this chunk fail; the run goes on
+                if botocore_setup_error(exc):
+                    raise  # no credentials/region: a configuration error for every image
                 for path in chunk:
                     self.report.image_failed(path, path.stem, InputError(
                         f"cannot check prod for this image: {describe_error(exc)}"))
