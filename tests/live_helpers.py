@@ -18,39 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from exports import BUCKET_FLAGS, GOLDEN_EXPECTED, GOLDEN_EXPORT, GOLDEN_IDS, REPO_ROOT, TOOL
+from exports import load_expected as load_expected_by_key
 from fault_proxy import FaultProxy
 from servers import REGION, env_for_subprocess, item_key, items_by_key, scan_all
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TOOL = REPO_ROOT / "copy_dynamodb_dev_to_prod.py"
-GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
-GOLDEN_EXPORT = GOLDEN / "export"
-GOLDEN_EXPECTED = GOLDEN / "expected"
-
-BUCKET_FLAGS = [
-    "--dev-raw-bucket",
-    "dev-raw-bucket",
-    "--prod-raw-bucket",
-    "prod-raw-bucket",
-    "--dev-cdn-bucket",
-    "dev-cdn-bucket",
-    "--prod-cdn-bucket",
-    "prod-cdn-bucket",
-]
+__all__ = ["BUCKET_FLAGS", "GOLDEN_EXPECTED", "GOLDEN_EXPORT", "REPO_ROOT", "TOOL"]
 
 
 def golden_image_ids() -> list[str]:
-    return sorted(p.stem for p in GOLDEN_EXPORT.glob("*.json"))
+    return list(GOLDEN_IDS)
 
 
 def load_expected(image_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """The golden items (low-level JSON), for all images or the given ones."""
-    ids = golden_image_ids() if image_ids is None else list(image_ids)
-    items: list[dict[str, Any]] = []
-    for image_id in ids:
-        path = GOLDEN_EXPECTED / f"{image_id}.jsonl"
-        items.extend(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line)
-    return items
+    return list(load_expected_by_key(image_ids).values())
 
 
 def expected_by_image() -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
