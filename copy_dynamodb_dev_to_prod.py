@@ -1909,7 +1909,8 @@ def run_status(cfg: Config, client: Any, report: Report) -> None:
     if cfg.export_dir_given:
         image_ids = [p.stem for p in Migration(cfg, Rules({}, {}), report).select_files()]
     counts = count_waiting_embeddings(client, cfg.table or "", Retrier(cfg.max_retries), image_ids)
-    scope = "whole table" if image_ids is None else f"{len(image_ids):,} images of {cfg.export_dir}"
+    scope = ("whole table" if image_ids is None else
+             f"{len(image_ids):,} image{'' if len(image_ids) == 1 else 's'} of {cfg.export_dir}")
     print(f"Embedding status in {cfg.table} ({scope}), GSI1 EMBEDDING_STATUS#NONE:")
     print(f"  receipt lines waiting: {counts['lines']:,}")
     print(f"  receipt words waiting: {counts['words']:,}")
@@ -2199,8 +2200,8 @@ def print_header(cfg: Config, files: int) -> None:
         print("Prod table: not checked (no --table given): every image counts as not yet in prod")
     for kind, renames in (("raw", cfg.dev_raw_bucket), ("cdn", cfg.dev_cdn_bucket)):
         target = cfg.prod_raw_bucket if kind == "raw" else cfg.prod_cdn_bucket
-        print(f"{kind.capitalize()} bucket: {renames} -> {target}" if renames
-              else f"{kind.capitalize()} bucket: not rewritten (not configured)")
+        print(f"{kind.upper()} bucket: {renames} -> {target}" if renames
+              else f"{kind.upper()} bucket: not rewritten (not configured)")
     print()
 
 

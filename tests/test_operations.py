@@ -1,0 +1,388 @@
+"""After the copy: --trigger-embeddings, --status, --verify, --limit, --shard and the rate cap,
+each run as the CLI against a moto server (DynamoDB and Step Functions on one endpoint)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from conftest import TableHandle
+from exports import BUCKET_FLAGS, GOLDEN_EXPORT, GOLDEN_IDS, TOOL, copy_golden, load_expected
+from live_helpers import live_args, run_cli, table_items
+from servers import REGION, env_for_subprocess
+
+ROLE = "arn:aws:iam::123456789012:role/embedding"
+PASS_DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
+LINES = 81  # golden RECEIPT_LINE items
+WORDS = 205  # golden RECEIPT_WORD items
+
+
+def sfn_client(url: str) -> Any:
+    return boto3.client(
+        "stepfunctions",
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def make_machines(url: str) -> tuple[str, str]:
+    """Two fresh state machines (names are global on the shared moto server)."""
+    sfn, suffix = sfn_client(url), uuid.uuid4().hex[:8]
+    names = (f"embedding-infra-prod-line-workflow-{suffix}", f"embedding-infra-prod-word-workflow-{suffix}")
+    for name in names:
+        sfn.create_state_machine(name=name, definition=PASS_DEFINITION, roleArn=ROLE)
+    return names
+
+
+def executions(url: str, name: str) -> list[dict[str, Any]]:
+    sfn = sfn_client(url)
+    arn = next(m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"] if m["name"] == name)
+    return [
+        sfn.describe_execution(executionArn=e["executionArn"])
+        for e in sfn.list_executions(stateMachineArn=arn)["executions"]
+    ]
+
+
+def copy_golden_into(table: TableHandle, tmp_path: Path, *extra: str) -> Any:
+    result = run_cli(live_args(table.name, table.url, GOLDEN_EXPORT, *extra), report=tmp_path / "copy.json")
+    assert result.returncode == 0, result.describe()
+    return result
+
+
+# --- --trigger-embeddings ------------------------------------------------------------------
+
+
+def test_trigger_embeddings_after_copy_starts_both_once(fresh_table: TableHandle, tmp_path: Path) -> None:
+    line, word = make_machines(fresh_table.url)
+    machines = ["--line-state-machine", line, "--word-state-machine", word]
+    first = copy_golden_into(fresh_table, tmp_path, "--trigger-embeddings", *machines)
+    started = first.report["embeddings"]
+    assert [e["started"] for e in started] == [True, True]
+    for name, entry in zip((line, word), started):
+        runs = executions(fresh_table.url, name)
+        assert len(runs) == 1
+        assert runs[0]["input"] == "{}"
+        assert runs[0]["executionArn"] == entry["execution_arn"]
+        assert entry["execution_arn"] in first.stdout
+
+    # moto keeps executions RUNNING: a second trigger must not start another one.
+    again = copy_golden_into(fresh_table, tmp_path, "--trigger-embeddings", *machines)
+    assert [e["started"] for e in again.report["embeddings"]] == [False, False]
+    assert "still running" in again.stdout
+    assert len(executions(fresh_table.url, line)) == 1
+    assert len(executions(fresh_table.url, word)) == 1
+
+
+def test_trigger_embeddings_accepts_arns_and_runs_alone(moto_server: Any, tmp_path: Path) -> None:
+    line, word = make_machines(moto_server.url)
+    sfn = sfn_client(moto_server.url)
+    arns = {m["name"]: m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]}
+    # No export dir here and no table: nothing to copy, only the trigger.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(TOOL),
+            "--trigger-embeddings",
+            "--no-dry-run",
+            "--yes",
+            "--no-progress",
+            "--endpoint-url",
+            moto_server.url,
+            "--region",
+            REGION,
+            "--line-state-machine",
+            arns[line],
+            "--word-state-machine",
+            arns[word],
+        ],
+        cwd=tmp_path,
+        env=env_for_subprocess(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("Started the") == 2
+    assert len(executions(moto_server.url, line)) == 1
+    assert len(executions(moto_server.url, word)) == 1
+
+
+def test_no_trigger_when_an_image_failed(fresh_table: TableHandle, tmp_path: Path) -> None:
+    line, word = make_machines(fresh_table.url)
+    export = tmp_path / "export"
+    bad = copy_golden(export)[0]
+    bad.write_text(bad.read_text(encoding="utf-8")[:500], encoding="utf-8")  # truncated
+    result = run_cli(
+        live_args(
+            fresh_table.name,
+            fresh_table.url,
+            export,
+            "--trigger-embeddings",
+            "--line-state-machine",
+            line,
+            "--word-state-machine",
+            word,
+        )
+    )
+    assert result.returncode == 1, result.describe()
+    assert "Not starting embeddings" in result.stdout
+    assert executions(fresh_table.url, line) == [] and executions(fresh_table.url, word) == []
+
+
+def test_dry_run_trigger_only_says_what_it_would_start(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(TOOL),
+            "--trigger-embeddings",
+            "--export-dir",
+            str(GOLDEN_EXPORT),
+            *BUCKET_FLAGS,
+        ],
+        cwd=tmp_path,
+        env=env_for_subprocess(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Would start the line embedding workflow embedding-infra-prod-line-workflow" in proc.stdout
+    assert "Would start the word embedding workflow embedding-infra-prod-word-workflow" in proc.stdout
+
+
+# --- --status ----------------------------------------------------------------------------
+
+
+def status(table: TableHandle, tmp_path: Path, *extra: str) -> dict[str, Any]:
+    result = run_cli(
+        ["--status", "--table", table.name, "--endpoint-url", table.url, "--region", REGION, *extra],
+        report=tmp_path / "status.json",
+    )
+    assert result.returncode == 0, result.describe()
+    report = result.report["status"]
+    assert f"receipt lines waiting: {report['lines_none']:,}" in result.stdout
+    assert f"receipt words waiting: {report['words_none']:,}" in result.stdout
+    return report
+
+
+def test_status_counts_none_records_and_falls_as_the_pipeline_works(
+    fresh_table: TableHandle, tmp_path: Path
+) -> None:
+    assert status(fresh_table, tmp_path) == {"scope": "whole table", "lines_none": 0, "words_none": 0}
+    copy_golden_into(fresh_table, tmp_path)
+    whole = status(fresh_table, tmp_path)
+    assert (whole["lines_none"], whole["words_none"]) == (LINES, WORDS)
+
+    # The embedding pipeline marks three words and one line done.
+    done = [i for i in load_expected().values() if i["TYPE"]["S"] == "RECEIPT_WORD"][:3]
+    done += [i for i in load_expected().values() if i["TYPE"]["S"] == "RECEIPT_LINE"][:1]
+    for item in done:
+        fresh_table.client.update_item(
+            TableName=fresh_table.name,
+            Key={"PK": item["PK"], "SK": item["SK"]},
+            UpdateExpression="SET embedding_status = :s, GSI1PK = :pk",
+            ExpressionAttributeValues={":s": {"S": "SUCCESS"}, ":pk": {"S": "EMBEDDING_STATUS#SUCCESS"}},
+        )
+    after = status(fresh_table, tmp_path)
+    assert (after["lines_none"], after["words_none"]) == (LINES - 1, WORDS - 3)
+
+
+def test_status_restricted_to_the_export(fresh_table: TableHandle, tmp_path: Path) -> None:
+    copy_golden_into(fresh_table, tmp_path)
+    one = GOLDEN_IDS[0]
+    export = tmp_path / "one"
+    copy_golden(export, ids=[one])
+    expected = [i["TYPE"]["S"] for i in load_expected([one]).values()]
+    report = status(fresh_table, tmp_path, "--export-dir", str(export))
+    assert report["scope"] == f"1 image of {export}"
+    assert (report["lines_none"], report["words_none"]) == (
+        expected.count("RECEIPT_LINE"),
+        expected.count("RECEIPT_WORD"),
+    )
+
+
+# --- --verify ----------------------------------------------------------------------------
+
+
+def verify(table: TableHandle, tmp_path: Path) -> Any:
+    return run_cli(
+        [
+            "--verify",
+            "--table",
+            table.name,
+            "--endpoint-url",
+            table.url,
+            "--region",
+            REGION,
+            "--export-dir",
+            str(GOLDEN_EXPORT),
+            *BUCKET_FLAGS,
+            "--no-progress",
+        ],
+        report=tmp_path / "verify.json",
+    )
+
+
+def test_verify_finds_a_deleted_item_and_a_changed_attribute(
+    fresh_table: TableHandle, tmp_path: Path
+) -> None:
+    copy_golden_into(fresh_table, tmp_path)
+    clean = verify(fresh_table, tmp_path)
+    assert clean.returncode == 0, clean.describe()
+    assert clean.report["verify"]["images_checked"] == len(GOLDEN_IDS)
+
+    items = list(load_expected().values())
+    deleted = next(i for i in items if i["TYPE"]["S"] == "LETTER")
+    changed = next(i for i in items if i["TYPE"]["S"] == "RECEIPT_WORD_LABEL")
+    progressed = next(i for i in items if i["TYPE"]["S"] == "RECEIPT_WORD")
+    client, table = fresh_table.client, fresh_table.name
+    client.delete_item(TableName=table, Key={"PK": deleted["PK"], "SK": deleted["SK"]})
+    client.update_item(
+        TableName=table,
+        Key={"PK": changed["PK"], "SK": changed["SK"]},
+        UpdateExpression="SET reasoning = :r",
+        ExpressionAttributeValues={":r": {"S": "edited"}},
+    )
+    # Prod's own embedding progress is not a difference.
+    client.update_item(
+        TableName=table,
+        Key={"PK": progressed["PK"], "SK": progressed["SK"]},
+        UpdateExpression="SET embedding_status = :s, GSI1PK = :pk",
+        ExpressionAttributeValues={":s": {"S": "SUCCESS"}, ":pk": {"S": "EMBEDDING_STATUS#SUCCESS"}},
+    )
+
+    found = verify(fresh_table, tmp_path)
+    assert found.returncode == 1, found.describe()
+    problems = {p["image_id"]: p for p in found.report["verify"]["problems"]}
+    assert problems[deleted["PK"]["S"][6:]]["missing"] == [deleted["SK"]["S"]]
+    assert {"SK": changed["SK"]["S"], "attributes": ["reasoning"]} in problems[changed["PK"]["S"][6:]][
+        "different"
+    ]
+    reported = [d["SK"] for p in problems.values() for d in p["different"]] + [
+        sk for p in problems.values() for sk in p["missing"]
+    ]
+    assert sorted(reported) == sorted([deleted["SK"]["S"], changed["SK"]["S"]])
+    assert f"missing   {deleted['SK']['S']}" in found.stdout
+
+
+# --- --limit and --shard ---------------------------------------------------------------------
+
+
+def test_limit_copies_slices_until_everything_is_there(fresh_table: TableHandle, tmp_path: Path) -> None:
+    copied = []
+    for _ in range(3):
+        result = run_cli(
+            live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, "--limit", "2"),
+            report=tmp_path / "limit.json",
+        )
+        assert result.returncode == 0, result.describe()
+        copied.append(result.report["images"]["copied"])
+    assert copied == [2, 2, 1]
+    assert table_items(fresh_table.client, fresh_table.name) == load_expected()
+
+
+def test_shards_cover_every_image_exactly_once(fresh_table: TableHandle, tmp_path: Path) -> None:
+    seen: dict[str, int] = {}
+    for k in range(3):
+        dump = tmp_path / f"shard{k}.jsonl"
+        result = run_cli(
+            live_args(
+                fresh_table.name,
+                fresh_table.url,
+                GOLDEN_EXPORT,
+                "--shard",
+                f"{k}/3",
+                "--dump-items",
+                str(dump),
+            ),
+            report=tmp_path / f"shard{k}.json",
+        )
+        assert result.returncode == 0, result.describe()
+        for line in dump.read_text(encoding="utf-8").splitlines():
+            image = json.loads(line)["PK"]["S"]
+            assert seen.setdefault(image, k) == k, f"{image} in two shards"
+    assert sorted(pk[6:] for pk in seen) == sorted(GOLDEN_IDS)
+    assert table_items(fresh_table.client, fresh_table.name) == load_expected()
+
+
+def test_shard_assignment_is_stable_across_processes(tmp_path: Path) -> None:
+    """The same ids land in the same shard whatever the interpreter's hash seed."""
+
+    def shard_members(seed: str) -> list[str]:
+        dump = tmp_path / f"dump-{seed}.jsonl"
+        env = dict(env_for_subprocess(), PYTHONHASHSEED=seed)
+        subprocess.run(
+            [
+                sys.executable,
+                str(TOOL),
+                "--export-dir",
+                str(GOLDEN_EXPORT),
+                "--shard",
+                "1/2",
+                "--dump-items",
+                str(dump),
+                *BUCKET_FLAGS,
+            ],
+            env=env,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        return sorted({json.loads(line)["PK"]["S"] for line in dump.read_text(encoding="utf-8").splitlines()})
+
+    assert shard_members("1") == shard_members("12345")
+
+
+def test_bad_shard_is_a_usage_error(tmp_path: Path) -> None:
+    for bad in ("3/3", "1", "a/b", "-1/2"):
+        proc = subprocess.run(
+            [sys.executable, str(TOOL), "--export-dir", str(GOLDEN_EXPORT), "--shard", bad],
+            env=env_for_subprocess(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 2, (bad, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+# --- --max-items-per-second ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [150.0])
+def test_rate_cap_holds(fresh_table: TableHandle, tmp_path: Path, rate: float) -> None:
+    """756 golden items at 150 items/s need about 5 s however many workers there are."""
+    start = time.monotonic()
+    result = run_cli(
+        live_args(
+            fresh_table.name,
+            fresh_table.url,
+            GOLDEN_EXPORT,
+            "--max-items-per-second",
+            str(rate),
+            "--max-workers",
+            "10",
+        ),
+        report=tmp_path / "rate.json",
+        timeout=120,
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.describe()
+    written = result.report["items"]["written"]
+    assert written == len(load_expected())
+    # The bucket starts empty and holds at most one second's worth (or one batch).
+    assert elapsed >= (written - rate) / rate * 0.95, f"{written} items in {elapsed:.1f}s"
+    assert written / elapsed <= rate * 1.1
+    assert elapsed <= written / rate + 15  # and it does not crawl either
