@@ -201,11 +201,16 @@ class Config:
 
     @property
     def copies(self) -> bool:
-        """--status and --verify are read-only operations of their own; anything else copies,
-        except --trigger-embeddings run where there is no export (it only triggers)."""
-        trigger_only = (self.trigger_embeddings and not self.export_dir_given
-                        and not self.export_dir.is_dir())
+        """--status and --verify are read-only operations of their own. --trigger-embeddings
+        copies first only when --export-dir is given; alone it only triggers."""
+        trigger_only = self.trigger_embeddings and not self.export_dir_given
         return not (self.status or self.verify or trigger_only)
+
+    @property
+    def mode(self) -> str:
+        if self.status or self.verify:
+            return "+".join(m for m, on in (("verify", self.verify), ("status", self.status)) if on)
+        return "dry-run" if self.dry_run else "live"
 
 
 def load_pulumi_outputs(path: Path | None) -> dict[str, str]:
@@ -290,6 +295,9 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Conf
 def check_config(cfg: Config) -> list[str]:
     """Refuse configurations that cannot work or are unsafe; return warnings."""
     warnings = []
+    if cfg.trigger_embeddings and (cfg.status or cfg.verify):
+        raise UsageError("--trigger-embeddings goes with a copy or on its own, not with "
+                         "--status/--verify")
     if (cfg.copies or cfg.verify or cfg.export_dir_given) and not cfg.export_dir.is_dir():
         raise UsageError(f"export directory not found: {cfg.export_dir}")
     pairs = [("raw", cfg.dev_raw_bucket, cfg.prod_raw_bucket),
@@ -352,7 +360,7 @@ NEVER_COPY_LISTS = {
     "jobs": "JOB",
     "job_metrics": "JOB_METRIC",
 }
-OBSOLETE_LISTS = {"word_tags": "WORD_TAG", "receipt_word_tags": "RECEIPT_WORD_TAG"}
+OBSOLETE_LISTS = frozenset({"word_tags", "receipt_word_tags"})
 NEVER_COPY_TYPES = set(NEVER_COPY_LISTS.values())
 # Key shapes of the never-copy kinds, for entries that carry keys but no TYPE.
 NEVER_COPY_KEY_SHAPES = (
@@ -1034,7 +1042,6 @@ KINDS: tuple[KindSpec, ...] = (
     ),
 )
 KINDS_BY_KEY = {k.export_key: k for k in KINDS}
-KINDS_BY_TYPE = {k.type: k for k in KINDS}
 
 
 # =============================================================================
@@ -1413,7 +1420,7 @@ class BatchWriter:
         """Raises WriteError naming how many items were not written."""
         if not 0 < len(items) <= BATCH_SIZE:
             raise ValueError(f"a batch holds 1..{BATCH_SIZE} items, not {len(items)}")
-        if len({(i["PK"]["S"], i["SK"]["S"]) for i in items}) != len(items):
+        if len({item_key(i) for i in items}) != len(items):
             raise ValueError("a batch must not hold two puts of the same key")
         pending = [{"PutRequest": {"Item": item}} for item in items]
         max_retries = self.retrier.max_retries
@@ -1436,6 +1443,10 @@ class BatchWriter:
                                  [p["PutRequest"]["Item"] for p in pending])
             attempt += 1
             self.retrier.wait(attempt)
+
+
+def item_key(item: Mapping[str, AttributeValue]) -> tuple[str, str]:
+    return item["PK"]["S"], item["SK"]["S"]
 
 
 def batches(items: Sequence[T], size: int = BATCH_SIZE) -> Iterator[Sequence[T]]:
@@ -1478,7 +1489,7 @@ def existing_images(client: Any, table: str, image_ids: Sequence[str], retrier: 
             if request:
                 attempt += 1
                 if attempt > retrier.max_retries:
-                    raise WriteError("prod check: keys still unprocessed after retries")
+                    raise RuntimeError("prod check: keys still unprocessed after retries")
                 retrier.wait(attempt)
     return found
 
@@ -1512,6 +1523,12 @@ def differing_attributes(ours: Mapping[str, AttributeValue],
                   or canonical(ours[name]) != canonical(theirs[name]))
 
 
+def meaningful_differences(item: Mapping[str, AttributeValue], names: Sequence[str]) -> list[str]:
+    """Differences that are not prod's own embedding progress (which prod owns)."""
+    owned = PROD_OWNED.get(item["TYPE"]["S"], set())
+    return [n for n in names if n not in owned]
+
+
 @dataclasses.dataclass
 class Diff:
     to_write: list[dict[str, AttributeValue]]
@@ -1532,7 +1549,7 @@ def diff_with_prod(items: Sequence[dict[str, AttributeValue]],
         names = differing_attributes(item, existing)
         if not names:
             diff.unchanged += 1
-        elif set(names) <= PROD_OWNED.get(item["TYPE"]["S"], set()):
+        elif not meaningful_differences(item, names):
             diff.prod_progress += 1
         else:
             diff.conflicts.append({"PK": item["PK"]["S"], "SK": item["SK"]["S"],
@@ -1550,6 +1567,15 @@ def diff_with_prod(items: Sequence[dict[str, AttributeValue]],
 def shard_of(image_id: str, shards: int) -> int:
     """Stable across machines and Python versions (no hash randomisation)."""
     return zlib.crc32(image_id.lower().encode("utf-8")) % shards
+
+
+def select_files(cfg: Config) -> list[Path]:
+    """The export files this run handles: all of them, or those of its --shard."""
+    files = list_export_files(cfg.export_dir) if cfg.export_dir.is_dir() else []
+    if cfg.shard:
+        k, n = cfg.shard
+        files = [f for f in files if shard_of(f.stem, n) == k]
+    return files
 
 
 class ItemBudget:
@@ -1630,6 +1656,7 @@ class ImageJob:
     remaining: int = 0
     written: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
+    interrupted: bool = False
     finished: bool = False
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -1650,18 +1677,12 @@ class Migration:
         # Several large images in flight keep every worker busy while one image waits for
         # its last batches and its IMAGE item (~50 MB at 20,000 items).
         self.budget = ItemBudget(max(20_000, cfg.max_workers * BATCH_SIZE * 40))
-        self.dump = DumpFile(cfg.dump_items)
+        self.dump = DumpFile(None)  # opened by run(): a run that never starts keeps the old file
+        self.stopping = False
         self.progress: Progress | None = None
         self.pool: ThreadPoolExecutor | None = None
 
     # --- selecting and reading images -------------------------------------------
-
-    def select_files(self) -> list[Path]:
-        files = list_export_files(self.cfg.export_dir) if self.cfg.export_dir.is_dir() else []
-        if self.cfg.shard:
-            k, n = self.cfg.shard
-            files = [f for f in files if shard_of(f.stem, n) == k]
-        return files
 
     def load_plan(self, path: Path) -> ImagePlan | None:
         """Parse and convert one file; a bad file is recorded as failed and gives None."""
@@ -1681,14 +1702,14 @@ class Migration:
             log.warning("%s: ignored unknown export list %r (%d entries)", path.name, key, n)
         return plan
 
-    def run(self) -> None:
-        files = self.select_files()
+    def run(self, files: list[Path]) -> None:
         self.report.images["total"] = len(files)
+        self.dump = DumpFile(self.cfg.dump_items)
         self.progress = Progress(self.cfg.progress, len(files))
-        check_prod = self.client is not None and (self.cfg.skip_existing or self.cfg.dry_run)
+        switch_interval = sys.getswitchinterval()
         try:
             if self.cfg.dry_run:
-                self.walk(files, check_prod, self.plan_only)
+                self.walk(files, self.plan_only)
             else:
                 # Conversion on this thread must not hold the GIL for long while workers
                 # wait to hand the next request to the table.
@@ -1696,21 +1717,24 @@ class Migration:
                 with ThreadPoolExecutor(self.cfg.max_workers, thread_name_prefix="copy") as pool:
                     self.pool = pool
                     try:
-                        self.walk(files, check_prod, self.submit_image)
+                        self.walk(files, self.submit_image)
                         self.budget.wait_idle()  # tasks submit tasks: keep the pool open
                     except BaseException:
+                        self.stopping = True
                         self.report.interrupted = True
                         pool.shutdown(wait=True, cancel_futures=True)
                         raise
         finally:
+            sys.setswitchinterval(switch_interval)
             self.progress.close()
             self.dump.close()
 
-    def walk(self, files: list[Path], check_prod: bool, handle: Callable[[ImagePlan, bool], None]) -> None:
+    def walk(self, files: list[Path], handle: Callable[[ImagePlan, bool], None]) -> None:
+        """Check (per 100 files, read-only) which images prod has, then plan each file."""
         copied = 0
         for chunk in batches(files, GET_BATCH_SIZE):
             try:
-                in_prod = self.images_in_prod([p.stem for p in chunk]) if check_prod else set()
+                in_prod = self.images_in_prod([p.stem for p in chunk]) if self.client else set()
             except Exception as exc:  # the images of this chunk fail; the run goes on
                 if botocore_setup_error(exc):
                     raise  # no credentials/region: a configuration error for every image
@@ -1721,7 +1745,7 @@ class Migration:
                 continue
             for path in chunk:
                 if path.stem in in_prod and self.cfg.skip_existing:
-                    self.report.image_skipped(path.stem, "skipped_existing")
+                    self.report.image_skipped("skipped_existing")
                     self.progress_image()
                     continue
                 if self.cfg.limit is not None and copied >= self.cfg.limit and path.stem not in in_prod:
@@ -1732,7 +1756,7 @@ class Migration:
                     self.progress_image()
                     continue
                 if not plan.has_receipts and not self.cfg.include_empty:
-                    self.report.image_skipped(plan.image_id, "skipped_empty")
+                    self.report.image_skipped("skipped_empty")
                     self.progress_image()
                     continue
                 if path.stem not in in_prod:
@@ -1772,8 +1796,11 @@ class Migration:
         try:
             fn(*args)
         except Exception as exc:
-            log.debug("unexpected error", exc_info=True)
-            job.errors.append(f"internal error: {describe_error(exc)}")
+            if self.stopping:  # Ctrl-C: the pool takes no more work; not this image's fault
+                job.interrupted = True
+            else:
+                log.debug("unexpected error", exc_info=True)
+                job.errors.append(f"internal error: {describe_error(exc)}")
             self.finish(job)
 
     def start_image(self, job: ImageJob) -> None:
@@ -1809,7 +1836,10 @@ class Migration:
             lost = exc.unwritten
             with job.lock:
                 job.errors.append(str(exc))
-        self.confirm_written(job, [i for i in items if i not in lost] if lost else items)
+        if lost:
+            lost_keys = {item_key(i) for i in lost}
+            items = [i for i in items if item_key(i) not in lost_keys]
+        self.confirm_written(job, items)
         with job.lock:
             job.remaining -= 1
             last = job.remaining == 0
@@ -1841,20 +1871,24 @@ class Migration:
                 return
             job.finished = True
         plan = job.plan
-        if job.errors:
-            for message in dict.fromkeys(job.errors):
-                self.report.image_failed(plan.path, plan.image_id, InputError(message), write=True)
-        elif job.in_prod and job.written == 0:
-            self.report.image_done(plan, "skipped_existing")
-        else:
-            self.report.image_done(plan, "copied")
-            log.debug("%s: complete, %d item(s) written", plan.image_id, job.written)
-        self.budget.release(len(plan.items))
-        self.progress_image()
+        try:
+            if job.errors:
+                for message in dict.fromkeys(job.errors):
+                    self.report.image_failed(plan.path, plan.image_id, InputError(message))
+            elif job.interrupted:
+                self.report.image_skipped("interrupted")
+            elif job.in_prod and job.written == 0:
+                self.report.image_done(plan, "skipped_existing")
+            else:
+                self.report.image_done(plan, "copied")
+                log.debug("%s: complete, %d item(s) written", plan.image_id, job.written)
+            self.progress_image()
+        finally:
+            self.budget.release(len(plan.items))
 
 
 class FatalError(Exception):
-    """The run cannot go on (e.g. the table cannot be read): exit 1 with a message."""
+    """An operation cannot go on (e.g. a state machine does not exist): exit 1."""
 
 
 class DumpFile:
@@ -1907,7 +1941,7 @@ def count_waiting_embeddings(client: Any, table: str, retrier: Retrier,
 def run_status(cfg: Config, client: Any, report: Report) -> None:
     image_ids = None
     if cfg.export_dir_given:
-        image_ids = [p.stem for p in Migration(cfg, Rules({}, {}), report).select_files()]
+        image_ids = [p.stem for p in select_files(cfg)]
     counts = count_waiting_embeddings(client, cfg.table or "", Retrier(cfg.max_retries), image_ids)
     scope = ("whole table" if image_ids is None else
              f"{len(image_ids):,} image{'' if len(image_ids) == 1 else 's'} of {cfg.export_dir}")
@@ -1926,24 +1960,31 @@ def verify_image(cfg: Config, client: Any, rules: Rules, path: Path) -> dict[str
         return {"file": path.name, "image_id": path.stem, "invalid": format_error(
             {"file": path.name, "entity": exc.entity, "index": exc.index, "field": exc.field,
              "message": exc.message})}
+    except Exception as exc:
+        return {"file": path.name, "image_id": path.stem,
+                "invalid": f"{path.name}: cannot read: {describe_error(exc)}"}
     if not plan.has_receipts and not cfg.include_empty:
         return {"file": path.name, "image_id": plan.image_id, "skipped": "no receipts"}
-    prod = query_partition(client, cfg.table or "", plan.image_id, Retrier(cfg.max_retries))
+    try:
+        prod = query_partition(client, cfg.table or "", plan.image_id, Retrier(cfg.max_retries))
+    except Exception as exc:
+        return {"file": path.name, "image_id": plan.image_id,
+                "invalid": f"{path.name}: cannot read prod: {describe_error(exc)}"}
     missing, different = [], []
     for item in plan.items:
         theirs = prod.get(item["SK"]["S"])
         if theirs is None:
             missing.append(item["SK"]["S"])
             continue
-        names = set(differing_attributes(item, theirs)) - PROD_OWNED.get(item["TYPE"]["S"], set())
+        names = meaningful_differences(item, differing_attributes(item, theirs))
         if names:
-            different.append({"SK": item["SK"]["S"], "attributes": sorted(names)})
+            different.append({"SK": item["SK"]["S"], "attributes": names})
     return {"file": path.name, "image_id": plan.image_id, "items": len(plan.items),
             "missing": missing, "different": different}
 
 
 def run_verify(cfg: Config, client: Any, report: Report) -> None:
-    files = Migration(cfg, Rules.from_config(cfg), report).select_files()
+    files = select_files(cfg)
     rules = Rules.from_config(cfg)
     results = []
     with ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="verify") as pool:
@@ -2007,14 +2048,25 @@ def run_trigger_embeddings(cfg: Config, report: Report) -> None:
 
 
 def run_operations(cfg: Config, report: Report) -> None:
-    if cfg.verify or cfg.status:
-        client = make_client(cfg)
-        if cfg.verify:
-            run_verify(cfg, client, report)
-        if cfg.status:
-            run_status(cfg, client, report)
-    elif cfg.trigger_embeddings:
-        run_trigger_embeddings(cfg, report)
+    """Each requested operation runs; one that fails says why and the exit code says so."""
+    client = make_client(cfg) if cfg.verify or cfg.status else None
+    operations = [(cfg.verify, "verify", lambda: run_verify(cfg, client, report)),
+                  (cfg.status, "status", lambda: run_status(cfg, client, report)),
+                  (cfg.trigger_embeddings, "trigger-embeddings",
+                   lambda: run_trigger_embeddings(cfg, report))]
+    for wanted, name, operation in operations:
+        if not wanted:
+            continue
+        try:
+            operation()
+        except Exception as exc:
+            if botocore_setup_error(exc):
+                raise
+            message = exc.args[0] if isinstance(exc, FatalError) else describe_error(exc)
+            print(f"error: --{name} failed: {message}", file=sys.stderr)
+            report.extra.setdefault("operation_errors", []).append({"operation": name,
+                                                                    "message": message})
+            report.extra["operations_failed"] = True
 
 
 # =============================================================================
@@ -2026,10 +2078,10 @@ class Report:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.mode = "dry-run" if cfg.dry_run else "live"
+        self.mode = cfg.mode
         self.lock = threading.Lock()
         self.images = {"total": 0, "copied": 0, "skipped_existing": 0, "skipped_empty": 0,
-                       "failed": 0}
+                       "failed": 0, "interrupted": 0}
         self.entities: Counter[str] = Counter()
         self.items = {"planned": 0, "written": 0, "unchanged": 0, "prod_progress_kept": 0,
                       "conflicts": 0}
@@ -2041,6 +2093,8 @@ class Report:
         self.not_reached = 0
         self.interrupted = False
         self.prod_checked = False
+        self.copy_started = False
+        self.summary_printed = False
         self.extra: dict[str, Any] = {}
         self.started = time.time()
 
@@ -2059,7 +2113,7 @@ class Report:
             if outcome == "copied":
                 self.entities.update(plan.entities)
 
-    def image_skipped(self, image_id: str, outcome: str) -> None:
+    def image_skipped(self, outcome: str) -> None:
         with self.lock:
             self.images[outcome] += 1
 
@@ -2073,8 +2127,7 @@ class Report:
             log.warning("conflict: %s %s differs in prod (%s); %s", c["PK"], c["SK"],
                         ", ".join(c["attributes"]), c["action"])
 
-    def image_failed(self, path: Path, image_id: str | None, exc: InputError,
-                     write: bool = False) -> None:
+    def image_failed(self, path: Path, image_id: str | None, exc: InputError) -> None:
         error = {"file": path.name, "image_id": image_id or path.stem, "entity": exc.entity,
                  "index": exc.index, "field": exc.field, "message": exc.message}
         where = exc.where()
@@ -2117,6 +2170,13 @@ class Report:
         path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n",
                         encoding="utf-8")
 
+    def print_summary(self) -> None:
+        """Once, and only for a copy that started (not after a configuration error)."""
+        if self.copy_started and not self.summary_printed:
+            self.summary_printed = True
+            print()
+            print("\n".join(self.summary_lines()))
+
     def summary_lines(self) -> list[str]:
         dry = self.mode == "dry-run"
         im, it = self.images, self.items
@@ -2128,6 +2188,8 @@ class Report:
             f"Skipped (no receipts):          {im['skipped_empty']:>9,}",
             f"Failed:                         {im['failed']:>9,}",
         ]
+        if im["interrupted"]:
+            lines.append(f"Interrupted (next run ends them):{im['interrupted']:>9,}")
         if self.not_reached:
             lines.append(f"Left for later (--limit):       {self.not_reached:>9,}")
         if dry:
@@ -2205,21 +2267,24 @@ def print_header(cfg: Config, files: int) -> None:
     print()
 
 
-def confirm_live_run(cfg: Config, files: list[Path], rules: Rules) -> None:
+def confirm_live_run(cfg: Config, files: list[Path]) -> None:
     """On a terminal, show what will happen and ask; without one, demand --yes."""
     if cfg.yes:
         return
     if not sys.stdin.isatty():
         raise UsageError("a live run needs confirmation: run it on a terminal or pass --yes")
-    items = 0
-    for path in files:
+    entities = 0
+    for path in files:  # parsed, not converted: a count, the run validates
         try:
-            items += len(plan_image(path, read_export_file(path), rules, cfg.ignore_unknown).items)
-        except Exception:  # counted here only; the run itself reports it
-            pass
+            data = read_export_file(path)
+        except InputError:
+            continue
+        entities += sum(len(v) for k, v in data.items() if k in KINDS_BY_KEY and isinstance(v, list))
     print(f"About to copy into table {cfg.table!r}, region {cfg.region or '(default)'}, "
           f"endpoint {cfg.endpoint_url or '(AWS)'}:")
-    print(f"  {len(files):,} images, up to {items:,} items (items already in prod are skipped)")
+    print(f"  {len(files):,} images with up to {entities:,} items"
+          + (f", at most {cfg.limit:,} images (--limit)" if cfg.limit is not None else "")
+          + "; images and items already in prod are skipped")
     answer = input("Type 'yes' to continue: ")
     if answer.strip().lower() not in ("y", "yes"):
         raise UsageError("aborted: not confirmed")
@@ -2228,16 +2293,13 @@ def confirm_live_run(cfg: Config, files: list[Path], rules: Rules) -> None:
 def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
     client = make_client(cfg) if cfg.table else None
     report.prod_checked = client is not None
-    migration = Migration(cfg, rules, report, client)
-    files = migration.select_files()
+    files = select_files(cfg)
     print_header(cfg, len(files))
     if not cfg.dry_run:
-        confirm_live_run(cfg, files, rules)
-    try:
-        migration.run()
-    finally:
-        print()
-        print("\n".join(report.summary_lines()))
+        confirm_live_run(cfg, files)
+    report.copy_started = True
+    Migration(cfg, rules, report, client).run(files)
+    report.print_summary()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -2283,6 +2345,7 @@ def botocore_setup_error(exc: Exception) -> bool:
 
 
 def finish_report(cfg: Config, report: Report) -> int:
+    report.print_summary()
     if cfg.report:
         report.write_json(cfg.report)
     return EXIT_FAILED if report.failed or report.extra.get("operations_failed") else EXIT_OK

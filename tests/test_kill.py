@@ -3,6 +3,7 @@ complete (the IMAGE-last invariant), and a re-run must finish the table exactly.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -90,4 +91,31 @@ def test_repeated_kills_then_rerun(fresh_table: TableHandle, tmp_path: Path) -> 
     assert incomplete_marked_images(fresh_table.client, fresh_table.name) == []
     again = run_cli(live_args(fresh_table.name, fresh_table.url), report=tmp_path / "r.json")
     assert again.returncode == 0, again.describe()
+    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
+
+
+def test_ctrl_c_stops_cleanly_and_rerun_completes(fresh_table: TableHandle, tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) mid-run: exit 130, nothing reported as an internal error or a failure,
+    no IMAGE item for an incomplete image, the report is written; the next run finishes."""
+    report = tmp_path / "interrupted.json"
+    args = live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, "--max-items-per-second",
+                     str(RATE), "--max-workers", "4", "--report", str(report))
+    proc = subprocess.Popen([sys.executable, str(TOOL), *args], env=env_for_subprocess(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while item_count(fresh_table.client, fresh_table.name) < len(EXPECTED) // 3:
+        assert time.monotonic() < deadline and proc.poll() is None, "run ended too early"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "internal error" not in stdout + stderr
+    assert "Traceback" not in stderr
+    data = json.loads(report.read_text(encoding="utf-8"))
+    assert data["interrupted"] is True
+    assert data["images"]["failed"] == 0 and data["errors"] == []
+    assert incomplete_marked_images(fresh_table.client, fresh_table.name, EXPECTED) == []
+    result = run_cli(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT))
+    assert result.returncode == 0, result.describe()
     assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)

@@ -386,3 +386,107 @@ def test_rate_cap_holds(fresh_table: TableHandle, tmp_path: Path, rate: float) -
     assert elapsed >= (written - rate) / rate * 0.95, f"{written} items in {elapsed:.1f}s"
     assert written / elapsed <= rate * 1.1
     assert elapsed <= written / rate + 15  # and it does not crawl either
+
+
+# --- failures of the operations themselves ----------------------------------------------------
+
+
+def test_failed_trigger_is_reported_and_the_report_still_written(
+    fresh_table: TableHandle, tmp_path: Path
+) -> None:
+    missing = "arn:aws:states:us-east-1:123456789012:stateMachine:does-not-exist"
+    result = run_cli(
+        live_args(
+            fresh_table.name,
+            fresh_table.url,
+            GOLDEN_EXPORT,
+            "--trigger-embeddings",
+            "--line-state-machine",
+            missing,
+            "--word-state-machine",
+            missing,
+        ),
+        report=tmp_path / "r.json",
+    )
+    assert result.returncode == 1, result.describe()
+    assert "Traceback" not in result.stderr
+    assert "--trigger-embeddings failed" in result.stderr
+    assert result.report is not None and result.report["images"]["copied"] == len(GOLDEN_IDS)
+    assert result.report["operation_errors"][0]["operation"] == "trigger-embeddings"
+
+
+def test_verify_of_a_missing_table_fails_cleanly(moto_server: Any, tmp_path: Path) -> None:
+    result = run_cli(
+        [
+            "--verify",
+            "--table",
+            "no-such-table-prod",
+            "--endpoint-url",
+            moto_server.url,
+            "--region",
+            REGION,
+            "--export-dir",
+            str(GOLDEN_EXPORT),
+            *BUCKET_FLAGS,
+        ],
+        report=tmp_path / "r.json",
+    )
+    assert result.returncode == 1, result.describe()
+    assert "Traceback" not in result.stderr
+    assert result.report is not None and result.report["mode"] == "verify"
+
+
+def test_trigger_with_verify_is_a_usage_error(moto_server: Any) -> None:
+    result = run_cli(
+        [
+            "--verify",
+            "--trigger-embeddings",
+            "--table",
+            "t-prod",
+            "--endpoint-url",
+            moto_server.url,
+            "--region",
+            REGION,
+            "--export-dir",
+            str(GOLDEN_EXPORT),
+            *BUCKET_FLAGS,
+        ]
+    )
+    assert result.returncode == 2, result.describe()
+
+
+def test_verify_leaves_an_earlier_dump_alone(fresh_table: TableHandle, tmp_path: Path) -> None:
+    dump = tmp_path / "written.jsonl"
+    copy_golden_into(fresh_table, tmp_path, "--dump-items", str(dump))
+    before = dump.read_bytes()
+    assert before
+    result = run_cli(
+        [
+            "--verify",
+            "--table",
+            fresh_table.name,
+            "--endpoint-url",
+            fresh_table.url,
+            "--region",
+            REGION,
+            "--export-dir",
+            str(GOLDEN_EXPORT),
+            *BUCKET_FLAGS,
+            "--dump-items",
+            str(dump),
+        ]
+    )
+    assert result.returncode == 0, result.describe()
+    assert dump.read_bytes() == before
+
+
+def test_missing_credentials_is_a_configuration_error(fresh_table: TableHandle, tmp_path: Path) -> None:
+    env = {k: v for k, v in env_for_subprocess().items() if not k.startswith("AWS_ACCESS_KEY_ID")}
+    env.pop("AWS_SECRET_ACCESS_KEY", None)
+    env["HOME"] = str(tmp_path)
+    for extra in ([], ["--no-skip-existing"]):
+        result = run_cli(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, *extra), env=env)
+        assert result.returncode == 2, result.describe()
+        assert "credentials" in result.stderr.lower()
+        assert "Traceback" not in result.stderr
+    assert table_items(fresh_table.client, fresh_table.name) == {}
