@@ -12,8 +12,10 @@ What it measures
                around the subprocess (python startup and imports included; measured apart).
                Floor and tool alternate R times; medians and tool/floor ratios are reported.
   dry run      conversion throughput of ``--dry-run`` (no table, no AWS).
-  memory       peak RSS of a dry run and of a live run, for the N-image export and for a
-               big-factor x N export, and the big/small ratio.
+  memory       peak RSS of a dry run and of a live run (each live run into its own fresh moto
+               process), for a small export of --memory-images M images and a big one of
+               --big-factor x M images, and the big/small ratios.  M is separate from --images
+               because moto holds every item in memory (~13 KB each, ~2,700 items per image).
 
 moto runs in its own process (``python -m moto.server``) so its CPU does not share the
 benchmark's GIL, but on a small machine the two still compete for cores: compare the tool with
@@ -436,39 +438,73 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     f_ips, t_ips = (res["summary"]["floor_median_items_per_s"],
                     res["summary"]["tool_median_items_per_s"])
     res["summary"]["ratio_of_medians"] = t_ips / f_ips if f_ips and t_ips else None
+    d_ips = res["dry_run"]["median_items_per_s"]
+    res["summary"]["dry_over_floor_items_per_s"] = d_ips / f_ips if f_ips and d_ips else None
 
     if not args.skip_memory:
-        res["memory"] = memory(bench, args, work, export, n_items)
+        res["memory"] = memory(bench, args, work)
+        res["errors"] += res["memory"]["errors"]
     return res
 
 
-def memory(bench: Bench, args: argparse.Namespace, work: Path, export: Path,
-           n_items: int | None) -> dict[str, Any]:
-    big = work / "export-big"
-    t0 = time.perf_counter()
-    gen = generate_export(big, args.images * args.big_factor, args.seed)
-    print(f"generated big export: {gen['images']} images in {time.perf_counter() - t0:.1f}s",
-          file=sys.stderr)
-    out: dict[str, Any] = {"big_images": gen["images"], "big_entities": gen["entities"]}
-    for size, path in (("small", export), ("big", big)):
+MOTO_KB_PER_ITEM = 13  # moto's resident memory per stored item (measured, with 5 GSIs)
+
+
+def mem_available_mb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory(bench: Bench, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Peak RSS of dry and live runs: --memory-images M images vs big-factor x M images."""
+    exports: dict[str, tuple[Path, dict[str, Any]]] = {}
+    out: dict[str, Any] = {"errors": []}
+    for size, n in (("small", args.memory_images), ("big", args.memory_images * args.big_factor)):
+        path = work / f"export-mem-{size}"
+        t0 = time.perf_counter()
+        gen = generate_export(path, n, args.seed)
+        exports[size] = (path, gen)
+        # One item per entity (the dry run's --dump-items has exactly that many lines).
+        out[f"{size}_images"], out[f"{size}_items"] = gen["images"], gen["entities"]
+        print(f"generated {size} memory export: {gen['images']} images, {gen['entities']} "
+              f"items in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    for size, (path, _) in exports.items():
         out[f"dry_{size}"] = run_peak_rss(bench.dry_cmd(path), bench.log(f"rss-dry-{size}"))
-        print(f"rss dry {size}: {out[f'dry_{size}']['peak_rss_mb']} MB "
+        print(f"rss dry {size}: {fmt(out[f'dry_{size}']['peak_rss_mb'], '.0f')} MB "
               f"({out[f'dry_{size}']['wall_s']:.1f}s)", file=sys.stderr)
-    # Items of the big export ~ entities (one item per entity).
-    big_items = gen["entities"]
-    for size, path, expect in (("small", export, n_items), ("big", big, big_items)):
-        if size == "big" and big_items > args.big_live_max_items:
-            out["live_big"] = {"skipped": f"{big_items} items > --big-live-max-items "
-                                          f"{args.big_live_max_items}"}
+    for size, (path, gen) in exports.items():
+        n_items = gen["entities"]
+        need_mb = n_items * MOTO_KB_PER_ITEM / 1024
+        avail = mem_available_mb()
+        if n_items > args.big_live_max_items:
+            out[f"live_{size}"] = {"skipped": f"{n_items} items > --big-live-max-items "
+                                              f"{args.big_live_max_items}"}
+        elif avail is not None and need_mb > 0.85 * avail:
+            out[f"live_{size}"] = {"skipped": f"moto would need ~{need_mb:,.0f} MB, "
+                                              f"{avail:,.0f} MB available"}
+        else:
+            out[f"live_{size}"] = bench.live_run(path, f"bench-rss-{size}", n_items, rss=True)
+        live = out[f"live_{size}"]
+        if "skipped" in live:
+            print(f"rss live {size}: skipped ({live['skipped']})", file=sys.stderr)
             continue
-        out[f"live_{size}"] = bench.live_run(path, f"bench-rss-{size}", expect, rss=True)
-        print(f"rss live {size}: {out[f'live_{size}'].get('peak_rss_mb')} MB "
-              f"({out[f'live_{size}']['wall_s']:.1f}s)", file=sys.stderr)
+        if "error" in live:
+            out["errors"].append(f"live memory run {size}: {live['error']}")
+        print(f"rss live {size}: {fmt(live.get('peak_rss_mb'), '.0f')} MB, moto "
+              f"{fmt(live.get('moto_rss_mb'), '.0f')} MB ({live['wall_s']:.1f}s, "
+              f"{fmt(live.get('items_per_s'), ',.0f')} items/s, rc={live['returncode']})",
+              file=sys.stderr)
     for kind in ("dry", "live"):
         s, b = out.get(f"{kind}_small", {}), out.get(f"{kind}_big", {})
         if s.get("peak_rss_mb") and b.get("peak_rss_mb"):
             out[f"{kind}_ratio_big_over_small"] = b["peak_rss_mb"] / s["peak_rss_mb"]
-    shutil.rmtree(big, ignore_errors=True)
+    for path, _ in exports.values():
+        shutil.rmtree(path, ignore_errors=True)
     return out
 
 
@@ -504,16 +540,31 @@ def print_table(res: dict[str, Any]) -> None:
                             f"({fmt(s['tool_median_wall_minus_startup_s'])} s without startup)")),
             ("tool/floor items/s", (f"median of pairs {fmt(s['ratio_median'], '.3f')}, "
                                    f"of medians {fmt(s['ratio_of_medians'], '.3f')}")),
+            ("dry run/floor items/s", fmt(s["dry_over_floor_items_per_s"], ".2f")),
         ]
     mem = res.get("memory")
     if mem:
+        rows.append(("memory exports", (f"small {mem['small_images']} images "
+                                        f"({mem['small_items']:,} items), big "
+                                        f"{mem['big_images']} images ({mem['big_items']:,} items)")))
         for kind in ("dry", "live"):
-            sm, bg = mem.get(f"{kind}_small", {}), mem.get(f"{kind}_big", {})
-            big_txt = bg.get("skipped") or f"{fmt(bg.get('peak_rss_mb'), '.0f')} MB"
-            rows.append((f"peak RSS {kind} run",
-                         (f"{fmt(sm.get('peak_rss_mb'), '.0f')} MB (N) / {big_txt} "
-                         f"({mem['big_images']} images) ratio "
-                         f"{fmt(mem.get(f'{kind}_ratio_big_over_small'), '.2f')}")))
+            sizes = []
+            for size in ("small", "big"):
+                r = mem.get(f"{kind}_{size}", {})
+                txt = (f"skipped: {r['skipped']}" if "skipped" in r
+                       else f"{fmt(r.get('peak_rss_mb'), '.0f')} MB")
+                sizes.append(txt)
+            rows.append((f"peak RSS {kind} run small / big",
+                         (f"{sizes[0]} / {sizes[1]}, ratio "
+                          f"{fmt(mem.get(f'{kind}_ratio_big_over_small'), '.2f')}")))
+        for size in ("small", "big"):
+            r = mem.get(f"live_{size}", {})
+            if "wall_s" in r:
+                rows.append((f"  live {size}",
+                             (f"{fmt(r.get('wall_s'), '.1f')} s, "
+                              f"{fmt(r.get('items_per_s'), ',.0f')} items/s, "
+                              f"table {r.get('items_in_table')}, rc={r.get('returncode')}, "
+                              f"moto RSS {fmt(r.get('moto_rss_mb'), '.0f')} MB")))
     width = max(len(k) for k, _ in rows)
     print()
     for k, v in rows:
@@ -532,17 +583,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="floor/tool pairs (default 3)")
     p.add_argument("--seed", type=int, default=0, help="export seed (default 0)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the results here")
+    p.add_argument("--memory-images", type=int, default=10, metavar="M",
+                   help="images in the memory runs' small export (default 10, ~27k items)")
     p.add_argument("--big-factor", type=int, default=20,
-                   help="the memory runs' big export has this many times the images (default 20)")
-    p.add_argument("--big-live-max-items", type=int, default=600_000, metavar="N",
-                   help="skip the big live memory run above N items: moto keeps ~13 KB per item "
-                        "in memory and writes ~2k items/s (default 600,000)")
+                   help="the memory runs' big export has this many times the images "
+                        "(default 20: 200 images, ~545k items)")
+    p.add_argument("--big-live-max-items", type=int, default=1_000_000, metavar="N",
+                   help="skip a live memory run above N items: moto keeps ~13 KB per item in "
+                        "memory and writes ~2k items/s; it is also skipped when that would "
+                        "exceed 85%% of MemAvailable (default 1,000,000)")
     p.add_argument("--skip-memory", action="store_true", help="skip the peak-RSS runs")
     p.add_argument("--tool", type=Path, default=DEFAULT_TOOL, help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, export)")
     args = p.parse_args(argv)
-    if min(args.images, args.threads, args.repeats, args.big_factor) < 1:
-        p.error("--images, --threads, --repeats and --big-factor must be >= 1")
+    if min(args.images, args.threads, args.repeats, args.big_factor, args.memory_images) < 1:
+        p.error("--images, --threads, --repeats, --memory-images and --big-factor must be >= 1")
 
     work = Path(tempfile.mkdtemp(prefix="bench_copy_"))
     try:
