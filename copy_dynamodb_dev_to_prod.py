@@ -454,7 +454,7 @@ def fixed_text(v: Any, places: int) -> str:
         except InvalidOperation:
             raise FieldError(f"{v!r} is too large for {places} decimals") from None
         text = format(q, "f")
-        if len(cache) > 200_000:  # bounded: memory must not grow with the export
+        if len(cache) >= 20_000:  # small and bounded: repeats are local (one line, one word)
             cache.clear()
         cache[f] = text
     return text
