@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -445,10 +446,12 @@ def finite_number(v: Any) -> float | int:
 
 def fixed_text(v: Any, places: int) -> str:
     """Fk(v): the float's repr, rounded half-up to k decimals, fixed-point."""
-    f = float(finite_number(v))
     cache = FIXED_CACHE.setdefault(places, {})
-    text = cache.get(f) if f else None  # 0.0 == -0.0 as keys, but not as text
+    # Only finite floats are ever cached (NaN finds nothing), and 0.0 == -0.0 as keys
+    # but not as text: a hit needs no further checks.
+    text = cache.get(v) if type(v) is float and v else None
     if text is None:
+        f = float(finite_number(v))
         try:
             q = Decimal(repr(f)).quantize(Decimal(1).scaleb(-places), context=NUMBER_CONTEXT)
         except InvalidOperation:
@@ -456,7 +459,8 @@ def fixed_text(v: Any, places: int) -> str:
         text = format(q, "f")
         if len(cache) >= 20_000:  # small and bounded: repeats are local (one line, one word)
             cache.clear()
-        cache[f] = text
+        if f:
+            cache[f] = text
     return text
 
 
@@ -615,8 +619,9 @@ def number_map(keys: tuple[str, ...], places: int | None) -> Codec:
             raise FieldError(f"expected an object with keys {', '.join(keys)}, got {json_type(v)}")
         if set(v) != set(keys):
             raise FieldError(f"keys must be exactly {', '.join(keys)}, got {', '.join(sorted(v))}")
-        enc = repr_text if places is None else (lambda x: fixed_text(x, places))
-        return {"M": {k: {"N": enc(v[k])} for k in keys}}
+        if places is None:
+            return {"M": {k: {"N": repr_text(v[k])} for k in keys}}
+        return {"M": {k: {"N": fixed_text(v[k], places)} for k in keys}}
     return codec
 
 
@@ -764,6 +769,12 @@ class FieldSpec:
     codec: Codec
     default: Any = REQUIRED   # the class default, used when an older export lacks the field
     none_as: Any = None       # what an explicit null means, where receipt_dynamo maps it
+    small: bool = False       # the codec's output is a few numbers: at most SMALL_BYTES
+
+
+# An upper bound of a number map such as a bounding box (3 + 4 x (name + 1 + 21) bytes),
+# so the 400 KB check needs to measure only the attributes that can grow.
+SMALL_BYTES = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -777,9 +788,18 @@ class KindSpec:
     # extra template values and cross-field checks: entity -> {name: value}
     derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
-    @property
+    @functools.cached_property
     def field_names(self) -> frozenset[str]:
         return frozenset(f.name for f in self.fields)
+
+    @functools.cached_property
+    def small_fields(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.fields if f.small)
+
+    @functools.cached_property
+    def small_bytes(self) -> int:
+        """An upper bound of the size of all small fields together."""
+        return sum(len(name) + SMALL_BYTES for name in self.small_fields)
 
 
 def fields(*groups: Iterable[FieldSpec]) -> tuple[FieldSpec, ...]:
@@ -790,11 +810,11 @@ def geometry(text: Codec | None = None) -> list[FieldSpec]:
     """Block G: text, bounding box and corners (F20), angles (F18), confidence (F2)."""
     return [
         FieldSpec("text", text or s_any),
-        FieldSpec("bounding_box", number_map(BOX_KEYS, 20)),
-        *(FieldSpec(c, number_map(POINT_KEYS, 20)) for c in CORNERS),
-        FieldSpec("angle_degrees", n_fixed(18)),
-        FieldSpec("angle_radians", n_fixed(18)),
-        FieldSpec("confidence", confidence_f2),
+        FieldSpec("bounding_box", number_map(BOX_KEYS, 20), small=True),
+        *(FieldSpec(c, number_map(POINT_KEYS, 20), small=True) for c in CORNERS),
+        FieldSpec("angle_degrees", n_fixed(18), small=True),
+        FieldSpec("angle_radians", n_fixed(18), small=True),
+        FieldSpec("confidence", confidence_f2, small=True),
     ]
 
 
@@ -900,7 +920,7 @@ KINDS: tuple[KindSpec, ...] = (
                [FieldSpec("width", n_int(1)), FieldSpec("height", n_int(1)),
                 FieldSpec("timestamp_added", timestamp_verbatim)],
                s3_fields(),
-               [FieldSpec(c, number_map(POINT_KEYS, 18)) for c in CORNERS]),
+               [FieldSpec(c, number_map(POINT_KEYS, 18), small=True) for c in CORNERS]),
         sk="RECEIPT#{receipt_id:05d}",
         indexes=(("GSI1", IMG, "RECEIPT#{receipt_id:05d}", None),
                  ("GSI2", "RECEIPT", RCPT, None),
@@ -1135,15 +1155,15 @@ def build_item(kind: KindSpec, raw: dict[str, Any], rules: Rules) -> dict[str, A
             item[f"{index}SK"] = {"S": sk.format_map(values)}
     item["TYPE"] = {"S": kind.type}
     item.update(attributes)
-    check_item_limits(item)
+    check_item_limits(item, kind)
     return item
 
 
-def check_item_limits(item: dict[str, AttributeValue]) -> None:
+def check_item_limits(item: dict[str, AttributeValue], kind: KindSpec) -> None:
     """What DynamoDB would reject: text that is not Unicode, empty or oversized key
     strings, items over 400 KB."""
     try:
-        check_key_and_size_limits(item)
+        check_key_and_size_limits(item, kind)
     except UnicodeEncodeError:  # a lone surrogate (valid JSON, not valid UTF-8)
         for name, value in item.items():
             try:
@@ -1154,7 +1174,7 @@ def check_item_limits(item: dict[str, AttributeValue]) -> None:
         raise
 
 
-def check_key_and_size_limits(item: dict[str, AttributeValue]) -> None:
+def check_key_and_size_limits(item: dict[str, AttributeValue], kind: KindSpec) -> None:
     for name in KEY_ATTRIBUTES:
         if name in item:
             text = item[name]["S"]
@@ -1163,6 +1183,9 @@ def check_key_and_size_limits(item: dict[str, AttributeValue]) -> None:
                 raise InputError(f"key attribute {name} would be an empty string", field=name)
             if len(text.encode("utf-8")) > limit:
                 raise InputError(f"key attribute {name} is longer than {limit} bytes", field=name)
+    # Fast path: measure what can grow, bound the rest; exact only near the limit.
+    if item_size(item, skip=kind.small_fields) + kind.small_bytes <= MAX_ITEM_BYTES:
+        return
     size = item_size(item)
     if size > MAX_ITEM_BYTES:
         raise InputError(f"item is {size:,} bytes, over DynamoDB's 400 KB limit "
@@ -1172,9 +1195,14 @@ def check_key_and_size_limits(item: dict[str, AttributeValue]) -> None:
 KEY_ATTRIBUTES = ("PK", "SK", *(f"GSI{n}{k}" for n in range(1, 5) for k in ("PK", "SK")))
 
 
-def item_size(item: Mapping[str, AttributeValue]) -> int:
+def item_size(item: Mapping[str, AttributeValue], skip: frozenset[str] = frozenset()) -> int:
     """Item size as DynamoDB counts it: UTF-8 names and values, numbers ~1 byte per 2 digits."""
-    return sum(len(name.encode("utf-8")) + value_size(v) for name, v in item.items())
+    total = 0
+    for name, v in item.items():  # top-level names are this tool's own ASCII names
+        if name not in skip:
+            text = v.get("S")
+            total += len(name) + (len(text.encode("utf-8")) if text is not None else value_size(v))
+    return total
 
 
 def value_size(v: AttributeValue) -> int:

@@ -271,14 +271,22 @@ class Bench:
         self.runs += 1
         return self.work / f"{self.runs:02d}-{name}.log"
 
-    def dry_run(self, export: Path, dump: Path) -> dict[str, Any]:
-        log = self.log("dry-run")
-        wall, rc = run_timed(self.dry_cmd(export, dump), log)
-        if rc != 0 or not dump.exists():
+    def dry_run(self, export: Path) -> dict[str, Any]:
+        """Conversion throughput: read and convert every file, no output file (the items
+        count comes from the report)."""
+        log, report = self.log("dry-run"), self.work / "dry-run-report.json"
+        wall, rc = run_timed([*self.dry_cmd(export), "--report", str(report)], log)
+        if rc != 0 or not report.exists():
             raise ToolFailed(f"dry run failed (exit {rc}):\n{tail(log)}")
-        with open(dump, encoding="utf-8") as fp:
-            n = sum(1 for line in fp if line.strip())
+        n = json.loads(report.read_text(encoding="utf-8"))["items"]["planned"]
         return {"wall_s": wall, "items": n, "items_per_s": n / wall if wall else None}
+
+    def dump_items(self, export: Path, dump: Path) -> None:
+        """The items the floor writes (an untimed dry run with --dump-items)."""
+        log = self.log("dump-items")
+        _, rc = run_timed(self.dry_cmd(export, dump), log)
+        if rc != 0 or not dump.exists():
+            raise ToolFailed(f"dry run with --dump-items failed (exit {rc}):\n{tail(log)}")
 
     def live_run(self, export: Path, table: str, expect: int | None,
                  rss: bool = False) -> dict[str, Any]:
@@ -387,7 +395,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     items: list[dict[str, Any]] = []
     try:
         for _ in range(args.repeats):
-            dry.append(bench.dry_run(export, dump))
+            dry.append(bench.dry_run(export))
+        bench.dump_items(export, dump)
         items = load_items(dump)
     except ToolFailed as exc:
         res["errors"].append(str(exc))
