@@ -1159,7 +1159,7 @@ def build_item(kind: KindSpec, raw: dict[str, Any], rules: Rules) -> dict[str, A
     return item
 
 
-def check_item_limits(item: dict[str, AttributeValue], kind: KindSpec) -> None:
+def check_item_limits(item: dict[str, AttributeValue], kind: KindSpec | None = None) -> None:
     """What DynamoDB would reject: text that is not Unicode, empty or oversized key
     strings, items over 400 KB."""
     try:
@@ -1174,7 +1174,7 @@ def check_item_limits(item: dict[str, AttributeValue], kind: KindSpec) -> None:
         raise
 
 
-def check_key_and_size_limits(item: dict[str, AttributeValue], kind: KindSpec) -> None:
+def check_key_and_size_limits(item: dict[str, AttributeValue], kind: KindSpec | None) -> None:
     for name in KEY_ATTRIBUTES:
         if name in item:
             text = item[name]["S"]
@@ -1184,7 +1184,7 @@ def check_key_and_size_limits(item: dict[str, AttributeValue], kind: KindSpec) -
             if len(text.encode("utf-8")) > limit:
                 raise InputError(f"key attribute {name} is longer than {limit} bytes", field=name)
     # Fast path: measure what can grow, bound the rest; exact only near the limit.
-    if item_size(item, skip=kind.small_fields) + kind.small_bytes <= MAX_ITEM_BYTES:
+    if kind and item_size(item, skip=kind.small_fields) + kind.small_bytes <= MAX_ITEM_BYTES:
         return
     size = item_size(item)
     if size > MAX_ITEM_BYTES:
