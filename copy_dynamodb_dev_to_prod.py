@@ -457,7 +457,7 @@ def fixed_text(v: Any, places: int) -> str:
         except InvalidOperation:
             raise FieldError(f"{v!r} is too large for {places} decimals") from None
         text = format(q, "f")
-        if len(cache) >= 20_000:  # small and bounded: repeats are local (one line, one word)
+        if len(cache) >= 4096:  # small and bounded: repeats are local (one line, one word)
             cache.clear()
         if f:
             cache[f] = text
@@ -1236,6 +1236,8 @@ class ImagePlan:
 
 def never_copy_type(entry: Mapping[str, Any]) -> str | None:
     """The never-copy kind an entry is, judged by its TYPE or its key shape."""
+    if "TYPE" not in entry and "PK" not in entry and "SK" not in entry:
+        return None  # what the exporter writes: entity fields only
     t = entry.get("TYPE")
     if isinstance(t, str) and t in NEVER_COPY_TYPES:
         return t
@@ -1681,6 +1683,7 @@ class ImageJob:
     image_item: dict[str, AttributeValue] | None = None
     remaining: int = 0
     written: int = 0
+    held: int = 0  # ItemBudget units this job still holds
     errors: list[str] = dataclasses.field(default_factory=list)
     interrupted: bool = False
     finished: bool = False
@@ -1700,9 +1703,10 @@ class Migration:
         limiter = RateLimiter(cfg.max_items_per_second) if cfg.max_items_per_second else None
         self.retrier = Retrier(cfg.max_retries)
         self.writer = BatchWriter(client, cfg.table or "", self.retrier, limiter) if client else None
-        # Several large images in flight keep every worker busy while one image waits for
-        # its last batches and its IMAGE item (~50 MB at 20,000 items).
-        self.budget = ItemBudget(max(20_000, cfg.max_workers * BATCH_SIZE * 40))
+        # Items not yet settled (read, diffed, written), released batch by batch, so the
+        # next image starts while the last batches of the previous one are still out
+        # (~12 MB at 5,000 items, whatever the size of the export).
+        self.budget = ItemBudget(max(5_000, cfg.max_workers * BATCH_SIZE * 20))
         self.dump = DumpFile(None)  # opened by run(): a run that never starts keeps the old file
         self.stopping = False
         self.progress: Progress | None = None
@@ -1814,8 +1818,15 @@ class Migration:
         if self.progress:
             self.progress.planned(len(plan.items))
         self.budget.acquire(len(plan.items))
-        job = ImageJob(plan, in_prod=in_prod)
+        job = ImageJob(plan, in_prod=in_prod, held=len(plan.items))
         self.pool.submit(self.guarded, job, self.start_image, job)
+
+    def release(self, job: ImageJob, n: int) -> None:
+        """Give back budget for items this job no longer holds (never more than it holds)."""
+        with job.lock:
+            n = min(n, job.held)
+            job.held -= n
+        self.budget.release(n)
 
     def guarded(self, job: ImageJob, fn: Callable[..., None], *args: Any) -> None:
         """Run a task; an unexpected exception fails the image instead of vanishing."""
@@ -1840,8 +1851,11 @@ class Migration:
         job.in_prod = "IMAGE" in prod
         diff = diff_with_prod(plan.items, prod, self.cfg.overwrite_changed)
         self.report.diffed(plan, diff)
+        settled = len(plan.items) - len(diff.to_write)
         if self.progress:
-            self.progress.items_done(len(plan.items) - len(diff.to_write))
+            self.progress.items_done(settled)
+        plan.items = []  # from here on only the batches hold the items still to write
+        self.release(job, settled)
         rest = [i for i in diff.to_write if i["SK"]["S"] != "IMAGE"]
         job.image_item = next((i for i in diff.to_write if i["SK"]["S"] == "IMAGE"), None)
         chunks = list(batches(rest))
@@ -1864,8 +1878,10 @@ class Migration:
                 job.errors.append(str(exc))
         if lost:
             lost_keys = {item_key(i) for i in lost}
-            items = [i for i in items if item_key(i) not in lost_keys]
-        self.confirm_written(job, items)
+            self.confirm_written(job, [i for i in items if item_key(i) not in lost_keys])
+        else:
+            self.confirm_written(job, items)
+        self.release(job, len(items))  # memory is bounded by items not yet settled
         with job.lock:
             job.remaining -= 1
             last = job.remaining == 0
@@ -1910,7 +1926,7 @@ class Migration:
                 log.debug("%s: complete, %d item(s) written", plan.image_id, job.written)
             self.progress_image()
         finally:
-            self.budget.release(len(plan.items))
+            self.release(job, job.held)
 
 
 class FatalError(Exception):
