@@ -793,6 +793,11 @@ class KindSpec:
         return frozenset(f.name for f in self.fields)
 
     @functools.cached_property
+    def index_keys(self) -> tuple[tuple[str, str, str, str, str | None], ...]:
+        """indexes with their key attribute names spelled out: (GSInPK, GSInSK, ...)."""
+        return tuple((f"{i}PK", f"{i}SK", pk, sk, when) for i, pk, sk, when in self.indexes)
+
+    @functools.cached_property
     def small_fields(self) -> frozenset[str]:
         return frozenset(f.name for f in self.fields if f.small)
 
@@ -1113,8 +1118,8 @@ MAX_SORT_KEY_BYTES = 1024
 
 def complete_entity(kind: KindSpec, raw: dict[str, Any]) -> dict[str, Any]:
     """Check the field set like the entity's constructor and fill in class defaults."""
-    unknown = sorted(set(raw) - kind.field_names)
-    if unknown:
+    if not kind.field_names.issuperset(raw):
+        unknown = sorted(set(raw) - kind.field_names)
         raise InputError(f"unknown field (not in {kind.type}; it would be lost in prod)",
                          field=unknown[0])
     entity = {}
@@ -1142,17 +1147,15 @@ def build_item(kind: KindSpec, raw: dict[str, Any], rules: Rules) -> dict[str, A
             raise InputError(str(exc), field=f.name) from None
         if value is not OMIT and value is not KEY_ONLY:
             attributes[f.name] = value
-    values = dict(entity)
-    if kind.derive:
-        values.update(kind.derive(entity))
+    values = {**entity, **kind.derive(entity)} if kind.derive else entity
     item: dict[str, AttributeValue] = {
         "PK": {"S": IMG.format_map(values)},
         "SK": {"S": kind.sk.format_map(values)},
     }
-    for index, pk, sk, when in kind.indexes:
+    for pk_name, sk_name, pk, sk, when in kind.index_keys:
         if when is None or values[when]:
-            item[f"{index}PK"] = {"S": pk.format_map(values)}
-            item[f"{index}SK"] = {"S": sk.format_map(values)}
+            item[pk_name] = {"S": pk.format_map(values)}
+            item[sk_name] = {"S": sk.format_map(values)}
     item["TYPE"] = {"S": kind.type}
     item.update(attributes)
     check_item_limits(item, kind)
@@ -1792,6 +1795,7 @@ class Migration:
                 if path.stem not in in_prod:
                     copied += 1
                 handle(plan, path.stem in in_prod)
+                del plan  # not alive while the next file is read: one image in memory at a time
 
     def images_in_prod(self, image_ids: list[str]) -> set[str]:
         return existing_images(self.client, self.cfg.table or "", image_ids, self.retrier)
