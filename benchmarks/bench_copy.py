@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -469,14 +470,34 @@ def mem_available_mb() -> float | None:
     return None
 
 
+def clone_export(src: Path, dst: Path, copies: int) -> dict[str, Any]:
+    """``copies`` copies of every image of ``src`` under new (deterministic) UUIDs: the same
+    images, so only the size of the export grows, not the size of its largest image."""
+    dst.mkdir(parents=True, exist_ok=True)
+    images = entities = 0
+    for path in sorted(src.glob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+        for copy in range(copies):
+            new_id = str(uuid.uuid5(uuid.UUID(path.stem), str(copy)))
+            (dst / f"{new_id}.json").write_text(text.replace(path.stem, new_id), encoding="utf-8")
+            images += 1
+            entities += sum(len(v) for v in data.values())
+    return {"images": images, "entities": entities}
+
+
 def memory(bench: Bench, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Peak RSS of dry and live runs: --memory-images M images vs big-factor x M images."""
+    """Peak RSS of dry and live runs: --memory-images M images vs the same images cloned
+    big-factor times (so the biggest image is the same and only the export grows)."""
     exports: dict[str, tuple[Path, dict[str, Any]]] = {}
     out: dict[str, Any] = {"errors": []}
-    for size, n in (("small", args.memory_images), ("big", args.memory_images * args.big_factor)):
+    for size in ("small", "big"):
         path = work / f"export-mem-{size}"
         t0 = time.perf_counter()
-        gen = generate_export(path, n, args.seed)
+        if size == "small":
+            gen = generate_export(path, args.memory_images, args.seed)
+        else:
+            gen = clone_export(exports["small"][0], path, args.big_factor)
         exports[size] = (path, gen)
         # One item per entity (the dry run's --dump-items has exactly that many lines).
         out[f"{size}_images"], out[f"{size}_items"] = gen["images"], gen["entities"]
