@@ -248,49 +248,29 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Conf
         "dev_cdn_bucket": dev.get("cdn_bucket"),
         "prod_cdn_bucket": prod.get("cdn_bucket"),
     }
-    named = {}
-    for name, env in ENV_VARS.items():
-        named[name] = getattr(args, name) or from_files.get(name) or environ.get(env) or None
-    for flag in ("max_workers", "max_retries"):
-        if getattr(args, flag) < (1 if flag == "max_workers" else 0):
-            raise UsageError(f"--{flag.replace('_', '-')} must be at least "
-                             f"{1 if flag == 'max_workers' else 0}")
+    named = {name: getattr(args, name) or from_files.get(name) or environ.get(env) or None
+             for name, env in ENV_VARS.items()}
+    if args.max_workers < 1:
+        raise UsageError("--max-workers must be at least 1")
+    if args.max_retries < 0:
+        raise UsageError("--max-retries must be at least 0")
     if args.limit is not None and args.limit < 0:
         raise UsageError("--limit must be >= 0")
     if args.max_items_per_second is not None and not args.max_items_per_second > 0:
         raise UsageError("--max-items-per-second must be > 0")
-    cfg = Config(
-        export_dir=args.export_dir or Path("dev.export"),
-        export_dir_given=args.export_dir is not None,
-        dry_run=args.dry_run,
-        region=args.region,
-        profile=args.profile,
-        endpoint_url=args.endpoint_url or environ.get("AWS_ENDPOINT_URL_DYNAMODB") or None,
+    derived = {
+        "export_dir": args.export_dir or Path("dev.export"),
+        "export_dir_given": args.export_dir is not None,
+        "endpoint_url": args.endpoint_url or environ.get("AWS_ENDPOINT_URL_DYNAMODB") or None,
         # botocore reads AWS_ENDPOINT_URL_SFN itself when this is None.
-        sfn_endpoint_url=args.sfn_endpoint_url or args.endpoint_url,
-        include_empty=args.include_empty,
-        ignore_unknown=args.ignore_unknown,
-        skip_existing=args.skip_existing,
-        overwrite_changed=args.overwrite_changed,
-        max_workers=args.max_workers,
-        max_retries=args.max_retries,
-        max_items_per_second=args.max_items_per_second,
-        limit=args.limit,
-        shard=parse_shard(args.shard),
-        yes=args.yes,
-        force=args.force,
-        trigger_embeddings=args.trigger_embeddings,
-        line_state_machine=args.line_state_machine,
-        word_state_machine=args.word_state_machine,
-        status=args.status,
-        verify=args.verify,
-        report=args.report,
-        dump_items=args.dump_items,
-        progress=not args.no_progress,
-        verbose=args.verbose,
+        "sfn_endpoint_url": args.sfn_endpoint_url or args.endpoint_url,
+        "shard": parse_shard(args.shard),
+        "progress": not args.no_progress,
         **named,
-    )
-    return cfg
+    }
+    as_given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+                if f.name not in derived and hasattr(args, f.name)}
+    return Config(**as_given, **derived)
 
 
 def check_config(cfg: Config) -> list[str]:

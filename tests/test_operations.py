@@ -58,6 +58,19 @@ def copy_golden_into(table: TableHandle, tmp_path: Path, *extra: str) -> Any:
     return result
 
 
+def run_tool_in(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a subprocess in ``cwd`` (where there is no dev.export), dummy credentials."""
+    return subprocess.run(
+        [sys.executable, str(TOOL), *args],
+        cwd=cwd,
+        env=env_for_subprocess(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 # --- --trigger-embeddings ------------------------------------------------------------------
 
 
@@ -87,29 +100,20 @@ def test_trigger_embeddings_accepts_arns_and_runs_alone(moto_server: Any, tmp_pa
     sfn = sfn_client(moto_server.url)
     arns = {m["name"]: m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]}
     # No export dir here and no table: nothing to copy, only the trigger.
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(TOOL),
-            "--trigger-embeddings",
-            "--no-dry-run",
-            "--yes",
-            "--no-progress",
-            "--endpoint-url",
-            moto_server.url,
-            "--region",
-            REGION,
-            "--line-state-machine",
-            arns[line],
-            "--word-state-machine",
-            arns[word],
-        ],
-        cwd=tmp_path,
-        env=env_for_subprocess(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    proc = run_tool_in(
+        tmp_path,
+        "--trigger-embeddings",
+        "--no-dry-run",
+        "--yes",
+        "--no-progress",
+        "--endpoint-url",
+        moto_server.url,
+        "--region",
+        REGION,
+        "--line-state-machine",
+        arns[line],
+        "--word-state-machine",
+        arns[word],
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Started the") == 2
@@ -140,22 +144,7 @@ def test_no_trigger_when_an_image_failed(fresh_table: TableHandle, tmp_path: Pat
 
 
 def test_dry_run_trigger_only_says_what_it_would_start(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(TOOL),
-            "--trigger-embeddings",
-            "--export-dir",
-            str(GOLDEN_EXPORT),
-            *BUCKET_FLAGS,
-        ],
-        cwd=tmp_path,
-        env=env_for_subprocess(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_tool_in(tmp_path, "--trigger-embeddings", "--export-dir", str(GOLDEN_EXPORT), *BUCKET_FLAGS)
     assert proc.returncode == 0, proc.stderr
     assert "Would start the line embedding workflow embedding-infra-prod-line-workflow" in proc.stdout
     assert "Would start the word embedding workflow embedding-infra-prod-word-workflow" in proc.stdout
