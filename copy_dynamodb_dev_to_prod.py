@@ -1565,7 +1565,8 @@ def diff_with_prod(items: Sequence[dict[str, AttributeValue]],
         else:
             diff.conflicts.append({"PK": item["PK"]["S"], "SK": item["SK"]["S"],
                                    "type": item["TYPE"]["S"], "attributes": names,
-                                   "action": "overwritten" if overwrite_changed else "kept prod"})
+                                   # the decision; whether a write then succeeded is the image's outcome
+                                   "action": "overwrite" if overwrite_changed else "keep prod"})
             if overwrite_changed:
                 diff.to_write.append(item)
     return diff
