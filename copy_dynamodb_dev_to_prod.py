@@ -323,13 +323,10 @@ class InputError(Exception):
         super().__init__(message)
         self.message, self.entity, self.index, self.field = message, entity, index, field
 
-    def where(self) -> str:
-        parts = []
-        if self.entity is not None:
-            parts.append(self.entity if self.index is None else f"{self.entity}[{self.index}]")
-        if self.field is not None:
-            parts.append(f"field {self.field!r}")
-        return " ".join(parts)
+    def record(self, path: Path, image_id: str | None = None) -> dict[str, Any]:
+        """The report's error entry (format_error turns it into the one-line message)."""
+        return {"file": path.name, "image_id": image_id or path.stem, "entity": self.entity,
+                "index": self.index, "field": self.field, "message": self.message}
 
 
 # Export lists that hold kinds prod must never receive from a migration (ITEMS.md §7),
@@ -1775,6 +1772,7 @@ class Migration:
                     continue
                 if path.stem not in in_prod:
                     copied += 1
+                self.report.image_planned(plan)
                 handle(plan, path.stem in in_prod)
                 del plan  # not alive while the next file is read: one image in memory at a time
 
@@ -1788,8 +1786,6 @@ class Migration:
     # --- dry run ----------------------------------------------------------------
 
     def plan_only(self, plan: ImagePlan, in_prod: bool) -> None:
-        self.report.image_planned(plan)
-        self.report.count("planned", len(plan.items))
         self.dump.write(plan.items)
         self.report.image_done(plan, "copied")
         self.progress_image()
@@ -1798,8 +1794,6 @@ class Migration:
 
     def submit_image(self, plan: ImagePlan, in_prod: bool) -> None:
         assert self.pool is not None
-        self.report.image_planned(plan)
-        self.report.count("planned", len(plan.items))
         if self.progress:
             self.progress.planned(len(plan.items))
         self.budget.acquire(len(plan.items))
@@ -1984,9 +1978,7 @@ def verify_image(cfg: Config, client: Any, rules: Rules, path: Path) -> dict[str
     try:
         plan = plan_image(path, read_export_file(path), rules, cfg.ignore_unknown)
     except InputError as exc:
-        return {"file": path.name, "image_id": path.stem, "invalid": format_error(
-            {"file": path.name, "entity": exc.entity, "index": exc.index, "field": exc.field,
-             "message": exc.message})}
+        return {"file": path.name, "image_id": path.stem, "invalid": format_error(exc.record(path))}
     except Exception as exc:
         return {"file": path.name, "image_id": path.stem,
                 "invalid": f"{path.name}: cannot read: {describe_error(exc)}"}
@@ -2131,6 +2123,7 @@ class Report:
 
     def image_planned(self, plan: ImagePlan) -> None:
         with self.lock:
+            self.items["planned"] += len(plan.items)
             self.excluded.update(plan.excluded)
             self.ignored.update(plan.ignored)
 
@@ -2155,10 +2148,8 @@ class Report:
                         ", ".join(c["attributes"]), c["action"])
 
     def image_failed(self, path: Path, image_id: str | None, exc: InputError) -> None:
-        error = {"file": path.name, "image_id": image_id or path.stem, "entity": exc.entity,
-                 "index": exc.index, "field": exc.field, "message": exc.message}
-        where = exc.where()
-        log.error("%s: %s%s%s", path.name, where, ": " if where else "", exc.message)
+        error = exc.record(path, image_id)
+        log.error("%s", format_error(error))
         with self.lock:
             self.errors.append(error)
             if error["image_id"] not in self.failed_images:

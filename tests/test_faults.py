@@ -22,6 +22,7 @@ from fault_proxy import (
 )
 from live_helpers import (
     GOLDEN_EXPORT,
+    CliResult,
     RecordingProxy,
     assert_table_equals,
     check_write_requests,
@@ -49,6 +50,20 @@ def proxy_chain(table: TableHandle, seed: int, write_rate: float, read_rate: flo
                             targets=("BatchWriteItem",))
     return writes, reads
 
+def run_through_proxies(table: TableHandle, tmp_path: Path, export_dir: Path, max_retries: str,
+                        seed: int, **chain: Any) -> tuple[CliResult, RecordingProxy, FaultProxy]:
+    """A live run through proxy_chain(table, seed, **chain); the proxies are stopped after
+    it, their counters stay readable."""
+    writes, reads = proxy_chain(table, seed, **chain)
+    try:
+        result = run_cli(live_args(table.name, writes.url, export_dir, "--max-retries", max_retries),
+                         report=tmp_path / "r.json", timeout=170)
+    finally:
+        writes.stop()
+        reads.stop()
+    return result, writes, reads
+
+
 
 @pytest.fixture(scope="module")
 def big_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
@@ -61,13 +76,8 @@ def big_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dic
 def test_disturbed_run_ends_exact(fresh_table: TableHandle, tmp_path: Path, seed: int,
                                   big_export: tuple[Path, list[dict[str, Any]]]) -> None:
     export_dir, expected = big_export
-    writes, reads = proxy_chain(fresh_table, seed, write_rate=0.3, read_rate=0.15)
-    try:
-        result = run_cli(live_args(fresh_table.name, writes.url, export_dir, "--max-retries", "8"),
-                         report=tmp_path / "r.json", timeout=170)
-    finally:
-        writes.stop()
-        reads.stop()
+    result, writes, reads = run_through_proxies(fresh_table, tmp_path, export_dir, "8", seed,
+                                                write_rate=0.3, read_rate=0.15)
     assert result.returncode == 0, result.describe()
     print(f"run took {result.seconds:.1f}s, injected {writes.injected}, reads {reads.injected}")
     assert result.seconds < 120, f"took {result.seconds:.0f}s"
@@ -101,14 +111,9 @@ def unique_write_chunks() -> int:
 @pytest.mark.parametrize("seed", [4, 5])
 def test_every_write_failing_marks_no_image_complete(fresh_table: TableHandle, tmp_path: Path,
                                                      seed: int) -> None:
-    writes, reads = proxy_chain(fresh_table, seed, write_rate=1.0, read_rate=0.0,
-                                write_faults=(ERROR_BEFORE, ERROR_AFTER, PARTIAL_BATCH, DROP_AFTER))
-    try:
-        result = run_cli(live_args(fresh_table.name, writes.url, GOLDEN_EXPORT, "--max-retries", "1"),
-                         report=tmp_path / "r.json", timeout=170)
-    finally:
-        writes.stop()
-        reads.stop()
+    result, writes, _ = run_through_proxies(
+        fresh_table, tmp_path, GOLDEN_EXPORT, "1", seed, write_rate=1.0, read_rate=0.0,
+        write_faults=(ERROR_BEFORE, ERROR_AFTER, PARTIAL_BATCH, DROP_AFTER))
     assert result.returncode == 1, result.describe()
     assert result.seconds < 120
     report = result.report
@@ -144,13 +149,8 @@ def test_every_call_failing_reports_every_image_failed(fresh_table: TableHandle,
 def test_max_retries_counts_retries_not_extra_ones(fresh_table: TableHandle, tmp_path: Path) -> None:
     """--max-retries N: 'retries per request on throttling, 5xx ...' -> at most N + 1 sends of a
     failing BatchWriteItem; with N = 0 each batch is sent exactly once."""
-    writes, reads = proxy_chain(fresh_table, 9, write_rate=1.0, read_rate=0.0, write_faults=(ERROR_BEFORE,))
-    try:
-        result = run_cli(live_args(fresh_table.name, writes.url, GOLDEN_EXPORT, "--max-retries", "0"),
-                         report=tmp_path / "r.json", timeout=170)
-    finally:
-        writes.stop()
-        reads.stop()
+    result, writes, _ = run_through_proxies(fresh_table, tmp_path, GOLDEN_EXPORT, "0", 9, write_rate=1.0,
+                                            read_rate=0.0, write_faults=(ERROR_BEFORE,))
     assert result.returncode == 1, result.describe()
     chunks = unique_write_chunks()
     sent = writes.calls.get("BatchWriteItem", 0)
@@ -160,13 +160,8 @@ def test_max_retries_counts_retries_not_extra_ones(fresh_table: TableHandle, tmp
 
 def test_report_of_faulty_run_lists_reasons(fresh_table: TableHandle, tmp_path: Path) -> None:
     """Each failed image's report entry says why (a non-empty message per error)."""
-    writes, reads = proxy_chain(fresh_table, 11, write_rate=1.0, read_rate=0.0, write_faults=(THROTTLING,))
-    try:
-        result = run_cli(live_args(fresh_table.name, writes.url, GOLDEN_EXPORT, "--max-retries", "0"),
-                         report=tmp_path / "r.json", timeout=170)
-    finally:
-        writes.stop()
-        reads.stop()
+    result, _, _ = run_through_proxies(fresh_table, tmp_path, GOLDEN_EXPORT, "0", 11, write_rate=1.0,
+                                       read_rate=0.0, write_faults=(THROTTLING,))
     assert result.returncode == 1, result.describe()
     report: dict[str, Any] | None = result.report
     assert report is not None

@@ -204,23 +204,26 @@ def test_status_restricted_to_the_export(fresh_table: TableHandle, tmp_path: Pat
 # --- --verify ----------------------------------------------------------------------------
 
 
+def verify_args(table: str, url: str, *extra: str) -> list[str]:
+    """--verify of the golden export against ``table`` at ``url``."""
+    return [
+        "--verify",
+        "--table",
+        table,
+        "--endpoint-url",
+        url,
+        "--region",
+        REGION,
+        "--export-dir",
+        str(GOLDEN_EXPORT),
+        *BUCKET_FLAGS,
+        "--no-progress",
+        *extra,
+    ]
+
+
 def verify(table: TableHandle, tmp_path: Path) -> Any:
-    return run_cli(
-        [
-            "--verify",
-            "--table",
-            table.name,
-            "--endpoint-url",
-            table.url,
-            "--region",
-            REGION,
-            "--export-dir",
-            str(GOLDEN_EXPORT),
-            *BUCKET_FLAGS,
-            "--no-progress",
-        ],
-        report=tmp_path / "verify.json",
-    )
+    return run_cli(verify_args(table.name, table.url), report=tmp_path / "verify.json")
 
 
 def test_verify_finds_a_deleted_item_and_a_changed_attribute(
@@ -405,42 +408,14 @@ def test_failed_trigger_is_reported_and_the_report_still_written(
 
 
 def test_verify_of_a_missing_table_fails_cleanly(moto_server: Any, tmp_path: Path) -> None:
-    result = run_cli(
-        [
-            "--verify",
-            "--table",
-            "no-such-table-prod",
-            "--endpoint-url",
-            moto_server.url,
-            "--region",
-            REGION,
-            "--export-dir",
-            str(GOLDEN_EXPORT),
-            *BUCKET_FLAGS,
-        ],
-        report=tmp_path / "r.json",
-    )
+    result = run_cli(verify_args("no-such-table-prod", moto_server.url), report=tmp_path / "r.json")
     assert result.returncode == 1, result.describe()
     assert "Traceback" not in result.stderr
     assert result.report is not None and result.report["mode"] == "verify"
 
 
 def test_trigger_with_verify_is_a_usage_error(moto_server: Any) -> None:
-    result = run_cli(
-        [
-            "--verify",
-            "--trigger-embeddings",
-            "--table",
-            "t-prod",
-            "--endpoint-url",
-            moto_server.url,
-            "--region",
-            REGION,
-            "--export-dir",
-            str(GOLDEN_EXPORT),
-            *BUCKET_FLAGS,
-        ]
-    )
+    result = run_cli(verify_args("t-prod", moto_server.url, "--trigger-embeddings"))
     assert result.returncode == 2, result.describe()
 
 
@@ -449,22 +424,7 @@ def test_verify_leaves_an_earlier_dump_alone(fresh_table: TableHandle, tmp_path:
     copy_golden_into(fresh_table, tmp_path, "--dump-items", str(dump))
     before = dump.read_bytes()
     assert before
-    result = run_cli(
-        [
-            "--verify",
-            "--table",
-            fresh_table.name,
-            "--endpoint-url",
-            fresh_table.url,
-            "--region",
-            REGION,
-            "--export-dir",
-            str(GOLDEN_EXPORT),
-            *BUCKET_FLAGS,
-            "--dump-items",
-            str(dump),
-        ]
-    )
+    result = run_cli(verify_args(fresh_table.name, fresh_table.url, "--dump-items", str(dump)))
     assert result.returncode == 0, result.describe()
     assert dump.read_bytes() == before
 
