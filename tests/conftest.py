@@ -26,14 +26,17 @@ for _p in (str(TESTS_DIR), str(REPO_ROOT)):
 
 from fault_proxy import FaultProxy  # noqa: E402
 from servers import (  # noqa: E402
+    DDBLocalServer,
     DynaliteServer,
     LocalServer,
     MotoServer,
     create_table,
+    ddblocal_unavailable_reason,
     delete_table,
     dynalite_unavailable_reason,
     env_for_subprocess,
     make_client,
+    start_ddblocal,
     start_dynalite,
     start_moto_server,
 )
@@ -108,6 +111,19 @@ def dynalite_server() -> Iterator[DynaliteServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def ddblocal_server() -> Iterator[DDBLocalServer]:
+    """AWS's DynamoDB Local, the reference engine; one process for the session."""
+    reason = ddblocal_unavailable_reason()
+    if reason:
+        if os.environ.get("REQUIRE_DDBLOCAL"):  # CI sets it: a missing install must not pass
+            pytest.fail(f"REQUIRE_DDBLOCAL is set but {reason}")
+        pytest.skip(reason)
+    server = start_ddblocal()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=["moto", "dynalite"])
 def ddb_server(request: pytest.FixtureRequest) -> LocalServer:
     """Each test using it runs once against moto and once against dynalite."""
@@ -146,6 +162,8 @@ def table_factory() -> Iterator[Callable[[LocalServer], TableHandle]]:
 
     yield make
     for handle in created:
+        if handle.server.name == "ddblocal":
+            continue  # DeleteTable makes DynamoDB Local ~80x slower; its memory goes with it
         try:
             delete_table(handle.client, handle.name)
         except Exception:
@@ -164,6 +182,14 @@ def dynalite_table(
 ) -> TableHandle:
     """A new, empty receipts table on the session's dynalite server."""
     return table_factory(dynalite_server)
+
+
+@pytest.fixture
+def ddblocal_table(
+    ddblocal_server: DDBLocalServer, table_factory: Callable[[LocalServer], TableHandle]
+) -> TableHandle:
+    """A new, empty receipts table on the session's DynamoDB Local."""
+    return table_factory(ddblocal_server)
 
 
 @pytest.fixture

@@ -255,6 +255,91 @@ def start_dynalite() -> DynaliteServer:
     return DynaliteServer()
 
 
+# --------------------------------------------------------------------------- DynamoDB Local
+
+#: The npm package that ships DynamoDBLocal.jar; tests/install_ddblocal.sh pins it too.
+DDBLOCAL_PACKAGE = "amplify-dynamodb-simulator@2.9.30"
+DEFAULT_DDBLOCAL_DIR = REPO_ROOT / ".ddblocal"
+
+
+def ddblocal_dir() -> Path:
+    return Path(os.environ.get("DDBLOCAL_DIR") or DEFAULT_DDBLOCAL_DIR)
+
+
+def ddblocal_unavailable_reason() -> str | None:
+    """``None`` if DynamoDB Local can be started, else why not."""
+    if shutil.which("java") is None:
+        return "java is not on PATH (DynamoDB Local needs Java 17)"
+    if not (ddblocal_dir() / "DynamoDBLocal.jar").is_file():
+        return f"DynamoDB Local is not installed at {ddblocal_dir()}; run `bash tests/install_ddblocal.sh`"
+    return None
+
+
+class DDBLocalServer:
+    """AWS's DynamoDB Local (in memory, no telemetry) on 127.0.0.1.
+
+    Tables are never deleted on it: after a DeleteTable it gets ~80x slower, so a test
+    that needs a clean engine starts a fresh process instead."""
+
+    name = "ddblocal"
+
+    def __init__(self, *, startup_timeout: float = 60.0, attempts: int = 3) -> None:
+        reason = ddblocal_unavailable_reason()
+        if reason:
+            raise RuntimeError(reason)
+        java = shutil.which("java")
+        assert java is not None
+        home = ddblocal_dir()
+        self._log = tempfile.NamedTemporaryFile(prefix="ddblocal-", suffix=".log", delete=False)
+        self.log_path = Path(self._log.name)
+        self._proc: subprocess.Popen[bytes] | None = None
+        last_error = ""
+        for _ in range(attempts):  # the free port may be taken by the time java binds it
+            port = free_port()
+            proc = subprocess.Popen(
+                [java, "-Xss4m", f"-Djava.library.path={home / 'DynamoDBLocal_lib'}",
+                 "-jar", str(home / "DynamoDBLocal.jar"),
+                 "-inMemory", "-disableTelemetry", "-port", str(port)],
+                cwd=home,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            url = f"http://127.0.0.1:{port}"
+            try:
+                DynaliteServer._wait(proc, url, startup_timeout)
+            except Exception as exc:
+                last_error = repr(exc)
+                _terminate(proc)
+                continue
+            self._proc = proc
+            self.url = url
+            atexit.register(self.stop)
+            return
+        self._log.close()
+        log = self.log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"DynamoDB Local did not start: {last_error}\n--- log ---\n{log}")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _terminate(self._proc)
+            self._proc = None
+            self._log.close()
+            self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> DDBLocalServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_ddblocal() -> DDBLocalServer:
+    """Start DynamoDB Local (in memory) on 127.0.0.1; raises RuntimeError if unavailable."""
+    return DDBLocalServer()
+
+
 # --------------------------------------------------------------------------- clients
 
 
