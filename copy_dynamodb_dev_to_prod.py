@@ -323,10 +323,25 @@ class InputError(Exception):
         super().__init__(message)
         self.message, self.entity, self.index, self.field = message, entity, index, field
 
-    def record(self, path: Path, image_id: str | None = None) -> dict[str, Any]:
+    def record(self, source: ImageSource) -> dict[str, Any]:
         """The report's error entry (format_error turns it into the one-line message)."""
-        return {"file": path.name, "image_id": image_id or path.stem, "entity": self.entity,
+        return {"file": source.name, "image_id": source.image_id, "entity": self.entity,
                 "index": self.index, "field": self.field, "message": self.message}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+    """One image to copy, wherever it is read from. `image_id` is what it is filed under
+    (an export file's stem), `name` what messages call it (the file's name), and `read()`
+    returns the image in export form, {entity list: [entity, ...]}, raising InputError
+    (or OSError) when it cannot."""
+    image_id: str
+    name: str
+    read: Callable[[], dict[str, Any]]
+
+    @classmethod
+    def from_file(cls, path: Path) -> ImageSource:
+        return cls(path.stem, path.name, functools.partial(read_export_file, path))
 
 
 # Export lists that hold kinds prod must never receive from a migration (ITEMS.md §7),
@@ -1205,7 +1220,7 @@ def value_size(v: AttributeValue) -> int:
 @dataclasses.dataclass
 class ImagePlan:
     """Everything one export file turns into; the IMAGE item comes last."""
-    path: Path
+    source: ImageSource
     image_id: str
     items: list[dict[str, AttributeValue]]
     entities: Counter[str]
@@ -1228,8 +1243,9 @@ def never_copy_type(entry: Mapping[str, Any]) -> str | None:
     return None
 
 
-def plan_image(path: Path, data: dict[str, Any], rules: Rules, ignore_unknown: bool) -> ImagePlan:
-    """Turn one parsed export file into the items to write. Raises InputError."""
+def plan_image(source: ImageSource, data: dict[str, Any], rules: Rules,
+               ignore_unknown: bool) -> ImagePlan:
+    """Turn one image in export form into the items to write. Raises InputError."""
     for key, entries in data.items():
         if not isinstance(entries, list):
             raise InputError(f"expected a list of entities, got {json_type(entries)}", entity=key)
@@ -1241,10 +1257,10 @@ def plan_image(path: Path, data: dict[str, Any], rules: Rules, ignore_unknown: b
     if not isinstance(image_id, str) or not UUID_RE.match(image_id):
         raise InputError(f"not a version 4/5 UUID: {image_id!r}", entity="images", index=0,
                          field="image_id")
-    if path.stem != image_id:
+    if source.image_id != image_id:
         raise InputError(f"file name does not match image_id {image_id!r}", entity="images",
                          index=0, field="image_id")
-    plan = ImagePlan(path, image_id, [], Counter(), Counter(), Counter(),
+    plan = ImagePlan(source, image_id, [], Counter(), Counter(), Counter(),
                      bool(data.get("receipts")))
     seen: dict[tuple[str, str], tuple[str, int]] = {}
     image_item = None
@@ -1578,13 +1594,14 @@ def shard_of(image_id: str, shards: int) -> int:
     return zlib.crc32(image_id.lower().encode("utf-8")) % shards
 
 
-def select_files(cfg: Config) -> list[Path]:
-    """The export files this run handles: all of them, or those of its --shard."""
+def select_sources(cfg: Config) -> list[ImageSource]:
+    """The images this run handles: every export file, or those of its --shard."""
     files = list_export_files(cfg.export_dir) if cfg.export_dir.is_dir() else []
+    sources = [ImageSource.from_file(f) for f in files]
     if cfg.shard:
         k, n = cfg.shard
-        files = [f for f in files if shard_of(f.stem, n) == k]
-    return files
+        sources = [s for s in sources if shard_of(s.image_id, n) == k]
+    return sources
 
 
 class ItemBudget:
@@ -1695,25 +1712,25 @@ class Migration:
 
     # --- selecting and reading images -------------------------------------------
 
-    def load_plan(self, path: Path) -> ImagePlan | None:
-        """Parse and convert one file; a bad file is recorded as failed and gives None."""
+    def load_plan(self, source: ImageSource) -> ImagePlan | None:
+        """Read and convert one image; a bad one is recorded as failed and gives None."""
         try:
-            plan = plan_image(path, read_export_file(path), self.rules, self.cfg.ignore_unknown)
+            plan = plan_image(source, source.read(), self.rules, self.cfg.ignore_unknown)
         except InputError as exc:
-            self.report.image_failed(path, None, exc)
+            self.report.image_failed(source, exc)
             return None
         except OSError as exc:
-            self.report.image_failed(path, None, InputError(f"cannot read file: {exc.strerror}"))
+            self.report.image_failed(source, InputError(f"cannot read file: {exc.strerror}"))
             return None
         except Exception as exc:  # a case no check foresaw: still this image alone fails
-            log.debug("unexpected error reading %s", path, exc_info=True)
-            self.report.image_failed(path, None, InputError(f"unexpected error: {describe_error(exc)}"))
+            log.debug("unexpected error reading %s", source.name, exc_info=True)
+            self.report.image_failed(source, InputError(f"unexpected error: {describe_error(exc)}"))
             return None
         for key, n in plan.ignored.items():
-            log.warning("%s: ignored unknown export list %r (%d entries)", path.name, key, n)
+            log.warning("%s: ignored unknown export list %r (%d entries)", source.name, key, n)
         return plan
 
-    def run(self, files: list[Path]) -> None:
+    def run(self, files: list[ImageSource]) -> None:
         self.report.images["total"] = len(files)
         self.dump = DumpFile(self.cfg.dump_items)
         self.progress = Progress(self.cfg.progress, len(files))
@@ -1740,29 +1757,30 @@ class Migration:
             self.progress.close()
             self.dump.close()
 
-    def walk(self, files: list[Path], handle: Callable[[ImagePlan, bool], None]) -> None:
-        """Check (per 100 files, read-only) which images prod has, then plan each file."""
+    def walk(self, files: list[ImageSource], handle: Callable[[ImagePlan, bool], None]) -> None:
+        """Check (per 100 images, read-only) which images prod has, then plan each image."""
         copied = 0
         for chunk in batches(files, GET_BATCH_SIZE):
             try:
-                in_prod = self.images_in_prod([p.stem for p in chunk]) if self.client else set()
+                in_prod = self.images_in_prod([s.image_id for s in chunk]) if self.client else set()
             except Exception as exc:  # the images of this chunk fail; the run goes on
                 if botocore_setup_error(exc):
                     raise  # no credentials/region: a configuration error for every image
-                for path in chunk:
-                    self.report.image_failed(path, path.stem, InputError(
+                for source in chunk:
+                    self.report.image_failed(source, InputError(
                         f"cannot check prod for this image: {describe_error(exc)}"))
                     self.progress_image()
                 continue
-            for path in chunk:
-                if path.stem in in_prod and self.cfg.skip_existing:
+            for source in chunk:
+                if source.image_id in in_prod and self.cfg.skip_existing:
                     self.report.image_skipped("skipped_existing")
                     self.progress_image()
                     continue
-                if self.cfg.limit is not None and copied >= self.cfg.limit and path.stem not in in_prod:
-                    self.report.not_reached = len(files) - files.index(path)
+                if (self.cfg.limit is not None and copied >= self.cfg.limit
+                        and source.image_id not in in_prod):
+                    self.report.not_reached = len(files) - files.index(source)
                     return
-                plan = self.load_plan(path)
+                plan = self.load_plan(source)
                 if plan is None:
                     self.progress_image()
                     continue
@@ -1770,10 +1788,10 @@ class Migration:
                     self.report.image_skipped("skipped_empty")
                     self.progress_image()
                     continue
-                if path.stem not in in_prod:
+                if source.image_id not in in_prod:
                     copied += 1
                 self.report.image_planned(plan)
-                handle(plan, path.stem in in_prod)
+                handle(plan, source.image_id in in_prod)
                 del plan  # not alive while the next file is read: one image in memory at a time
 
     def images_in_prod(self, image_ids: list[str]) -> set[str]:
@@ -1895,7 +1913,7 @@ class Migration:
         try:
             if job.errors:
                 for message in dict.fromkeys(job.errors):
-                    self.report.image_failed(plan.path, plan.image_id, InputError(message))
+                    self.report.image_failed(plan.source, InputError(message))
             elif job.interrupted:
                 self.report.image_skipped("interrupted")
             elif job.in_prod and job.written == 0:
@@ -1962,7 +1980,7 @@ def count_waiting_embeddings(client: Any, table: str, retrier: Retrier,
 def run_status(cfg: Config, client: Any, report: Report) -> None:
     image_ids = None
     if cfg.export_dir_given:
-        image_ids = [p.stem for p in select_files(cfg)]
+        image_ids = [s.image_id for s in select_sources(cfg)]
     counts = count_waiting_embeddings(client, cfg.table or "", Retrier(cfg.max_retries), image_ids)
     scope = ("whole table" if image_ids is None else
              f"{len(image_ids):,} image{'' if len(image_ids) == 1 else 's'} of {cfg.export_dir}")
@@ -1973,22 +1991,23 @@ def run_status(cfg: Config, client: Any, report: Report) -> None:
                               "words_none": counts["words"]}
 
 
-def verify_image(cfg: Config, client: Any, rules: Rules, path: Path) -> dict[str, Any]:
+def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource) -> dict[str, Any]:
     """Compare one exported image with prod; prod-owned embedding fields excepted."""
+    name = source.name
     try:
-        plan = plan_image(path, read_export_file(path), rules, cfg.ignore_unknown)
+        plan = plan_image(source, source.read(), rules, cfg.ignore_unknown)
     except InputError as exc:
-        return {"file": path.name, "image_id": path.stem, "invalid": format_error(exc.record(path))}
+        return {"file": name, "image_id": source.image_id, "invalid": format_error(exc.record(source))}
     except Exception as exc:
-        return {"file": path.name, "image_id": path.stem,
-                "invalid": f"{path.name}: cannot read: {describe_error(exc)}"}
+        return {"file": name, "image_id": source.image_id,
+                "invalid": f"{name}: cannot read: {describe_error(exc)}"}
     if not plan.has_receipts and not cfg.include_empty:
-        return {"file": path.name, "image_id": plan.image_id, "skipped": "no receipts"}
+        return {"file": name, "image_id": plan.image_id, "skipped": "no receipts"}
     try:
         prod = read_prod_versions(client, cfg.table or "", plan.items, Retrier(cfg.max_retries))
     except Exception as exc:
-        return {"file": path.name, "image_id": plan.image_id,
-                "invalid": f"{path.name}: cannot read prod: {describe_error(exc)}"}
+        return {"file": name, "image_id": plan.image_id,
+                "invalid": f"{name}: cannot read prod: {describe_error(exc)}"}
     missing, different = [], []
     for item in plan.items:
         theirs = prod.get(item["SK"]["S"])
@@ -1998,12 +2017,12 @@ def verify_image(cfg: Config, client: Any, rules: Rules, path: Path) -> dict[str
         names = meaningful_differences(item, differing_attributes(item, theirs))
         if names:
             different.append({"SK": item["SK"]["S"], "attributes": names})
-    return {"file": path.name, "image_id": plan.image_id, "items": len(plan.items),
+    return {"file": name, "image_id": plan.image_id, "items": len(plan.items),
             "missing": missing, "different": different}
 
 
 def run_verify(cfg: Config, client: Any, report: Report) -> None:
-    files = select_files(cfg)
+    files = select_sources(cfg)
     rules = Rules.from_config(cfg)
     results = []
     with ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="verify") as pool:
@@ -2147,8 +2166,8 @@ class Report:
             log.warning("conflict: %s %s differs in prod (%s); %s", c["PK"], c["SK"],
                         ", ".join(c["attributes"]), c["action"])
 
-    def image_failed(self, path: Path, image_id: str | None, exc: InputError) -> None:
-        error = exc.record(path, image_id)
+    def image_failed(self, source: ImageSource, exc: InputError) -> None:
+        error = exc.record(source)
         log.error("%s", format_error(error))
         with self.lock:
             self.errors.append(error)
@@ -2285,17 +2304,17 @@ def print_header(cfg: Config, files: int) -> None:
     print()
 
 
-def confirm_live_run(cfg: Config, files: list[Path]) -> None:
+def confirm_live_run(cfg: Config, files: list[ImageSource]) -> None:
     """On a terminal, show what will happen and ask; without one, demand --yes."""
     if cfg.yes:
         return
     if not sys.stdin.isatty():
         raise UsageError("a live run needs confirmation: run it on a terminal or pass --yes")
     entities = 0
-    for path in files:  # parsed, not converted: a count, the run validates
+    for source in files:  # parsed, not converted: a count, the run validates
         try:
-            data = read_export_file(path)
-        except InputError:
+            data = source.read()
+        except (InputError, OSError):
             continue
         entities += sum(len(v) for k, v in data.items() if k in KINDS_BY_KEY and isinstance(v, list))
     print(f"About to copy into table {cfg.table!r}, region {cfg.region or '(default)'}, "
@@ -2311,7 +2330,7 @@ def confirm_live_run(cfg: Config, files: list[Path]) -> None:
 def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
     client = make_client(cfg) if cfg.table else None
     report.prod_checked = client is not None
-    files = select_files(cfg)
+    files = select_sources(cfg)
     print_header(cfg, len(files))
     if not cfg.dry_run:
         confirm_live_run(cfg, files)

@@ -260,7 +260,7 @@ def test_in_process_image_item_written_after_every_other_item_confirmed(fresh_ta
     cfg = in_process_config(fresh_table.name, fresh_table.url, "--max-workers", "6")
     client = RecordingClient(make_client(fresh_table.url))
     report = tool.Report(cfg)
-    tool.Migration(cfg, tool.Rules.from_config(cfg), report, client).run(tool.select_files(cfg))
+    tool.Migration(cfg, tool.Rules.from_config(cfg), report, client).run(tool.select_sources(cfg))
     assert not report.failed
     sends = [items for what, items in client.log if what == "sent"]
     assert check_write_requests(sends) == []
@@ -601,5 +601,5 @@ def test_report_counts_in_process_run_match_table(fresh_table: TableHandle) -> N
     cfg = in_process_config(fresh_table.name, fresh_table.url, "--region", REGION)
     report = tool.Report(cfg)
     client = make_client(fresh_table.url)
-    tool.Migration(cfg, tool.Rules.from_config(cfg), report, client).run(tool.select_files(cfg))
+    tool.Migration(cfg, tool.Rules.from_config(cfg), report, client).run(tool.select_sources(cfg))
     assert report.items["written"] == len(table_items(fresh_table.client, fresh_table.name)) == len(EXPECTED)
