@@ -35,6 +35,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import threading
 import time
@@ -76,6 +77,40 @@ PULUMI_KEYS = {
     "cdn_bucket": "cdn_bucket_name",
 }
 
+# Each configurable value: the stage whose stack outputs name it, and the output it is.
+STACK_VALUES = {
+    "table": ("prod", "table"),
+    "dev_table": ("dev", "table"),
+    "dev_raw_bucket": ("dev", "raw_bucket"),
+    "prod_raw_bucket": ("prod", "raw_bucket"),
+    "dev_cdn_bucket": ("dev", "cdn_bucket"),
+    "prod_cdn_bucket": ("prod", "cdn_bucket"),
+}
+
+RUNTIME_PACKAGES = ("boto3", "tqdm")
+
+HELP_EPILOG = """\
+examples (the usual migration; dev.json/prod.json are `pulumi stack output --json`):
+  .venv/bin/python %(prog)s --dev-config dev.json --prod-config prod.json
+      dry run: what would be copied (asks prod read-only which images it holds)
+  .venv/bin/python %(prog)s --no-dry-run --dev-config dev.json --prod-config prod.json --report copy-report.json
+      the copy (asks on a terminal; --yes skips the question)
+  .venv/bin/python %(prog)s --verify --dev-config dev.json --prod-config prod.json
+      read every exported image back from prod and compare
+  .venv/bin/python %(prog)s --status --prod-config prod.json
+      receipt lines/words still waiting for embeddings
+  .venv/bin/python %(prog)s --trigger-embeddings --no-dry-run --yes
+      start the line and word embedding workflows
+  --dev-stack dev --prod-stack prod (with --pulumi-cwd DIR) instead of the files asks pulumi.
+
+exit codes:
+  0    every image copied or skipped; the operations succeeded
+  1    an image failed, --verify found missing or different items, or an operation failed
+  2    usage or configuration error: bad flag, missing value or config key, table not found
+       or unreachable, dev table as target, no confirmation, missing Python package
+  130  interrupted (Ctrl-C); running the same command again finishes the images
+"""
+
 
 class UsageError(Exception):
     """Bad flags or configuration: exit 2 before anything is done."""
@@ -86,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="copy_dynamodb_dev_to_prod.py",
         description="Migrate receipt-OCR data from a dev export into the prod DynamoDB table. "
         "Dry run by default.",
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_argument_group("input")
     src.add_argument("--export-dir", type=Path,
@@ -98,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="copy at most N images that are not yet in prod")
     src.add_argument("--shard", metavar="K/N", help="process only shard K of N (K = 0..N-1)")
 
-    cfg = p.add_argument_group("configuration (flags win over config files, files over environment)")
+    cfg = p.add_argument_group(
+        "configuration (flags win over config files and stacks, those over environment)")
     cfg.add_argument("--table", help=f"prod table name (env {ENV_VARS['table']})")
     cfg.add_argument("--dev-table", help=f"dev table name, used only to refuse copying into it "
                      f"(env {ENV_VARS['dev_table']})")
@@ -106,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="JSON of `pulumi stack output --json` for dev")
     cfg.add_argument("--prod-config", type=Path, metavar="FILE",
                      help="JSON of `pulumi stack output --json` for prod")
+    cfg.add_argument("--dev-stack", metavar="NAME",
+                     help="read dev's outputs with `pulumi stack output --json --stack NAME`")
+    cfg.add_argument("--prod-stack", metavar="NAME",
+                     help="read prod's outputs with `pulumi stack output --json --stack NAME`")
+    cfg.add_argument("--pulumi-cwd", type=Path, metavar="DIR",
+                     help="directory of the Pulumi project for --dev-stack/--prod-stack "
+                          "(default: the current directory)")
     for stage in ("dev", "prod"):
         for kind in ("raw", "cdn"):
             cfg.add_argument(f"--{stage}-{kind}-bucket",
@@ -120,18 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", dest="dry_run", action="store_true", default=True,
-                      help="show what would be copied, write nothing (default)")
+                      help="show what would be copied, write nothing (default); without a prod "
+                           "table (--table, --prod-config, --prod-stack) nothing is contacted, "
+                           "with one prod is only read")
     mode.add_argument("--no-dry-run", dest="dry_run", action="store_false",
                       help="actually copy")
     run.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     run.add_argument("--force", action="store_true",
                      help="allow a target table that is, or looks like, the dev table")
-    run.add_argument("--skip-existing", dest="skip_existing", action="store_true", default=True,
-                     help="skip images whose IMAGE item is already in prod (default)")
+    run.add_argument("--skip-existing", dest="skip_existing", action="store_true", default=None,
+                     help="skip images whose IMAGE item is already in prod (default, "
+                          "except with --overwrite-changed)")
     run.add_argument("--no-skip-existing", dest="skip_existing", action="store_false",
                      help="re-sync images already in prod: write missing items, report conflicts")
     run.add_argument("--overwrite-changed", action="store_true",
-                     help="overwrite prod items that differ from the export (default: keep prod's)")
+                     help="overwrite prod items that differ from the export (default: keep "
+                          "prod's); implies --no-skip-existing, so images already in prod are "
+                          "compared too")
     run.add_argument("--max-workers", type=int, default=10, help="parallel requests (default 10)")
     run.add_argument("--max-retries", type=int, default=8,
                      help="retries per request on throttling, 5xx, dropped connections and "
@@ -140,19 +190,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-items-per-second", type=float, metavar="R",
                      help="cap on items written per second, shared by all workers")
 
-    ops = p.add_argument_group("after the copy")
-    ops.add_argument("--trigger-embeddings", action="store_true",
-                     help="start the line and word embedding Step Functions after a clean live copy")
-    ops.add_argument("--line-state-machine", default=DEFAULT_LINE_MACHINE,
-                     help=f"name or ARN (default {DEFAULT_LINE_MACHINE})")
-    ops.add_argument("--word-state-machine", default=DEFAULT_WORD_MACHINE,
-                     help=f"name or ARN (default {DEFAULT_WORD_MACHINE})")
-    ops.add_argument("--sfn-endpoint-url",
-                     help="Step Functions endpoint (default: --endpoint-url, e.g. one moto server)")
+    ops = p.add_argument_group("operations that run on their own, instead of a copy (read-only)")
     ops.add_argument("--status", action="store_true",
-                     help="count receipt lines/words still waiting for embeddings (read-only)")
+                     help="count receipt lines/words still waiting for embeddings, for the whole "
+                          "table or, with --export-dir, for the export's images")
     ops.add_argument("--verify", action="store_true",
-                     help="read every exported image back from prod and compare (read-only)")
+                     help="read every exported image back from prod and compare; prints the "
+                          "command that repairs what is missing or different")
+
+    emb = p.add_argument_group("embeddings")
+    emb.add_argument("--trigger-embeddings", action="store_true",
+                     help="start the line and word embedding Step Functions (input {}); alone it "
+                          "only triggers, with --export-dir it copies first and triggers only if "
+                          "no image failed; a dry run only says what it would start")
+    emb.add_argument("--line-state-machine", default=DEFAULT_LINE_MACHINE,
+                     help=f"name or ARN (default {DEFAULT_LINE_MACHINE})")
+    emb.add_argument("--word-state-machine", default=DEFAULT_WORD_MACHINE,
+                     help=f"name or ARN (default {DEFAULT_WORD_MACHINE})")
+    emb.add_argument("--sfn-endpoint-url",
+                     help="Step Functions endpoint (default: --endpoint-url, e.g. one moto server)")
 
     out = p.add_argument_group("output")
     out.add_argument("--report", type=Path, metavar="FILE", help="write a JSON report")
@@ -182,6 +238,7 @@ class Config:
     include_empty: bool = False
     ignore_unknown: bool = False
     skip_existing: bool = True
+    skip_existing_given: bool = False
     overwrite_changed: bool = False
     max_workers: int = 10
     max_retries: int = 8
@@ -199,6 +256,11 @@ class Config:
     dump_items: Path | None = None
     progress: bool = True
     verbose: bool = False
+    # Where each configured value came from, e.g. "from prod.json: dynamodb_table_name".
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Values a given config file or stack lacks, e.g. "prod.json has no 'dynamodb_table_name'".
+    missing: dict[str, str] = dataclasses.field(default_factory=dict)
+    argv: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def copies(self) -> bool:
@@ -213,6 +275,38 @@ class Config:
             return "+".join(m for m, on in (("verify", self.verify), ("status", self.status)) if on)
         return "dry-run" if self.dry_run else "live"
 
+    @property
+    def operation(self) -> str:
+        """What this run does, as messages name it."""
+        if self.status or self.verify:
+            return " and ".join(f"--{m}" for m in self.mode.split("+"))
+        if not self.copies:
+            return "--trigger-embeddings"
+        return "a dry run" if self.dry_run else "a live copy"
+
+    @property
+    def reads_table(self) -> bool:
+        """The copy (live, or dry with a table), --status and --verify read the prod table."""
+        return bool(self.table) and (self.copies or self.status or self.verify)
+
+    def needed_values(self) -> set[str]:
+        """The configured values this operation uses (each operation asks only for those)."""
+        needed = set()
+        if self.copies or self.status or self.verify:
+            needed.add("table")
+        if self.copies or self.verify:
+            needed |= {"dev_raw_bucket", "prod_raw_bucket", "dev_cdn_bucket", "prod_cdn_bucket"}
+        if self.copies and not self.dry_run:
+            needed.add("dev_table")
+        return needed
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name, "not set")
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
 
 def load_pulumi_outputs(path: Path | None) -> dict[str, str]:
     """Read the JSON that `pulumi stack output --json` prints."""
@@ -222,9 +316,54 @@ def load_pulumi_outputs(path: Path | None) -> dict[str, str]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read config file {path}: {exc}") from None
+    return stack_values(data, f"config file {path}")
+
+
+def stack_values(data: Any, where: str) -> dict[str, str]:
     if not isinstance(data, dict):
-        raise UsageError(f"config file {path}: expected a JSON object of stack outputs")
+        raise UsageError(f"{where}: expected a JSON object of stack outputs")
     return {name: data[key] for name, key in PULUMI_KEYS.items() if isinstance(data.get(key), str)}
+
+
+def read_pulumi_stack(stage: str, stack: str, cwd: Path | None,
+                      environ: Mapping[str, str]) -> dict[str, str]:
+    """`pulumi stack output --json --stack NAME`, run without a shell: the receipt system's own
+    scripts read their configuration this way, so the operator needs no exported files."""
+    import subprocess
+
+    pulumi = shutil.which("pulumi", path=environ.get("PATH"))
+    if pulumi is None:
+        raise UsageError(f"--{stage}-stack needs the pulumi CLI, which is not "
+                         "on PATH (or give --dev-config/--prod-config files)")
+    command = [pulumi, "stack", "output", "--json", "--stack", stack]
+    shown = f"`pulumi stack output --json --stack {stack}`" + (f" in {cwd}" if cwd else "")
+    try:
+        done = subprocess.run(command, cwd=cwd, env=dict(environ), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"{shown} could not run: {exc}") from None
+    if done.returncode != 0:
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        reason = lines[-1] if lines else "no message"
+        raise UsageError(f"{shown} failed (exit {done.returncode}): {reason}")
+    try:
+        data = json.loads(done.stdout)
+    except ValueError:
+        raise UsageError(f"{shown} did not print JSON") from None
+    return stack_values(data, shown)
+
+
+def load_stage(args: argparse.Namespace, stage: str,
+               environ: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
+    """A stage's outputs and how messages name where they came from (a file or a stack)."""
+    path, stack = getattr(args, f"{stage}_config"), getattr(args, f"{stage}_stack")
+    if path is not None and stack is not None:
+        raise UsageError(f"give --{stage}-config or --{stage}-stack, not both")
+    if stack is not None:
+        return read_pulumi_stack(stage, stack, args.pulumi_cwd, environ), f"pulumi stack {stack}"
+    if path is not None:
+        return load_pulumi_outputs(path), str(path)
+    return {}, None
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -236,20 +375,10 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(m[1]), int(m[2])
 
 
-def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
-    """Merge flags, pulumi config files and environment variables (in that order of precedence)."""
-    dev = load_pulumi_outputs(args.dev_config)
-    prod = load_pulumi_outputs(args.prod_config)
-    from_files = {
-        "table": prod.get("table"),
-        "dev_table": dev.get("table"),
-        "dev_raw_bucket": dev.get("raw_bucket"),
-        "prod_raw_bucket": prod.get("raw_bucket"),
-        "dev_cdn_bucket": dev.get("cdn_bucket"),
-        "prod_cdn_bucket": prod.get("cdn_bucket"),
-    }
-    named = {name: getattr(args, name) or from_files.get(name) or environ.get(env) or None
-             for name, env in ENV_VARS.items()}
+def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
+                   argv: Sequence[str] = ()) -> Config:
+    """Merge flags, stack outputs (files or pulumi) and environment variables, in that order of
+    precedence, remembering where each value came from."""
     if args.max_workers < 1:
         raise UsageError("--max-workers must be at least 1")
     if args.max_retries < 0:
@@ -258,6 +387,24 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Conf
         raise UsageError("--limit must be >= 0")
     if args.max_items_per_second is not None and not args.max_items_per_second > 0:
         raise UsageError("--max-items-per-second must be > 0")
+    stages = {stage: load_stage(args, stage, environ) for stage in ("dev", "prod")}
+    named: dict[str, str | None] = {}
+    sources: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    for name, env in ENV_VARS.items():
+        stage, output = STACK_VALUES[name]
+        outputs, label = stages[stage]
+        key = PULUMI_KEYS[output]
+        candidates = [(getattr(args, name), f"given as {flag_of(name)}"),
+                      (outputs.get(output), f"from {label}: {key}"),
+                      (environ.get(env), f"from environment {env}")]
+        value, source = next(((v, s) for v, s in candidates if v), (None, None))
+        named[name] = value
+        if source:
+            sources[name] = source
+        if label is not None and not outputs.get(output):
+            missing[name] = f"{label} has no {key!r}"
+    skip_existing = args.skip_existing
     derived = {
         "export_dir": args.export_dir or Path("dev.export"),
         "export_dir_given": args.export_dir is not None,
@@ -266,6 +413,13 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Conf
         "sfn_endpoint_url": args.sfn_endpoint_url or args.endpoint_url,
         "shard": parse_shard(args.shard),
         "progress": not args.no_progress,
+        # --overwrite-changed means "make prod match the export", which images skipped whole
+        # would never do; an explicit --skip-existing still wins (and check_config warns).
+        "skip_existing": (not args.overwrite_changed) if skip_existing is None else skip_existing,
+        "skip_existing_given": skip_existing is not None,
+        "sources": sources,
+        "missing": missing,
+        "argv": list(argv),
         **named,
     }
     as_given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
@@ -274,41 +428,116 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Conf
 
 
 def check_config(cfg: Config) -> list[str]:
-    """Refuse configurations that cannot work or are unsafe; return warnings."""
+    """Refuse configurations that cannot work or are unsafe; return warnings. Each operation is
+    checked only for the values it uses, and messages say where a value came from."""
     warnings = []
     if cfg.trigger_embeddings and (cfg.status or cfg.verify):
         raise UsageError("--trigger-embeddings goes with a copy or on its own, not with "
                          "--status/--verify")
     if (cfg.copies or cfg.verify or cfg.export_dir_given) and not cfg.export_dir.is_dir():
         raise UsageError(f"export directory not found: {cfg.export_dir}")
-    pairs = [("raw", cfg.dev_raw_bucket, cfg.prod_raw_bucket),
-             ("cdn", cfg.dev_cdn_bucket, cfg.prod_cdn_bucket)]
-    for kind, dev, prod in pairs:
-        if bool(dev) != bool(prod):
-            raise UsageError(f"give both --dev-{kind}-bucket and --prod-{kind}-bucket, or neither")
-        if not dev and (cfg.copies or cfg.verify):
-            msg = (f"{kind} bucket names not configured: {kind} S3 bucket names would NOT be "
-                   f"rewritten (give --dev-{kind}-bucket/--prod-{kind}-bucket or --dev-config/--prod-config)")
-            if cfg.copies and not cfg.dry_run:
-                raise UsageError(msg)
-            warnings.append(msg)
-    if ((cfg.copies and not cfg.dry_run) or cfg.status or cfg.verify) and not cfg.table:
-        raise UsageError("no prod table: give --table, --prod-config or "
-                         f"{ENV_VARS['table']} (a live run, --status and --verify need one)")
+    needed = cfg.needed_values()
+    for name in sorted(needed):
+        if getattr(cfg, name) is None and name in cfg.missing:
+            if name == "table" and cfg.copies and cfg.dry_run:  # a dry run can do without prod
+                warnings.append(f"{cfg.missing[name]}: prod is not checked (give --table or "
+                                f"{ENV_VARS[name]} to check it)")
+                continue
+            raise UsageError(f"{cfg.missing[name]}, which {cfg.operation} needs: add it, or give "
+                             f"{flag_of(name)} or {ENV_VARS[name]}")
+    if "dev_raw_bucket" in needed:
+        for kind in ("raw", "cdn"):
+            warnings += check_bucket_pair(cfg, kind)
+    if "table" in needed and not cfg.table and (cfg.status or cfg.verify or not cfg.dry_run):
+        raise UsageError(f"no prod table: {cfg.operation} needs one; give --table, --prod-config, "
+                         f"--prod-stack or {ENV_VARS['table']}")
+    if cfg.copies and cfg.overwrite_changed and cfg.skip_existing:
+        warnings.append("--overwrite-changed with --skip-existing: images already in prod are "
+                        "skipped whole, so none of their items is overwritten (drop --skip-existing "
+                        "to overwrite them)")
     if cfg.copies and not cfg.dry_run and cfg.table:
         if cfg.dev_table and cfg.table == cfg.dev_table and not cfg.force:
-            raise UsageError(f"refusing to copy into {cfg.table!r}: it is the configured dev table "
-                             "(--force overrides)")
+            raise UsageError(f"refusing to copy into {cfg.table!r} ({cfg.source('table')}): it is "
+                             f"the configured dev table ({cfg.source('dev_table')}; --force overrides)")
         if looks_like_dev_table(cfg.table) and not cfg.force:
-            raise UsageError(f"refusing to copy into {cfg.table!r}: the name looks like a dev table "
-                             "(--force overrides)")
+            raise UsageError(f"refusing to copy into {cfg.table!r} ({cfg.source('table')}): the name "
+                             "looks like a dev table (--force overrides)")
     return warnings
+
+
+def check_bucket_pair(cfg: Config, kind: str) -> list[str]:
+    """Both names of a bucket pair or neither; neither is refused for a live copy."""
+    dev, prod = f"dev_{kind}_bucket", f"prod_{kind}_bucket"
+    for given, lacking in ((dev, prod), (prod, dev)):
+        if getattr(cfg, given) and not getattr(cfg, lacking):
+            why = f" ({cfg.missing[lacking]})" if lacking in cfg.missing else ""
+            raise UsageError(f"{flag_of(given)} is set ({cfg.source(given)}) but {flag_of(lacking)} "
+                             f"is not{why}: give {flag_of(lacking)} or {ENV_VARS[lacking]}, or "
+                             "neither of the two")
+    if getattr(cfg, dev):
+        return []
+    msg = (f"{kind} bucket names not configured: {kind} S3 bucket names would NOT be rewritten "
+           f"(give --dev-{kind}-bucket/--prod-{kind}-bucket or --dev-config/--prod-config)")
+    if cfg.copies and not cfg.dry_run:
+        raise UsageError(msg)
+    return [msg]
 
 
 def looks_like_dev_table(name: str) -> bool:
     """True for names with a 'dev' or 'development' token, e.g. ReceiptsTable-dev-1a2b."""
     return re.search(r"(?i)(^|[^a-z0-9])(dev|development)([^a-z0-9]|$)", name) is not None or \
         re.search(r"(?:^|[a-z0-9])Dev(?:[A-Z0-9]|$)", name) is not None
+
+
+def missing_runtime_packages(cfg: Config) -> list[str]:
+    """The runtime packages this run needs but this interpreter lacks. A dry run without a
+    table uses the standard library only, so it runs on any Python 3.10+ as it is."""
+    import importlib.util
+
+    needed = []
+    if cfg.reads_table or (cfg.trigger_embeddings and not cfg.dry_run):
+        needed.append("boto3")
+    if cfg.copies and cfg.progress and sys.stderr.isatty():
+        needed.append("tqdm")
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
+def missing_package_message(names: Sequence[str]) -> str:
+    """One line: what is missing, for which interpreter, and the command that works."""
+    python = f"{sys.executable} (Python {sys.version_info[0]}.{sys.version_info[1]})"
+    venv = Path(__file__).resolve().parent / ".venv" / "bin" / "python"
+    fix = (f"run it with the project's venv: {venv} {Path(sys.argv[0]).name} ..." if venv.exists()
+           else "install them: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt, "
+                "then run .venv/bin/python copy_dynamodb_dev_to_prod.py ...")
+    return f"this run needs {' and '.join(names)}, not installed for {python}; {fix}"
+
+
+def repair_command(cfg: Config, overwrite: bool) -> str:
+    """The copy command that repairs what --verify found: this run's own arguments, as a live
+    copy that re-syncs images already in prod (and overwrites differing items if asked)."""
+    import shlex
+
+    args, skip_next = [], False
+    drop_with_value = {"--report", "--dump-items"}
+    for arg in cfg.argv:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in drop_with_value:
+            skip_next = True
+            continue
+        if arg in ("--verify", "--status", "--dry-run", "--skip-existing") or \
+                arg.split("=", 1)[0] in drop_with_value:
+            continue
+        args.append(arg)
+    args += ["--no-dry-run", "--overwrite-changed" if overwrite else "--no-skip-existing"]
+    python = Path(sys.executable)
+    try:
+        shown_python = str(python.relative_to(Path.cwd()))
+    except ValueError:
+        shown_python = str(python)
+    script = sys.argv[0] if sys.argv[0].endswith(".py") else __file__
+    return shlex.join([shown_python, script, *args])
 
 
 # =============================================================================
@@ -2040,6 +2269,10 @@ def run_verify(cfg: Config, client: Any, report: Report) -> None:
             print(f"    missing   {sk}")
         for d in r["different"][:20]:
             print(f"    different {d['SK']}: {', '.join(d['attributes'])}")
+    if any(r.get("missing") for r in bad):
+        print(f"To write the missing items: {repair_command(cfg, overwrite=False)}")
+    if any(r.get("different") for r in bad):
+        print(f"To overwrite prod's differing items with the export's: {repair_command(cfg, overwrite=True)}")
     report.extra["verify"] = {"images_checked": len(checked), "images_with_problems": len(bad),
                               "problems": bad}
     if bad:
@@ -2275,7 +2508,10 @@ def format_error(e: Mapping[str, Any]) -> str:
 # =============================================================================
 
 def setup_logging(verbose: bool) -> None:
-    handler = TqdmLogHandler()
+    import importlib.util
+
+    # Without tqdm (a dry run on a bare Python) log lines go straight to stderr.
+    handler = TqdmLogHandler() if importlib.util.find_spec("tqdm") else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -2294,13 +2530,18 @@ def print_header(cfg: Config, files: int) -> None:
           + (f", shard {cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard else "") + ")")
     if cfg.table:
         print(f"Prod table: {cfg.table}" + (f" at {cfg.endpoint_url}" if cfg.endpoint_url else "")
-              + (f" ({cfg.region})" if cfg.region else ""))
+              + (f" ({cfg.region})" if cfg.region else "") + f" ({cfg.source('table')})")
     else:
-        print("Prod table: not checked (no --table given): every image counts as not yet in prod")
+        why = cfg.missing.get("table", "none configured: --table, --prod-config or --prod-stack")
+        print(f"Prod table: not checked ({why}): every image counts as not yet in prod")
     for kind, renames in (("raw", cfg.dev_raw_bucket), ("cdn", cfg.dev_cdn_bucket)):
         target = cfg.prod_raw_bucket if kind == "raw" else cfg.prod_cdn_bucket
         print(f"{kind.upper()} bucket: {renames} -> {target}" if renames
               else f"{kind.upper()} bucket: not rewritten (not configured)")
+    if cfg.overwrite_changed:
+        print("Images already in prod: " + ("skipped (--skip-existing), so not overwritten"
+              if cfg.skip_existing else "compared; items that differ are overwritten "
+              "(--overwrite-changed)"))
     print()
 
 
@@ -2341,13 +2582,19 @@ def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     report: Report | None = None
     try:
-        cfg = resolve_config(args, os.environ)
+        cfg = resolve_config(args, os.environ, argv)
         for warning in check_config(cfg):
             log.warning("%s", warning)
+        missing = missing_runtime_packages(cfg)
+        if missing:
+            raise UsageError(missing_package_message(missing))
+        if cfg.reads_table:
+            check_table_readable(cfg)
         report = Report(cfg)
         if cfg.copies:
             run_copy(cfg, Rules.from_config(cfg), report)
@@ -2371,14 +2618,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         if botocore_setup_error(exc):
             print(f"error: {describe_error(exc)}", file=sys.stderr)
             return EXIT_USAGE
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in (
+                *RUNTIME_PACKAGES, "botocore"):
+            print(f"error: {missing_package_message([exc.name or ''])}", file=sys.stderr)
+            return EXIT_USAGE
         raise
     return finish_report(cfg, report)
 
 
+def check_table_readable(cfg: Config) -> None:
+    """One DescribeTable before any work: a missing table, an unreachable endpoint or missing
+    permissions is one line and exit 2, not one failure per image after all retries."""
+    from botocore.exceptions import ClientError
+
+    client = make_client(cfg)
+    where = cfg.endpoint_url or f"region {client.meta.region_name}"
+    try:
+        table = Retrier(cfg.max_retries).call(client.describe_table, TableName=cfg.table)["Table"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            raise UsageError(f"table {cfg.table!r} ({cfg.source('table')}) not found at {where}") \
+                from None
+        raise UsageError(f"cannot read table {cfg.table!r} at {where}: {describe_error(exc)}") \
+            from None
+    except Exception as exc:
+        if botocore_setup_error(exc):
+            raise
+        raise UsageError(f"cannot reach DynamoDB at {where}: {describe_error(exc)}") from None
+    keys = {k.get("AttributeName"): k.get("KeyType") for k in table.get("KeySchema", [])}
+    if keys != {"PK": "HASH", "SK": "RANGE"}:
+        raise UsageError(f"table {cfg.table!r} at {where} has the key schema {keys}, not the "
+                         "receipts table's PK (hash) and SK (range)")
+
+
 def botocore_setup_error(exc: Exception) -> bool:
     """Missing region, credentials or profile: a configuration problem, not a crash."""
-    return type(exc).__name__ in ("NoRegionError", "NoCredentialsError", "ProfileNotFound",
-                                  "PartialCredentialsError", "InvalidEndpointURL")
+    return type(exc).__name__ in (
+        "NoRegionError", "NoCredentialsError", "ProfileNotFound", "PartialCredentialsError",
+        "InvalidEndpointURL", "InvalidRegionError", "ConfigParseError", "ConfigNotFound",
+        "CredentialRetrievalError", "InvalidConfigError", "SSOTokenLoadError",
+        "UnauthorizedSSOTokenError", "TokenRetrievalError", "UnknownCredentialError")
 
 
 def finish_report(cfg: Config, report: Report) -> int:

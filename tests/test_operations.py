@@ -408,10 +408,12 @@ def test_failed_trigger_is_reported_and_the_report_still_written(
 
 
 def test_verify_of_a_missing_table_fails_cleanly(moto_server: Any, tmp_path: Path) -> None:
+    """The table check before any work: one line, exit 2 (a configuration error)."""
     result = run_cli(verify_args("no-such-table-prod", moto_server.url), report=tmp_path / "r.json")
-    assert result.returncode == 1, result.describe()
+    assert result.returncode == 2, result.describe()
     assert "Traceback" not in result.stderr
-    assert result.report is not None and result.report["mode"] == "verify"
+    assert result.stderr.strip().splitlines() == [
+        f"error: table 'no-such-table-prod' (given as --table) not found at {moto_server.url}"]
 
 
 def test_trigger_with_verify_is_a_usage_error(moto_server: Any) -> None:

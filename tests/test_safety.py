@@ -81,16 +81,18 @@ def test_refuses_a_dev_looking_table_name(moto_server: Any, tmp_path: Path, name
 
 def test_force_passes_the_dev_name_check(moto_server: Any, tmp_path: Path) -> None:
     """With --force the run goes on to the table (which does not exist here: the tests never
-    create a table named like a dev table, so the run fails later, with exit 1, not 2)."""
+    create a table named like a dev table, so the run stops at the table check: exit 2, one line
+    saying the table was not found, and not a refusal)."""
     proxy = RecordingProxy(moto_server.url, rate=0.0)
     try:
         result = run_cli(live_args("ReceiptsTable-dev-abc123", proxy.url, GOLDEN_EXPORT, "--force",
                                    "--max-retries", "0"))
     finally:
         proxy.stop()
-    assert result.returncode == 1, result.describe()
+    assert result.returncode == 2, result.describe()
     assert "refusing" not in result.stderr
-    assert proxy.calls, "with --force the table should have been contacted"
+    assert "not found" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert proxy.calls == {"DescribeTable": 1}, "with --force the table should have been checked"
     assert "BatchWriteItem" not in proxy.calls
 
 
@@ -231,7 +233,8 @@ def test_no_credentials_in_output_when_requests_fail(
                                 tmp_path)
     finally:
         proxy.stop()
-    assert result.returncode == 1, result.describe()
+    # With every call failing, the table check before the copy stops the run (exit 2).
+    assert result.returncode == (1 if targets else 2), result.describe()
     assert proxy.total_injected() > 0
 
 
@@ -239,7 +242,7 @@ def test_no_credentials_in_output_when_endpoint_is_unreachable(tmp_path: Path) -
     url = f"http://127.0.0.1:{free_port()}"
     result = leak_check_run(live_args("receipts-unreachable", url, GOLDEN_EXPORT, "--max-retries", "0"),
                             tmp_path)
-    assert result.returncode == 1, result.describe()
+    assert result.returncode == 2, result.describe()  # the table check before the copy
 
 
 def test_no_credentials_in_dry_run_or_usage_errors(fresh_table: TableHandle, tmp_path: Path) -> None:
