@@ -93,7 +93,8 @@ HELP_EPILOG = """\
 examples (the usual migration; dev.json/prod.json are `pulumi stack output --json`):
   .venv/bin/python %(prog)s --dev-config dev.json --prod-config prod.json
       dry run: what would be copied (asks prod read-only which images it holds)
-  .venv/bin/python %(prog)s --no-dry-run --dev-config dev.json --prod-config prod.json --report copy-report.json
+  .venv/bin/python %(prog)s --no-dry-run --dev-config dev.json --prod-config prod.json \\
+      --report copy-report.json
       the copy (asks on a terminal; --yes skips the question)
   .venv/bin/python %(prog)s --verify --dev-config dev.json --prod-config prod.json
       read every exported image back from prod and compare
@@ -507,8 +508,9 @@ def missing_package_message(names: Sequence[str]) -> str:
     python = f"{sys.executable} (Python {sys.version_info[0]}.{sys.version_info[1]})"
     venv = Path(__file__).resolve().parent / ".venv" / "bin" / "python"
     fix = (f"run it with the project's venv: {venv} {Path(sys.argv[0]).name} ..." if venv.exists()
-           else "install them: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt, "
-                "then run .venv/bin/python copy_dynamodb_dev_to_prod.py ...")
+           else f"install {'it' if len(names) == 1 else 'them'}: python3 -m venv .venv && "
+                ".venv/bin/pip install -r requirements.txt, then run "
+                ".venv/bin/python copy_dynamodb_dev_to_prod.py ...")
     return f"this run needs {' and '.join(names)}, not installed for {python}; {fix}"
 
 
@@ -2588,11 +2590,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: Report | None = None
     try:
         cfg = resolve_config(args, os.environ, argv)
-        for warning in check_config(cfg):
-            log.warning("%s", warning)
+        warnings = check_config(cfg)
         missing = missing_runtime_packages(cfg)
         if missing:
             raise UsageError(missing_package_message(missing))
+        for warning in warnings:
+            log.warning("%s", warning)
         if cfg.reads_table:
             check_table_readable(cfg)
         report = Report(cfg)

@@ -1,0 +1,411 @@
+"""The operator's experience (issue 13): each operation asks only for what it uses and says
+where a value came from, config files and pulumi stacks, missing keys and packages, the table
+check before the work, --overwrite-changed, --verify's repair command and --help.
+
+Every test runs the CLI as a subprocess; those that need a table use a moto server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from conftest import TableHandle
+from exports import DEV_EXPORT, GOLDEN_EXPORT, TOOL, load_expected, read_jsonl
+from fault_proxy import THROTTLING, FaultProxy
+from live_helpers import live_args, table_items
+from servers import REGION, env_for_subprocess, free_port
+
+ROLE = "arn:aws:iam::123456789012:role/embedding"
+PASS_DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
+BUCKETS = {"raw_bucket_name": "{stage}-raw-bucket", "cdn_bucket_name": "{stage}-cdn-bucket"}
+
+
+def run(args: list[Any], cwd: Path, *, env: dict[str, str] | None = None,
+        python: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI in ``cwd`` with dummy credentials and no terminal."""
+    return subprocess.run([*(python or [sys.executable]), str(TOOL), *map(str, args)], cwd=cwd,
+                          env=env or env_for_subprocess(), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def stack_outputs(stage: str, table: str | None, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What `pulumi stack output --json` prints for a stage (with unrelated outputs, as real
+    stacks have), optionally without some keys."""
+    data: dict[str, Any] = {"api_url": "https://example.invalid", "replicas": 3}
+    if table:
+        data["dynamodb_table_name"] = table
+    data.update({k: v.format(stage=stage) for k, v in BUCKETS.items()})
+    return {k: v for k, v in data.items() if k not in drop}
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    """Writes the file; returns its name, as the user types it in the directory the CLI runs in."""
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return Path(path.name)
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return lines[0]
+
+
+def make_default_machines(url: str) -> None:
+    """The README's default state machine names, once per moto server."""
+    sfn = boto3.client("stepfunctions", endpoint_url=url, region_name=REGION,
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    names = {m["name"] for m in sfn.list_state_machines()["stateMachines"]}
+    for name in ("embedding-infra-prod-line-workflow", "embedding-infra-prod-word-workflow"):
+        if name not in names:
+            sfn.create_state_machine(name=name, definition=PASS_DEFINITION, roleArn=ROLE)
+
+
+# --- 1. each operation asks only for what it uses; messages name where a value came from ---------
+
+
+def test_status_with_prod_config_needs_no_dev_buckets(fresh_table: TableHandle, tmp_path: Path) -> None:
+    """README step 3: prod.json names prod's buckets, dev's are not given; --status uses neither."""
+    prod = write_config(tmp_path / "prod.json", stack_outputs("prod", fresh_table.name))
+    for extra in ([], ["--export-dir", str(DEV_EXPORT)]):
+        proc = run(["--status", "--prod-config", prod, "--endpoint-url", fresh_table.url, *extra], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "receipt lines waiting: 0" in proc.stdout
+
+
+def test_trigger_embeddings_with_prod_config_needs_no_dev_buckets(fresh_table: TableHandle,
+                                                                  tmp_path: Path) -> None:
+    make_default_machines(fresh_table.url)
+    prod = write_config(tmp_path / "prod.json", stack_outputs("prod", fresh_table.name))
+    proc = run(["--trigger-embeddings", "--no-dry-run", "--yes", "--prod-config", prod,
+                "--endpoint-url", fresh_table.url], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "embedding workflow" in proc.stdout
+
+
+@pytest.mark.parametrize("where", ["file", "environment", "flag"])
+def test_half_a_bucket_pair_names_where_the_half_came_from(tmp_path: Path, where: str) -> None:
+    env = env_for_subprocess()
+    args: list[Any] = ["--export-dir", GOLDEN_EXPORT]
+    if where == "file":
+        args += ["--dev-config", write_config(tmp_path / "dev.json", stack_outputs("dev", None))]
+        source = "from dev.json: raw_bucket_name"
+    elif where == "environment":
+        env.update(DEV_RAW_BUCKET="dev-raw-bucket", DEV_CDN_BUCKET="dev-cdn-bucket")
+        source = "from environment DEV_RAW_BUCKET"
+    else:
+        args += ["--dev-raw-bucket", "dev-raw-bucket", "--dev-cdn-bucket", "dev-cdn-bucket"]
+        source = "given as --dev-raw-bucket"
+    proc = run(args, tmp_path, env=env)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert f"--dev-raw-bucket is set ({source}) but --prod-raw-bucket is not" in line, line
+
+
+def test_header_says_where_the_table_came_from(fresh_table: TableHandle, tmp_path: Path) -> None:
+    prod = write_config(tmp_path / "prod.json", stack_outputs("prod", fresh_table.name))
+    dev = write_config(tmp_path / "dev.json", stack_outputs("dev", "ReceiptsTable-dev-1"))
+    proc = run(["--export-dir", GOLDEN_EXPORT, "--dev-config", dev, "--prod-config", prod,
+                "--endpoint-url", fresh_table.url, "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"Prod table: {fresh_table.name} at {fresh_table.url} (from prod.json: dynamodb_table_name)" \
+        in proc.stdout
+
+
+# --- 6. a config file that lacks a key the run needs ---------------------------------------------
+
+
+@pytest.mark.parametrize("operation", [["--status"], ["--verify"], ["--no-dry-run", "--yes"]])
+def test_config_without_table_key_is_named(tmp_path: Path, operation: list[str]) -> None:
+    prod = write_config(tmp_path / "prod.json", stack_outputs("prod", None))
+    dev = write_config(tmp_path / "dev.json", stack_outputs("dev", "ReceiptsTable-dev-1"))
+    proc = run([*operation, "--export-dir", GOLDEN_EXPORT, "--dev-config", dev, "--prod-config", prod],
+               tmp_path)
+    assert proc.returncode == 2
+    assert "prod.json has no 'dynamodb_table_name'" in one_error_line(proc)
+
+
+def test_dry_run_with_config_without_table_key_names_it(tmp_path: Path) -> None:
+    prod = write_config(tmp_path / "prod.json", stack_outputs("prod", None))
+    dev = write_config(tmp_path / "dev.json", stack_outputs("dev", "ReceiptsTable-dev-1"))
+    proc = run(["--export-dir", GOLDEN_EXPORT, "--dev-config", dev, "--prod-config", prod, "--no-progress"],
+               tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "prod.json has no 'dynamodb_table_name'" in proc.stderr
+    assert "Prod table: not checked (prod.json has no 'dynamodb_table_name')" in proc.stdout
+
+
+def test_config_without_bucket_key_is_named(tmp_path: Path) -> None:
+    prod = write_config(tmp_path / "prod.json", stack_outputs("prod", "receipts-prod",
+                                                              drop=("cdn_bucket_name",)))
+    dev = write_config(tmp_path / "dev.json", stack_outputs("dev", "ReceiptsTable-dev-1"))
+    proc = run(["--export-dir", GOLDEN_EXPORT, "--dev-config", dev, "--prod-config", prod], tmp_path)
+    assert proc.returncode == 2
+    assert "prod.json has no 'cdn_bucket_name'" in one_error_line(proc)
+
+
+def test_live_copy_with_dev_config_without_table_key_is_named(fresh_table: TableHandle,
+                                                               tmp_path: Path) -> None:
+    """The dev table name is what the live copy refuses to write into: it must be known."""
+    prod = write_config(tmp_path / "prod.json", stack_outputs("prod", fresh_table.name))
+    dev = write_config(tmp_path / "dev.json", stack_outputs("dev", None))
+    proc = run(["--no-dry-run", "--yes", "--export-dir", GOLDEN_EXPORT, "--dev-config", dev,
+                "--prod-config", prod, "--endpoint-url", fresh_table.url], tmp_path)
+    assert proc.returncode == 2
+    assert "dev.json has no 'dynamodb_table_name'" in one_error_line(proc)
+    assert table_items(fresh_table.client, fresh_table.name) == {}
+
+
+# --- 2. a missing runtime package: one line, exit 2 -------------------------------------------------
+
+
+def test_missing_boto3_is_one_line(moto_server: Any, tmp_path: Path) -> None:
+    """`python -S` has no site-packages: boto3 cannot be imported. A run that needs it says so."""
+    proc = run(["--table", "receipts-prod", "--endpoint-url", moto_server.url, "--export-dir", GOLDEN_EXPORT,
+                "--no-progress"], tmp_path, python=[sys.executable, "-S"])
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "boto3" in line and "not installed" in line, line
+
+
+def test_dry_run_without_table_needs_no_package(tmp_path: Path) -> None:
+    dump = tmp_path / "items.jsonl"
+    proc = run(["--export-dir", GOLDEN_EXPORT, "--no-progress", "--dump-items", dump],
+               tmp_path, python=[sys.executable, "-S"])
+    assert proc.returncode == 0, proc.stderr
+    # a warning (bucket names not configured) is logged without tqdm, not a logging traceback
+    assert "WARNING raw bucket names not configured" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Logging error" not in proc.stderr
+    assert len(read_jsonl(dump)) == len(load_expected())
+
+
+# --- 7. the table is checked once before the work -------------------------------------------------
+
+
+def test_missing_table_is_one_line_in_a_dry_run(moto_server: Any, tmp_path: Path) -> None:
+    buckets = ["--dev-raw-bucket", "a", "--prod-raw-bucket", "b", "--dev-cdn-bucket", "c",
+               "--prod-cdn-bucket", "d"]
+    proc = run(["--table", "no-such-table-prod", "--endpoint-url", moto_server.url,
+                "--export-dir", DEV_EXPORT, "--no-progress", *buckets], tmp_path)
+    assert proc.returncode == 2
+    assert one_error_line(proc) == (f"error: table 'no-such-table-prod' (given as --table) not found at "
+                                    f"{moto_server.url}")
+    assert proc.stdout == ""
+
+
+def test_unreachable_endpoint_is_one_line(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = run(live_args("receipts-prod", url, DEV_EXPORT, "--max-retries", "2"), tmp_path)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert line.startswith(f"error: cannot reach DynamoDB at {url}: "), line
+    assert "ERROR" not in proc.stdout
+
+
+def test_table_with_other_keys_is_refused(moto_server: Any, tmp_path: Path) -> None:
+    client = boto3.client("dynamodb", endpoint_url=moto_server.url, region_name=REGION,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    name = f"other-shape-{uuid.uuid4().hex[:8]}"
+    client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
+    proc = run(live_args(name, moto_server.url, GOLDEN_EXPORT), tmp_path)
+    assert proc.returncode == 2
+    assert "not the receipts table's PK (hash) and SK (range)" in one_error_line(proc)
+    assert client.scan(TableName=name)["Count"] == 0
+
+
+def test_throttled_describe_table_is_retried(fresh_table: TableHandle, tmp_path: Path) -> None:
+    proxy = FaultProxy(fresh_table.url, rate=1.0, faults=[THROTTLING], targets=["DescribeTable"],
+                       max_faults=3)
+    try:
+        proc = run(live_args(fresh_table.name, proxy.url, GOLDEN_EXPORT), tmp_path)
+        calls = proxy.calls
+    finally:
+        proxy.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert calls["DescribeTable"] == 4
+    assert len(table_items(fresh_table.client, fresh_table.name)) == len(load_expected())
+
+
+# --- 4. --overwrite-changed, and --verify's repair command ---------------------------------------
+
+
+def change_a_word(table: TableHandle) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Prod changes one receipt word after the copy; returns (the copied item, the changed one)."""
+    items = table_items(table.client, table.name)
+    item = next(v for _, v in sorted(items.items()) if v["TYPE"]["S"] == "RECEIPT_WORD")
+    changed = {**item, "text": {"S": item["text"]["S"] + "-changed-in-prod"}}
+    table.client.put_item(TableName=table.name, Item=changed)
+    return item, changed
+
+
+def copy_golden(table: TableHandle, tmp_path: Path) -> None:
+    proc = run(live_args(table.name, table.url, GOLDEN_EXPORT), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_overwrite_changed_overwrites_images_already_in_prod(fresh_table: TableHandle,
+                                                             tmp_path: Path) -> None:
+    copy_golden(fresh_table, tmp_path)
+    original, _ = change_a_word(fresh_table)
+    proc = run(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, "--overwrite-changed"), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    key = (original["PK"]["S"], original["SK"]["S"])
+    assert table_items(fresh_table.client, fresh_table.name)[key] == original
+
+
+def test_overwrite_changed_with_explicit_skip_existing_warns(fresh_table: TableHandle,
+                                                             tmp_path: Path) -> None:
+    copy_golden(fresh_table, tmp_path)
+    _, changed = change_a_word(fresh_table)
+    proc = run(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, "--overwrite-changed",
+                         "--skip-existing"), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "--overwrite-changed with --skip-existing" in proc.stderr
+    key = (changed["PK"]["S"], changed["SK"]["S"])
+    assert table_items(fresh_table.client, fresh_table.name)[key] == changed
+
+
+def test_verify_prints_the_commands_that_repair(fresh_table: TableHandle, tmp_path: Path) -> None:
+    copy_golden(fresh_table, tmp_path)
+    expected = load_expected()
+    original, _ = change_a_word(fresh_table)
+    gone = next(k for k, v in sorted(expected.items()) if v["TYPE"]["S"] == "RECEIPT_LINE")
+    fresh_table.client.delete_item(TableName=fresh_table.name,
+                                   Key={"PK": {"S": gone[0]}, "SK": {"S": gone[1]}})
+    verify = ["--verify", "--table", fresh_table.name, "--endpoint-url", fresh_table.url,
+              "--export-dir", str(GOLDEN_EXPORT), "--dev-raw-bucket", "dev-raw-bucket", "--prod-raw-bucket",
+              "prod-raw-bucket", "--dev-cdn-bucket", "dev-cdn-bucket", "--prod-cdn-bucket", "prod-cdn-bucket"]
+
+    def repair(prefix: str) -> None:
+        proc = run(verify, tmp_path)
+        assert proc.returncode == 1, proc.stderr
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(prefix))
+        command = shlex.split(line[len(prefix):])
+        assert command[1] == str(TOOL) or Path(command[1]).resolve() == TOOL
+        fixed = subprocess.run([*command, "--yes"], cwd=tmp_path, env=env_for_subprocess(),
+                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                               check=False)
+        assert fixed.returncode == 0, fixed.stderr
+
+    repair("To write the missing items: ")
+    items = table_items(fresh_table.client, fresh_table.name)
+    assert items[gone] == expected[gone]
+    assert items[(original["PK"]["S"], original["SK"]["S"])] != original  # prod's change kept
+    repair("To overwrite prod's differing items with the export's: ")
+    assert table_items(fresh_table.client, fresh_table.name) == expected
+    assert run(verify, tmp_path).returncode == 0
+
+
+# --- 9. --help ----------------------------------------------------------------------------------
+
+
+def test_help_has_examples_exit_codes_and_groups(tmp_path: Path) -> None:
+    proc = run(["--help"], tmp_path, python=[sys.executable, "-S"])
+    assert proc.returncode == 0
+    text = proc.stdout
+    assert "examples" in text and "exit codes:" in text
+    for code in ("0 ", "1 ", "2 ", "130 "):
+        assert f"\n  {code}" in text, code
+    own = text[text.index("operations that run on their own"):]
+    own = own[:own.index("\n\n")]
+    assert "--status" in own and "--verify" in own and "--trigger-embeddings" not in own
+    flat = " ".join(text.split())
+    assert "alone it only triggers" in flat and "after a clean live copy" not in flat
+    assert "nothing is contacted" in flat
+
+
+def test_help_examples_parse(tmp_path: Path) -> None:
+    """Each example of the epilog is a valid command line of this tool."""
+    sys.path.insert(0, str(TOOL.parent))
+    try:
+        import copy_dynamodb_dev_to_prod as tool
+    finally:
+        sys.path.pop(0)
+    lines = tool.HELP_EPILOG.replace("\\\n", " ").splitlines()
+    examples = [line.split(None, 2)[2] for line in lines if line.startswith("  .venv/bin/python %(prog)s")]
+    assert len(examples) >= 5
+    for example in examples:
+        tool.build_parser().parse_args(shlex.split(example))
+
+
+# --- 12. --dev-stack / --prod-stack via pulumi -----------------------------------------------------
+
+
+def fake_pulumi(bin_dir: Path, stacks: dict[str, dict[str, Any]], log: Path) -> None:
+    """A stand-in `pulumi` on PATH: `pulumi stack output --json --stack NAME` prints the stack's
+    outputs if NAME is one of ``stacks`` and the working directory holds Pulumi.yaml, else fails
+    as pulumi does. Every call's argv and cwd are appended to ``log``."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "pulumi"
+    script.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import json, os, sys
+        stacks = {json.dumps(stacks)!r}
+        with open({str(log)!r}, "a") as f:
+            f.write(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd()}}) + "\\n")
+        if not os.path.exists("Pulumi.yaml"):
+            sys.exit("error: no Pulumi.yaml project file found")
+        args = sys.argv[1:]
+        if args[:3] != ["stack", "output", "--json"] or len(args) != 5 or args[3] != "--stack":
+            sys.exit("error: unexpected arguments " + " ".join(args))
+        outputs = json.loads(stacks).get(args[4])
+        if outputs is None:
+            print("error: no stack named '" + args[4] + "' found", file=sys.stderr)
+            sys.exit(255)
+        print(json.dumps(outputs, indent=4))
+        """), encoding="utf-8")
+    script.chmod(0o755)
+
+
+def test_stacks_are_read_through_pulumi(fresh_table: TableHandle, tmp_path: Path) -> None:
+    project = tmp_path / "infra"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: receipts\n")
+    log = tmp_path / "calls.jsonl"
+    fake_pulumi(tmp_path / "bin", {"dev": stack_outputs("dev", "ReceiptsTable-dev-1"),
+                                   "prod": stack_outputs("prod", fresh_table.name)}, log)
+    env = env_for_subprocess()
+    env["PATH"] = f"{tmp_path / 'bin'}:{env['PATH']}"
+    proc = run(["--no-dry-run", "--yes", "--dev-stack", "dev", "--prod-stack", "prod",
+                "--pulumi-cwd", project, "--export-dir", GOLDEN_EXPORT, "--endpoint-url", fresh_table.url,
+                "--no-progress"], tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "(from pulumi stack prod: dynamodb_table_name)" in proc.stdout
+    assert table_items(fresh_table.client, fresh_table.name) == load_expected()  # buckets renamed
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(c["argv"][-1] for c in calls) == ["dev", "prod"]
+    assert all(c["argv"][:4] == ["stack", "output", "--json", "--stack"] and c["cwd"] == str(project)
+               for c in calls)
+
+
+def test_pulumi_missing_or_failing_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "Pulumi.yaml").write_text("name: receipts\n")
+    env = env_for_subprocess()
+    env["PATH"] = str(tmp_path / "empty-bin")
+    proc = run(["--prod-stack", "prod", "--export-dir", GOLDEN_EXPORT], tmp_path, env=env)
+    assert proc.returncode == 2
+    assert "--prod-stack needs the pulumi CLI, which is not on PATH" in one_error_line(proc)
+
+    fake_pulumi(tmp_path / "bin", {"dev": stack_outputs("dev", None)}, tmp_path / "calls.jsonl")
+    env["PATH"] = str(tmp_path / "bin")
+    proc = run(["--prod-stack", "prod", "--export-dir", GOLDEN_EXPORT], tmp_path, env=env)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "`pulumi stack output --json --stack prod` failed (exit 255): error: no stack named 'prod' found" \
+        in line, line
+
+    proc = run(["--prod-stack", "prod", "--prod-config", tmp_path / "prod.json"], tmp_path, env=env)
+    assert proc.returncode == 2
+    assert "give --prod-config or --prod-stack, not both" in one_error_line(proc)
+
