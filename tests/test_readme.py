@@ -1,0 +1,132 @@
+"""The README's own commands, run as written, in order, against a moto server.
+
+Every ```sh block of README.md is read; each command that runs this tool is run with bash in a
+scratch directory laid out as the README leaves a fresh clone: the tool, `dev.export`,
+`.venv/bin/python` (a wrapper around the Python running the tests, which has the requirements),
+and `dev.json`/`prod.json` as `pulumi stack output --json` prints them, prod.json naming a fresh
+table on the moto server (reached through `AWS_ENDPOINT_URL_DYNAMODB`/`_SFN`, as an operator's
+environment would point at AWS). stdin is a terminal that answers "yes", so the copy that asks
+for confirmation is confirmed as a user would. Installs, the test suite and the benchmark are
+the only commands not run here; any other command the test does not know fails it.
+
+One substitution: the AWS Batch example's `/data/dev.export` (a container path) becomes
+`dev.export`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+from conftest import TableHandle
+from exports import DEV_EXPORT, GOLDEN_EXPECTED, REPO_ROOT, TOOL, assert_items_equal, load_expected
+from live_helpers import table_items
+from servers import REGION, env_for_subprocess
+
+README = REPO_ROOT / "README.md"
+SUBSTITUTIONS = {"/data/dev.export": "dev.export"}
+NOT_RUN_HERE = (  # installs (need the network), the test suite itself, the benchmark
+    re.compile(r"^python3 -m venv \.venv$"),
+    re.compile(r"^\.venv/bin/pip install( -q)? -r requirements(-dev)?\.txt$"),
+    re.compile(r"^bash tests/install_\w+\.sh$"),
+    re.compile(r"^\.venv/bin/python -m pytest( .*)?$"),
+    re.compile(r"^\.venv/bin/python benchmarks/bench_copy\.py( .*)?$"),
+)
+PASS_DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's sh blocks, in order: continuations joined, comment lines
+    dropped, `a && b` split into its parts."""
+    commands = []
+    for block in re.findall(r"^```sh\n(.*?)^```", README.read_text(encoding="utf-8"), re.M | re.S):
+        text = block.replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                commands += [part.strip() for part in line.split(" && ")]
+    return commands
+
+
+def tool_commands() -> list[str]:
+    commands = readme_commands()
+    unknown = [c for c in commands
+               if "copy_dynamodb_dev_to_prod.py" not in c and not any(p.match(c) for p in NOT_RUN_HERE)]
+    assert not unknown, f"README commands this test does not know how to run: {unknown}"
+    return [c for c in commands if "copy_dynamodb_dev_to_prod.py" in c]
+
+
+def scratch_clone(root: Path, table: str) -> Path:
+    """What a fresh clone looks like after the README's install line."""
+    root.mkdir()
+    shutil.copy2(TOOL, root / TOOL.name)
+    shutil.copytree(DEV_EXPORT, root / "dev.export")
+    venv_bin = root / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (venv_bin / "python").chmod(0o755)
+    for stage, table_name in (("dev", "ReceiptsTable-dev-0000"), ("prod", table)):
+        (root / f"{stage}.json").write_text(json.dumps({
+            "dynamodb_table_name": table_name, "raw_bucket_name": f"{stage}-raw-bucket",
+            "cdn_bucket_name": f"{stage}-cdn-bucket", "api_url": "https://example.invalid"}))
+    return root
+
+
+def run_on_a_terminal(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """bash -c COMMAND with stdin a terminal that has "yes" typed into it; stdout/stderr captured."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdin=slave,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.close(slave)
+        os.write(master, b"yes\n")
+        out, err = proc.communicate(timeout=300)
+    finally:
+        os.close(master)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def make_default_machines(url: str) -> None:
+    sfn = boto3.client("stepfunctions", endpoint_url=url, region_name=REGION,
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    names = {m["name"] for m in sfn.list_state_machines()["stateMachines"]}
+    for name in ("embedding-infra-prod-line-workflow", "embedding-infra-prod-word-workflow"):
+        if name not in names:
+            sfn.create_state_machine(name=name, definition=PASS_DEFINITION,
+                                     roleArn="arn:aws:iam::123456789012:role/embedding")
+
+
+def test_readme_commands_run_as_written(fresh_table: TableHandle, tmp_path: Path) -> None:
+    commands = tool_commands()
+    assert len(commands) >= 8, commands
+    make_default_machines(fresh_table.url)
+    clone = scratch_clone(tmp_path / "clone", fresh_table.name)
+    env = env_for_subprocess(fresh_table.url)
+    env.update(AWS_ENDPOINT_URL_SFN=fresh_table.url, AWS_BATCH_JOB_ARRAY_INDEX="0", N="1")
+    outputs = {}
+    for command in commands:
+        for old, new in SUBSTITUTIONS.items():
+            command = command.replace(old, new)
+        proc = run_on_a_terminal(command, clone, env)
+        text = proc.stdout + proc.stderr
+        assert proc.returncode == 0, f"README command failed (exit {proc.returncode}): {command}\n{text}"
+        assert "Traceback" not in text and "error:" not in text, f"{command}\n{text}"
+        outputs[command] = proc.stdout
+
+    # The copy happened (confirmed on the terminal), every item as the golden vectors say.
+    golden = [p.stem for p in (clone / "dev.export").glob("*.json")
+              if (GOLDEN_EXPECTED / f"{p.stem}.jsonl").exists()]
+    assert_items_equal(table_items(fresh_table.client, fresh_table.name), load_expected(golden))
+    assert (clone / "copy-report.json").exists() and (clone / "report-0.json").exists()
+    asked = [out for cmd, out in outputs.items() if "--no-dry-run" in cmd and "--yes" not in cmd]
+    assert asked and all("Type 'yes' to continue" in out for out in asked)
+    verify = next(out for cmd, out in outputs.items() if "--verify" in cmd)
+    assert "0 with problems" in verify, verify
+    status = [out for cmd, out in outputs.items() if "--status" in cmd]
+    assert status and all("receipt lines waiting:" in out for out in status)
