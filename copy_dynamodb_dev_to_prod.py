@@ -36,6 +36,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -597,8 +598,10 @@ NEVER_COPY_KEY_SHAPES = (
 
 
 def list_export_files(export_dir: Path) -> list[Path]:
-    """Every *.json file of the export, in file-name order."""
-    return sorted((p for p in export_dir.iterdir() if p.suffix == ".json" and p.is_file()),
+    """Every entry of the export named like an image file (*.json, any case of the suffix),
+    in name order. Entries that cannot be read (a directory, a FIFO, a dangling symlink)
+    are listed too: read_export_file fails them, so the operator sees every image."""
+    return sorted((p for p in export_dir.iterdir() if p.suffix.lower() == ".json"),
                   key=lambda p: p.name)
 
 
@@ -608,7 +611,7 @@ def reject_constant(name: str) -> float:
 
 def read_export_file(path: Path) -> dict[str, Any]:
     """Parse one export file into its top-level object (one image)."""
-    raw = path.read_bytes()
+    raw = read_regular_file(path)
     if not raw.strip():
         raise InputError("file is empty")
     try:
@@ -620,13 +623,73 @@ def read_export_file(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg} "
                          "(truncated or corrupt file?)") from None
-    except RecursionError:
-        raise InputError("invalid JSON: nested too deeply") from None
+    except RecursionError:  # deeper than Python's parser goes, far deeper than DynamoDB's limit
+        raise nesting_error(text) from None
     except ValueError as exc:  # NaN / Infinity
         raise InputError(f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InputError(f"top level must be a JSON object of entity lists, not {json_type(data)}")
     return data
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The file's bytes; InputError naming what the entry is when it is no file. Checked by
+    stat before opening (opening a FIFO would block), and again on the open descriptor."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise InputError(f"dangling symlink (points to {os.readlink(path)!r})") from None
+        raise InputError("file vanished before it was read") from None
+    check_regular(mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        check_regular(os.fstat(fd).st_mode)
+        return f.read()
+
+
+def check_regular(mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    what = next((name for test, name in kinds if test(mode)), "not a regular file")
+    raise InputError(f"not a regular file: {what}")
+
+
+def nesting_error(text: str) -> InputError:
+    """Where a document too deep for Python's JSON parser is: a named field, found by an
+    iterative scan (recursion is what failed). DynamoDB refuses such a value anyway."""
+    path: list[Any] = []  # per open container: its current key (object) or index (array)
+    want_key = False
+    limit = 3 + MAX_NESTING_DEPTH  # file object, entity list, entity, then the field's value
+    i, n = 0, len(text)
+    while i < n and len(path) <= limit:
+        c = text[i]
+        if c == '"':
+            end = i + 1
+            while end < n and text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            if want_key:
+                path[-1], want_key = json.loads(text[i:end + 1]), False
+            i = end
+        elif c in "[{":
+            path.append(0 if c == "[" else "")
+            want_key = c == "{"
+        elif c in "]}" and path:
+            path.pop()
+        elif c == "," and path:
+            if isinstance(path[-1], int):
+                path[-1] += 1
+            else:
+                want_key = True
+        i += 1
+    entity, index, field = (path + [None] * 3)[:3]
+    return InputError(f"nested deeper than DynamoDB's {MAX_NESTING_DEPTH + 1} levels",
+                      entity if isinstance(entity, str) else None,
+                      index if isinstance(index, int) else None,
+                      field if isinstance(field, str) else None)
 
 
 def json_type(value: Any) -> str:
@@ -902,8 +965,17 @@ def string_list(as_set: bool) -> Codec:
     return codec
 
 
-def generic_value(v: Any) -> AttributeValue:
-    """Native JSON -> DynamoDB, keeping the int/float distinction of the JSON text."""
+# DynamoDB's document rules, measured on DynamoDB Local 1.25.1 (tests/test_item_rules.py):
+# an attribute's value holds at most 31 maps/lists nested in one another (the attribute
+# itself counted, 32 levels; 32 nested containers are refused, even when the innermost is
+# empty), and a map key is, like any attribute name, 1..65,535 bytes of UTF-8.
+MAX_NESTING_DEPTH = 31
+MAX_NAME_BYTES = 65_535
+
+
+def generic_value(v: Any, depth: int = 0) -> AttributeValue:
+    """Native JSON -> DynamoDB, keeping the int/float distinction of the JSON text.
+    `depth` counts the maps/lists around v, so no document recurses past DynamoDB's limit."""
     if v is None:
         return NULL
     if isinstance(v, bool):
@@ -914,11 +986,28 @@ def generic_value(v: Any) -> AttributeValue:
         return {"N": repr_text(v)}
     if isinstance(v, str):
         return {"S": v}
-    if isinstance(v, list):
-        return {"L": [generic_value(x) for x in v]}
-    if isinstance(v, dict):
-        return {"M": {str(k): generic_value(x) for k, x in v.items()}}
+    if isinstance(v, (list, dict)):
+        if depth >= MAX_NESTING_DEPTH:
+            raise FieldError(f"nested deeper than DynamoDB's {MAX_NESTING_DEPTH + 1} levels")
+        if isinstance(v, list):
+            return {"L": [generic_value(x, depth + 1) for x in v]}
+        return {"M": {map_key(k): generic_value(x, depth + 1) for k, x in v.items()}}
     raise FieldError(f"unsupported value {v!r}")
+
+
+def map_key(k: Any) -> str:
+    """A map key DynamoDB accepts as an attribute name: non-empty, at most 65,535 bytes."""
+    k = str(k)
+    if not k:
+        raise FieldError("empty map key (DynamoDB refuses empty attribute names)")
+    try:
+        size = len(k.encode("utf-8")) if len(k) > MAX_NAME_BYTES // 4 else 0
+    except UnicodeEncodeError:
+        raise FieldError(f"map key {k[:40]!r} is not valid Unicode (lone surrogate escape)") from None
+    if size > MAX_NAME_BYTES:
+        raise FieldError(f"map key {k[:40]!r}... is {size:,} bytes, over DynamoDB's "
+                         f"{MAX_NAME_BYTES:,}-byte limit for attribute names")
+    return k
 
 
 def generic_map_or_omit(v: Any) -> Any:
@@ -947,7 +1036,10 @@ def receipt_word_extracted_data(v: Any) -> AttributeValue:
         return NULL
     if not isinstance(v, dict):
         raise FieldError(f"expected an object, got {json_type(v)}")
-    return {"M": {k: {"S": str(x)} for k, x in v.items()}}
+    try:
+        return {"M": {map_key(k): {"S": str(x)} for k, x in v.items()}}
+    except RecursionError:  # str() of a value nested hundreds of levels deep
+        raise FieldError(f"nested deeper than DynamoDB's {MAX_NESTING_DEPTH + 1} levels") from None
 
 
 def reocr_region(v: Any) -> AttributeValue:
@@ -1421,8 +1513,17 @@ def check_key_and_size_limits(item: dict[str, AttributeValue], kind: KindSpec | 
 KEY_ATTRIBUTES = ("PK", "SK", *(f"GSI{n}{k}" for n in range(1, 5) for k in ("PK", "SK")))
 
 
+# Item size, byte for byte as DynamoDB counts it against the 400 KB (409,600-byte) limit:
+# the developer guide's rules ("DynamoDB item sizes and formats"), made exact where it says
+# "approximately" by measuring DynamoDB Local 1.25.1 at the boundary (tests/test_item_rules.py):
+#   name: UTF-8 bytes (top level and map keys alike); S: UTF-8 bytes; B: raw bytes;
+#   BOOL, NULL: 1; L: 3 + per element (1 + size); M: 3 + per entry (key + 1 + size);
+#   SS/BS: sum of the members' bytes; NS: sum of the members' number sizes;
+#   N: 1 + one byte per base-100 digit pair, pairs aligned on the decimal point (so 1.1 and
+#   123.456 take 2 and 4 pairs, not 1 and 3), leading/trailing zero pairs dropped (0 is 1,
+#   1e20 and 10**30 are 2), plus 1 if negative unless the mantissa already has 20 pairs.
 def item_size(item: Mapping[str, AttributeValue], skip: frozenset[str] = frozenset()) -> int:
-    """Item size as DynamoDB counts it: UTF-8 names and values, numbers ~1 byte per 2 digits."""
+    """Item size as DynamoDB counts it (see above)."""
     total = 0
     for name, v in item.items():  # top-level names are this tool's own ASCII names
         if name not in skip:
@@ -1436,7 +1537,7 @@ def value_size(v: AttributeValue) -> int:
     if tag == "S":
         return len(x.encode("utf-8"))
     if tag == "N":
-        return (len(x.strip("-").replace(".", "").lstrip("0")) + 1) // 2 + 1
+        return number_size(x)
     if tag in ("BOOL", "NULL"):
         return 1
     if tag == "M":
@@ -1445,7 +1546,27 @@ def value_size(v: AttributeValue) -> int:
         return 3 + sum(1 + value_size(y) for y in x)
     if tag == "SS":
         return sum(len(s.encode("utf-8")) for s in x)
+    if tag == "NS":
+        return sum(number_size(n) for n in x)
+    if tag == "BS":
+        return sum(len(b) for b in x)
     return len(x)  # B
+
+
+def number_size(text: str) -> int:
+    """Bytes of an N value (valid DynamoDB number text, e.g. -12.5, 1e+20, 1.5e-07)."""
+    negative = text.startswith("-")
+    mantissa, _, exponent = text.lstrip("+-").lower().partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = whole + fraction
+    significant = digits.strip("0")
+    if not significant:
+        return 1  # zero
+    first = len(digits) - len(digits.lstrip("0"))  # index of the first significant digit
+    last = first + len(significant) - 1
+    top = len(whole) - 1 + (int(exponent) if exponent else 0)  # power of ten of digits[0]
+    pairs = (top - first) // 2 - (top - last) // 2 + 1
+    return 1 + pairs + (negative and pairs < 20)
 
 
 @dataclasses.dataclass
@@ -1558,11 +1679,25 @@ BACKOFF_CAP = 5.0
 
 
 class WriteError(Exception):
-    """A request that still failed after every retry; `unwritten` are the items it lost."""
+    """A request that still failed after every retry; `unwritten` are the items it lost.
+    `refused` is the item the server refused as invalid, when one was singled out."""
 
-    def __init__(self, message: str, unwritten: Sequence[dict[str, AttributeValue]] = ()) -> None:
+    def __init__(self, message: str, unwritten: Sequence[dict[str, AttributeValue]] = (),
+                 refused: dict[str, AttributeValue] | None = None) -> None:
         super().__init__(message)
         self.unwritten = list(unwritten)
+        self.refused = refused
+
+    def input_error(self) -> InputError:
+        """The report's view: the refused item's export list and key, else the message."""
+        if self.refused is None:
+            return InputError(str(self))
+        kind = KINDS_BY_TYPE.get(self.refused.get("TYPE", {}).get("S", ""))
+        return InputError(str(self), entity=kind.export_key if kind else None,
+                          field=item_key(self.refused)[1])
+
+
+KINDS_BY_TYPE = {k.type: k for k in KINDS}
 
 
 def make_client(cfg: Config, service: str = "dynamodb") -> Any:
@@ -1692,6 +1827,12 @@ class BatchWriter:
                     return
                 reason = f"still unprocessed after {max_retries} retries (table throttled?)"
             except Exception as exc:
+                if is_refusal(exc):
+                    refused = [p["PutRequest"]["Item"] for p in pending]
+                    if len(refused) == 1:
+                        raise refusal_error(refused[0], describe_error(exc)) from None
+                    self.write_one_by_one(refused)
+                    return
                 if not is_retryable(exc):
                     attempt = max_retries
                 reason = f"not written: {describe_error(exc)}"
@@ -1700,6 +1841,34 @@ class BatchWriter:
                                  [p["PutRequest"]["Item"] for p in pending])
             attempt += 1
             self.retrier.wait(attempt)
+
+    def write_one_by_one(self, items: Sequence[dict[str, AttributeValue]]) -> None:
+        """The server refused a whole batch as invalid (a rule no check here foresaw): write
+        its items one at a time to single out the item it refuses, and name it."""
+        failures = []
+        for item in items:
+            try:
+                self.write([item])
+            except WriteError as exc:
+                failures.append((item, exc))
+        refusals = [exc for _, exc in failures if exc.refused is not None]
+        if refusals:
+            more = f" ({len(refusals) - 1} more item(s) of its batch refused too)" * (len(refusals) > 1)
+            raise WriteError(f"{refusals[0]}{more}", [i for i, _ in failures], refusals[0].refused)
+        if failures:
+            raise WriteError(str(failures[0][1]), [i for i, _ in failures])
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """The server refuses the request as invalid: sending it again cannot help."""
+    response = getattr(exc, "response", None)
+    return isinstance(response, dict) and response.get("Error", {}).get("Code") == "ValidationException"
+
+
+def refusal_error(item: dict[str, AttributeValue], reason: str) -> WriteError:
+    pk, sk = item_key(item)
+    return WriteError(f"DynamoDB refused the {item['TYPE']['S']} item PK {pk}, SK {sk}: {reason}",
+                      [item], refused=item)
 
 
 def item_key(item: Mapping[str, AttributeValue]) -> tuple[str, str]:
@@ -1913,7 +2082,7 @@ class ImageJob:
     remaining: int = 0
     written: int = 0
     held: int = 0  # ItemBudget units this job still holds
-    errors: list[str] = dataclasses.field(default_factory=list)
+    errors: list[str | InputError] = dataclasses.field(default_factory=list)
     interrupted: bool = False
     finished: bool = False
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -2103,7 +2272,7 @@ class Migration:
         except WriteError as exc:
             lost = exc.unwritten
             with job.lock:
-                job.errors.append(str(exc))
+                job.errors.append(exc.input_error() if exc.refused else str(exc))
         if lost:
             lost_keys = {item_key(i) for i in lost}
             self.confirm_written(job, [i for i in items if item_key(i) not in lost_keys])
@@ -2143,8 +2312,9 @@ class Migration:
         plan = job.plan
         try:
             if job.errors:
-                for message in dict.fromkeys(job.errors):
-                    self.report.image_failed(plan.source, InputError(message))
+                for error in dict.fromkeys(job.errors):
+                    self.report.image_failed(plan.source, error if isinstance(error, InputError)
+                                             else InputError(error))
             elif job.interrupted:
                 self.report.image_skipped("interrupted")
             elif job.in_prod and job.written == 0:
