@@ -1506,8 +1506,9 @@ def check_key_and_size_limits(item: dict[str, AttributeValue], kind: KindSpec | 
         return
     size = item_size(item)
     if size > MAX_ITEM_BYTES:
+        largest = max(item, key=lambda name: item_size({name: item[name]}))
         raise InputError(f"item is {size:,} bytes, over DynamoDB's 400 KB limit "
-                         f"({item['SK']['S'][:60]})")
+                         f"({item['SK']['S'][:60]})", field=largest)
 
 
 KEY_ATTRIBUTES = ("PK", "SK", *(f"GSI{n}{k}" for n in range(1, 5) for k in ("PK", "SK")))

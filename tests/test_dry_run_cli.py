@@ -285,13 +285,16 @@ def test_empty_export_dir(home: Path, tmp_path: Path) -> None:
 
 
 def test_non_json_files_are_not_images(golden_export: Path, home: Path, tmp_path: Path) -> None:
+    """Other names are not images; an entry named like one that is no file (here a
+    directory) is an image the operator expects, so it is found and fails (issue 14)."""
     export = tmp_path / "export"
     copy_golden(export, [IMG_LEGACY])
     (export / "README.txt").write_text("not an export")
     (export / "sub.json").mkdir()
     result = dry(["--export-dir", export, *BUCKET_FLAGS], home)
-    assert result.returncode == 0, result.output
-    check_counts(result.stdout, found=1, copy=1)
+    assert result.returncode == 1, result.output
+    check_counts(result.stdout, found=2, copy=1, failed=1)
+    assert "sub.json: not a regular file: a directory" in result.stdout
 
 
 # --------------------------------------------------------------------------- configuration
