@@ -611,6 +611,8 @@ def reject_constant(name: str) -> float:
 
 def read_export_file(path: Path) -> dict[str, Any]:
     """Parse one export file into its top-level object (one image)."""
+    if path.suffix != ".json" and os.path.lexists(path.with_suffix(".json")):
+        raise InputError(f"{path.with_suffix('.json').name} is the same image: one file per image")
     raw = read_regular_file(path)
     if not raw.strip():
         raise InputError("file is empty")
@@ -2302,7 +2304,7 @@ class Migration:
                 self.writer.write([job.image_item])
                 self.confirm_written(job, [job.image_item])
             except WriteError as exc:
-                job.errors.append(str(exc))
+                job.errors.append(exc.input_error() if exc.refused else str(exc))
         self.finish(job)
 
     def finish(self, job: ImageJob) -> None:

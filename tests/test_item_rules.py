@@ -327,6 +327,11 @@ def test_every_entry_named_like_an_export_file_is_listed(tmp_path: Path) -> None
     assert "directory" in reasons[fake_uuid(2, "e0")]
     assert "dangling symlink" in reasons[fake_uuid(3, "e0")]
     assert "FIFO" in reasons[fake_uuid(4, "e0")]
+    # the same image under both spellings: one file per image, the other spelling fails
+    write_export(tmp_path, clone_export(IMG_VERBATIM, fake_uuid(1, "e0")))
+    with pytest.raises(tool.InputError, match="same image"):
+        tool.read_export_file(ok)
+    assert tool.read_export_file(tmp_path / f"{fake_uuid(1, 'e0')}.json")
 
 
 # --------------------------------------------------------------------------- the CLI on a mixed export
