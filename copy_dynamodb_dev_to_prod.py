@@ -1384,6 +1384,7 @@ KINDS: tuple[KindSpec, ...] = (
     ),
 )
 KINDS_BY_KEY = {k.export_key: k for k in KINDS}
+KINDS_BY_TYPE = {k.type: k for k in KINDS}
 
 
 # =============================================================================
@@ -1698,9 +1699,6 @@ class WriteError(Exception):
         kind = KINDS_BY_TYPE.get(self.refused.get("TYPE", {}).get("S", ""))
         return InputError(str(self), entity=kind.export_key if kind else None,
                           field=item_key(self.refused)[1])
-
-
-KINDS_BY_TYPE = {k.type: k for k in KINDS}
 
 
 def make_client(cfg: Config, service: str = "dynamodb") -> Any:
