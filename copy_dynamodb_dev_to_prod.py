@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import functools
+import importlib.util
 import json
 import logging
 import math
@@ -494,13 +495,11 @@ def looks_like_dev_table(name: str) -> bool:
 def missing_runtime_packages(cfg: Config) -> list[str]:
     """The runtime packages this run needs but this interpreter lacks. A dry run without a
     table uses the standard library only, so it runs on any Python 3.10+ as it is."""
-    import importlib.util
-
     needed = []
     if cfg.reads_table or (cfg.trigger_embeddings and not cfg.dry_run):
         needed.append("boto3")
-    if cfg.copies and cfg.progress and sys.stderr.isatty():
-        needed.append("tqdm")
+        if cfg.copies and cfg.progress and sys.stderr.isatty():
+            needed.append("tqdm")
     return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
@@ -2681,8 +2680,6 @@ def format_error(e: Mapping[str, Any]) -> str:
 # =============================================================================
 
 def setup_logging(verbose: bool) -> None:
-    import importlib.util
-
     # Without tqdm (a dry run on a bare Python) log lines go straight to stderr.
     handler = TqdmLogHandler() if importlib.util.find_spec("tqdm") else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
@@ -2765,6 +2762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = missing_runtime_packages(cfg)
         if missing:
             raise UsageError(missing_package_message(missing))
+        if cfg.progress and not importlib.util.find_spec("tqdm"):
+            cfg.progress = False  # the standard-library-only dry run goes without bars
         for warning in warnings:
             log.warning("%s", warning)
         if cfg.reads_table:

@@ -8,6 +8,7 @@ Every test runs the CLI as a subprocess; those that need a table use a moto serv
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from servers import REGION, env_for_subprocess, free_port
 
 ROLE = "arn:aws:iam::123456789012:role/embedding"
 PASS_DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
+BUCKET_ARGS = ["--dev-raw-bucket", "dev-raw-bucket", "--prod-raw-bucket", "prod-raw-bucket",
+               "--dev-cdn-bucket", "dev-cdn-bucket", "--prod-cdn-bucket", "prod-cdn-bucket"]
 BUCKETS = {"raw_bucket_name": "{stage}-raw-bucket", "cdn_bucket_name": "{stage}-cdn-bucket"}
 
 
@@ -186,6 +189,21 @@ def test_dry_run_without_table_needs_no_package(tmp_path: Path) -> None:
     assert "WARNING raw bucket names not configured" in proc.stderr
     assert "Traceback" not in proc.stderr and "Logging error" not in proc.stderr
     assert len(read_jsonl(dump)) == len(load_expected())
+
+
+def test_dry_run_without_table_on_a_terminal_needs_no_tqdm(tmp_path: Path) -> None:
+    """On a terminal the bars need tqdm; the standard-library-only dry run goes without them."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-S", str(TOOL), "--export-dir", str(GOLDEN_EXPORT),
+                               *BUCKET_ARGS], cwd=tmp_path, env=env_for_subprocess(),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, text=True,
+                              timeout=120, check=False)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0
+    assert "Images found:" in proc.stdout
 
 
 # --- 7. the table is checked once before the work -------------------------------------------------
