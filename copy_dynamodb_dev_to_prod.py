@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from pathlib import Path
+from string import Formatter
 from typing import Any, TypeVar
 
 __version__ = "1.0.0"
@@ -137,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--limit", type=int, metavar="N",
                      help="copy at most N images that are not yet in prod")
     src.add_argument("--shard", metavar="K/N", help="process only shard K of N (K = 0..N-1)")
+
+    other = p.add_argument_group("other sources (instead of --export-dir)")
+    other.add_argument("--source-table", metavar="NAME",
+                       help="read the images straight from this dev table (read-only: Query and Scan)")
+    other.add_argument("--source-region", help="the source table's region (default: --region)")
+    other.add_argument("--source-profile", help="the source table's AWS profile (default: --profile)")
+    other.add_argument("--source-endpoint-url",
+                       help="the source table's endpoint (default: --endpoint-url)")
+    other.add_argument("--source-items", type=Path, metavar="PATH",
+                       help="read DynamoDB JSON items: a .jsonl/.jsonl.gz file (one item, or "
+                            '{"Item": ...}, a line) or a downloaded export-to-S3 folder '
+                            "(manifest-summary.json and data/*.json.gz)")
+    other.add_argument("--image-id", action="append", metavar="ID",
+                       help="only this image (repeatable; with any source)")
+    other.add_argument("--image-ids-file", type=Path, metavar="FILE",
+                       help="only the images listed in FILE, one id a line")
 
     cfg = p.add_argument_group(
         "configuration (flags win over config files and stacks, those over environment)")
@@ -264,12 +281,23 @@ class Config:
     # Values a given config file or stack lacks, e.g. "prod.json has no 'dynamodb_table_name'".
     missing: dict[str, str] = dataclasses.field(default_factory=dict)
     argv: list[str] = dataclasses.field(default_factory=list)
+    # other sources (issue 12): the dev table or DynamoDB JSON items instead of export files
+    source_table: str | None = None
+    source_region: str | None = None
+    source_profile: str | None = None
+    source_endpoint_url: str | None = None
+    source_items: Path | None = None
+    image_ids: tuple[str, ...] | None = None
+
+    @property
+    def other_source(self) -> bool:
+        return self.source_table is not None or self.source_items is not None
 
     @property
     def copies(self) -> bool:
         """--status and --verify are read-only operations of their own. --trigger-embeddings
         copies first only when --export-dir is given; alone it only triggers."""
-        trigger_only = self.trigger_embeddings and not self.export_dir_given
+        trigger_only = self.trigger_embeddings and not (self.export_dir_given or self.other_source)
         return not (self.status or self.verify or trigger_only)
 
     @property
@@ -423,6 +451,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
         "sources": sources,
         "missing": missing,
         "argv": list(argv),
+        "image_ids": read_image_ids(args.image_id, args.image_ids_file),
         **named,
     }
     as_given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
@@ -437,7 +466,9 @@ def check_config(cfg: Config) -> list[str]:
     if cfg.trigger_embeddings and (cfg.status or cfg.verify):
         raise UsageError("--trigger-embeddings goes with a copy or on its own, not with "
                          "--status/--verify")
-    if (cfg.copies or cfg.verify or cfg.export_dir_given) and not cfg.export_dir.is_dir():
+    check_source_config(cfg)
+    if (cfg.copies or cfg.verify or cfg.export_dir_given) and not cfg.other_source \
+            and not cfg.export_dir.is_dir():
         raise UsageError(f"export directory not found: {cfg.export_dir}")
     needed = cfg.needed_values()
     for name in sorted(needed):
@@ -484,6 +515,24 @@ def check_bucket_pair(cfg: Config, kind: str) -> list[str]:
     if cfg.copies and not cfg.dry_run:
         raise UsageError(msg)
     return [msg]
+
+
+def check_source_config(cfg: Config) -> None:
+    """One source at a time; the dev table is only ever read, and never the target."""
+    given = [flag for flag, on in (("--export-dir", cfg.export_dir_given),
+                                   ("--source-table", cfg.source_table is not None),
+                                   ("--source-items", cfg.source_items is not None)) if on]
+    if len(given) > 1:
+        raise UsageError(f"give one source: {' or '.join(given)}")
+    connection = [f"--source-{n}" for n in ("region", "profile", "endpoint-url")
+                  if getattr(cfg, f"source_{n.replace('-', '_')}")]
+    if connection and not cfg.source_table:
+        raise UsageError(f"{', '.join(connection)} only go with --source-table")
+    if cfg.source_table is not None and cfg.source_table in (cfg.table, ""):
+        raise UsageError(f"--source-table {cfg.source_table!r} is the prod table (--table): "
+                         "the source is read, the target written")
+    if cfg.source_items is not None:
+        item_files(cfg.source_items)  # a missing path or an ION export is refused up front
 
 
 def looks_like_dev_table(name: str) -> bool:
@@ -697,6 +746,287 @@ def json_type(value: Any) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean",
              int: "integer", float: "number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
+
+
+# --- other sources: the dev table itself, DynamoDB JSON items (issue 12) ---------
+# Both give ImageSources whose read() returns the image in export form (entities read
+# back from items by the spec's inverse, section 4), so everything after reading is the
+# path of an export file: same checks, rules, diff and writes, byte-identical items.
+
+def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, ...] | None:
+    """--image-id (repeatable) and --image-ids-file (one id a line), in order, deduplicated."""
+    if not ids and path is None:
+        return None
+    found = [(i, "--image-id") for i in ids or ()]
+    if path is not None:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --image-ids-file {path}: {exc}") from None
+        found += [(line.strip(), f"{path} line {n}") for n, line in enumerate(lines, 1)
+                  if line.strip()]
+    for image_id, where in found:
+        if not UUID_RE.match(image_id):
+            raise UsageError(f"{where}: {image_id!r} is not an image id (a version 4/5 UUID)")
+    return tuple(dict.fromkeys(i for i, _ in found))
+
+
+class ReadOnlyTable:
+    """The dev table. Only Query and Scan are ever sent to it: nothing here can write."""
+
+    def __init__(self, client: Any, table: str, retrier: Retrier) -> None:
+        self.client, self.table, self.retrier = client, table, retrier
+
+    def pages(self, operation: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        fn = {"query": self.client.query, "scan": self.client.scan}[operation]
+        kwargs["TableName"] = self.table
+        while True:
+            page = self.retrier.call(fn, **kwargs)
+            yield page
+            if not page.get("LastEvaluatedKey"):
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def image_ids(self) -> list[str]:
+        """Every image of the table: its IMAGE items, through GSITYPE or, where the table
+        has no such index, a Scan."""
+        from botocore.exceptions import ClientError
+
+        names = {"#t": "TYPE", "#pk": "PK", "#sk": "SK"}
+        values = {":image": {"S": "IMAGE"}}
+        try:
+            pages = list(self.pages("query", IndexName="GSITYPE", KeyConditionExpression="#t = :image",
+                                    ProjectionExpression="#pk, #sk", ExpressionAttributeNames=names,
+                                    ExpressionAttributeValues=values))
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") not in ("ValidationException", "ResourceNotFoundException") or \
+                    "index" not in str(error.get("Message", "")).lower():
+                raise  # anything but "no such index" (AWS: ValidationException; moto: not found)
+            log.info("%s has no GSITYPE index: scanning it for IMAGE items", self.table)
+            pages = list(self.pages("scan", FilterExpression="#t = :image AND #sk = :image",
+                                    ProjectionExpression="#pk, #sk", ExpressionAttributeNames=names,
+                                    ExpressionAttributeValues=values))
+        ids = {item["PK"]["S"][len("IMAGE#"):] for page in pages for item in page.get("Items", [])
+               if item.get("SK", {}).get("S") == "IMAGE" and item["PK"]["S"].startswith("IMAGE#")}
+        return sorted(ids)
+
+    def partition(self, image_id: str) -> list[dict[str, AttributeValue]]:
+        """Every item of one image: one paginated, strongly consistent Query of its PK."""
+        return [item for page in self.pages("query", KeyConditionExpression="PK = :pk",
+                                            ExpressionAttributeValues={":pk": {"S": f"IMAGE#{image_id}"}},
+                                            ConsistentRead=True)
+                for item in page.get("Items", [])]
+
+
+def table_sources(cfg: Config) -> list[ImageSource]:
+    """--source-table: the given images, or every image of the dev table."""
+    assert cfg.source_table
+    connection = dataclasses.replace(cfg, region=cfg.source_region or cfg.region,
+                                     profile=cfg.source_profile or cfg.profile,
+                                     endpoint_url=cfg.source_endpoint_url or cfg.endpoint_url)
+    table = ReadOnlyTable(make_client(connection), cfg.source_table, Retrier(cfg.max_retries))
+    ids = cfg.image_ids
+    if ids is None:
+        try:
+            ids = tuple(table.image_ids())
+        except Exception as exc:
+            if botocore_setup_error(exc):
+                raise
+            raise UsageError(f"cannot list the images of source table {cfg.source_table}: "
+                             f"{describe_error(exc)}") from None
+    return [ImageSource(i, f"{cfg.source_table}/IMAGE#{i}",
+                        functools.partial(read_table_image, table, i)) for i in ids]
+
+
+def read_table_image(table: ReadOnlyTable, image_id: str) -> dict[str, Any]:
+    items = table.partition(image_id)
+    if not items:
+        raise InputError(f"no items under PK IMAGE#{image_id} in {table.table}")
+    return image_from_items(items)
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemFiles:
+    """Where --source-items reads: its data files, and the item count a manifest promises."""
+    files: tuple[Path, ...]
+    item_count: int | None = None
+
+
+ITEM_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
+
+
+def item_files(path: Path) -> ItemFiles:
+    """A .jsonl(.gz) file, or a downloaded export-to-S3 folder (manifest-summary.json,
+    data/*.json.gz; the manifest may also be in one folder below PATH)."""
+    if path.is_file():
+        if not path.name.endswith(ITEM_FILE_SUFFIXES):
+            raise UsageError(f"--source-items {path}: expected a {'/'.join(ITEM_FILE_SUFFIXES)} file "
+                             "or an export-to-S3 folder")
+        return ItemFiles((path,))
+    if not path.is_dir():
+        raise UsageError(f"--source-items {path}: no such file or folder")
+    manifests = [path / "manifest-summary.json"] if (path / "manifest-summary.json").is_file() \
+        else sorted(path.rglob("manifest-summary.json"))
+    if len(manifests) != 1:
+        raise UsageError(f"--source-items {path}: expected one DynamoDB export (manifest-summary.json), "
+                         f"found {len(manifests)}")
+    folder = manifests[0].parent
+    try:
+        summary = json.loads(manifests[0].read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {manifests[0]}: {exc}") from None
+    if not isinstance(summary, dict):
+        raise UsageError(f"{manifests[0]}: not a JSON object")
+    fmt = summary.get("outputFormat", "DYNAMODB_JSON")
+    if fmt != "DYNAMODB_JSON":
+        raise UsageError(f"{manifests[0]}: the export is in {fmt} format; this tool reads "
+                         "DYNAMODB_JSON only (export the table again with --export-format DYNAMODB_JSON)")
+    if summary.get("exportType", "FULL_EXPORT") != "FULL_EXPORT":
+        raise UsageError(f"{manifests[0]}: an {summary['exportType']} holds changes, not the "
+                         "table's items: use a full export")
+    files = sorted((folder / "data").glob("*.json.gz"))
+    listed = manifest_data_files(folder)
+    if listed is not None:
+        missing = [name for name in listed if not (folder / "data" / name).is_file()]
+        if missing:
+            raise UsageError(f"{folder}: data files listed in manifest-files.json are missing "
+                             f"(incomplete download?): {', '.join(missing[:5])}")
+        files = [folder / "data" / name for name in listed]
+    count = summary.get("itemCount")
+    return ItemFiles(tuple(files), count if isinstance(count, int) else None)
+
+
+def manifest_data_files(folder: Path) -> list[str] | None:
+    """The data file names manifest-files.json lists (one JSON object a line), if present."""
+    path = folder / "manifest-files.json"
+    if not path.is_file():
+        return None
+    names = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                key = json.loads(line)["dataFileS3Key"]
+            except (ValueError, KeyError, TypeError):
+                raise UsageError(f"{path} line {n}: no dataFileS3Key") from None
+            names.append(str(key).rsplit("/", 1)[-1])
+    return names
+
+
+def item_lines(path: Path) -> Iterator[str]:
+    import gzip
+
+    with (gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz")
+          else path.open(encoding="utf-8")) as f:
+        yield from f
+
+
+def parse_item_line(line: str) -> dict[str, Any]:
+    """One line: an item in DynamoDB JSON, or {"Item": item} as an export to S3 writes it."""
+    data = json.loads(line, parse_constant=reject_constant)
+    if isinstance(data, dict) and set(data) == {"Item"}:
+        data = data["Item"]
+    if not isinstance(data, dict):
+        raise ValueError(f"expected an item object, got {json_type(data)}")
+    return data
+
+
+class SpilledItems:
+    """Items of an export, grouped by image partition on disk in one pass (an SQLite file
+    in a temporary folder), so memory holds one image however large the export is and
+    however its items are spread over files."""
+
+    def __init__(self, source: ItemFiles) -> None:
+        import sqlite3
+        import tempfile
+        import weakref
+
+        folder = tempfile.mkdtemp(prefix="copy-items-")
+        self.db = sqlite3.connect(str(Path(folder) / "items.sqlite"), check_same_thread=False)
+        weakref.finalize(self, remove_spill, self.db, folder)
+        self.lock = threading.Lock()
+        self.outside: Counter[str] = Counter()
+        self.db.execute("PRAGMA journal_mode = OFF")
+        self.db.execute("PRAGMA synchronous = OFF")
+        self.db.execute("CREATE TABLE items (image_id TEXT, line TEXT)")
+        total = sum(self.spill(path) for path in source.files)
+        if source.item_count is not None and total != source.item_count:
+            raise UsageError(f"the export's manifest counts {source.item_count:,} items, its data "
+                             f"files hold {total:,} (incomplete download?)")
+        self.db.execute("CREATE INDEX by_image ON items (image_id)")
+        self.db.commit()
+        if self.outside:
+            log.info("items outside image partitions (not read): %s",
+                     ", ".join(f"{t} {n:,}" for t, n in sorted(self.outside.items())))
+
+    def spill(self, path: Path) -> int:
+        """Append one data file's image items to the store; returns how many items it holds."""
+        rows: list[tuple[str, str]] = []
+        items = n = 0
+        try:
+            for n, line in enumerate(item_lines(path), 1):
+                if not line.strip():
+                    continue
+                try:
+                    item = parse_item_line(line)
+                    pk = item["PK"]["S"]
+                    if not isinstance(pk, str):
+                        raise TypeError("PK is not a string")
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise UsageError(f"{path} line {n}: not a DynamoDB JSON item with a PK "
+                                     f"string ({exc})") from None
+                items += 1
+                if pk.startswith("IMAGE#"):
+                    rows.append((pk[len("IMAGE#"):], line))
+                else:
+                    t = item.get("TYPE")
+                    self.outside[t.get("S", "?") if isinstance(t, dict) else "?"] += 1
+                if len(rows) >= 1000:
+                    self.db.executemany("INSERT INTO items VALUES (?, ?)", rows)
+                    rows.clear()
+        except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+            raise UsageError(f"cannot read {path} (line {n + 1}): {exc}") from None
+        self.db.executemany("INSERT INTO items VALUES (?, ?)", rows)
+        return items
+
+    def image_ids(self) -> list[str]:
+        with self.lock:
+            return [r[0] for r in self.db.execute("SELECT DISTINCT image_id FROM items ORDER BY image_id")]
+
+    def items(self, image_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            lines = [r[0] for r in self.db.execute(
+                "SELECT line FROM items WHERE image_id = ? ORDER BY rowid", (image_id,))]
+        return [parse_item_line(line) for line in lines]
+
+
+def remove_spill(db: Any, folder: str) -> None:
+    import shutil
+
+    db.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=1)
+def spilled_items(path: Path) -> SpilledItems:
+    """One pass per run, however often the run asks for the sources (copy, then --verify)."""
+    return SpilledItems(item_files(path))
+
+
+def items_sources(cfg: Config) -> list[ImageSource]:
+    """--source-items: the given images, or every image partition of the export."""
+    assert cfg.source_items
+    spill = spilled_items(cfg.source_items)
+    ids = cfg.image_ids if cfg.image_ids is not None else spill.image_ids()
+    return [ImageSource(i, f"{cfg.source_items.name}/IMAGE#{i}",
+                        functools.partial(read_spilled_image, spill, i)) for i in ids]
+
+
+def read_spilled_image(spill: SpilledItems, image_id: str) -> dict[str, Any]:
+    items = spill.items(image_id)
+    if not items:
+        raise InputError(f"no items under PK IMAGE#{image_id} in the item export")
+    return image_from_items(items)
 
 
 # =============================================================================
@@ -1395,6 +1725,7 @@ class Rules:
     """The migration rules of ITEMS.md §5: {dev bucket: prod bucket} per bucket kind."""
     raw_buckets: Mapping[str, str]
     cdn_buckets: Mapping[str, str]
+    reset_embeddings: bool = True  # False only to rebuild a dev item as dev holds it
 
     @classmethod
     def from_config(cls, cfg: Config) -> Rules:
@@ -1417,7 +1748,8 @@ def reset_embedding(e: dict[str, Any], rules: Rules) -> None:
     if e["embedding_status"] not in EMBEDDING_STATUS:
         raise InputError(f"{e['embedding_status']!r} is not one of {', '.join(EMBEDDING_STATUS)}",
                          field="embedding_status")
-    e["embedding_status"] = "NONE"
+    if rules.reset_embeddings:
+        e["embedding_status"] = "NONE"
 
 
 MIGRATIONS: dict[str, tuple[Callable[[dict[str, Any], Rules], None], ...]] = {
@@ -1582,6 +1914,8 @@ class ImagePlan:
     excluded: Counter[str]
     ignored: Counter[str]
     has_receipts: bool
+    # items of types no export holds, found in the image's partition (item sources only)
+    other_types: Counter[str] = dataclasses.field(default_factory=Counter)
 
 
 def never_copy_type(entry: Mapping[str, Any]) -> str | None:
@@ -1616,7 +1950,7 @@ def plan_image(source: ImageSource, data: dict[str, Any], rules: Rules,
         raise InputError(f"file name does not match image_id {image_id!r}", entity="images",
                          index=0, field="image_id")
     plan = ImagePlan(source, image_id, [], Counter(), Counter(), Counter(),
-                     bool(data.get("receipts")))
+                     bool(data.get("receipts")), Counter(getattr(data, "other_types", ())))
     seen: dict[tuple[str, str], tuple[str, int]] = {}
     image_item = None
     for key, entries in data.items():
@@ -1668,6 +2002,178 @@ def plan_entity(kind: KindSpec, raw: Any, image_id: str,
         raise InputError(f"belongs to image {raw['image_id']!r}, not to this file's image",
                          field="image_id")
     return build_item(kind, raw, rules)
+
+
+# --- items back into entities: the inverse of the spec (--source-table, --source-items) ---
+# A dev item is read back into the entity it was built from, driven by the same KindSpec:
+# attributes through one inverse of the attribute encoding (every codec takes the JSON
+# value its output spells), key-only fields from the PK/SK templates, omitted attributes
+# as the value their codec omits. The entity is then rebuilt with build_item (no renames)
+# and must give the item back exactly: whatever the spec cannot express fails the image
+# instead of being lost or altered on the way to prod.
+
+IDENTITY_RULES = Rules({}, {}, reset_embeddings=False)
+KINDS_BY_TYPE = {k.type: k for k in KINDS}
+# Key template values that are not fields but spell one: the label lives in the keys as L.
+KEY_VALUE_FIELDS = {"L": "label"}
+ITEM_OWN_ATTRIBUTES = frozenset({"PK", "SK", "TYPE"})
+NEVER_COPY_LIST_OF_TYPE = {t: key for key, t in NEVER_COPY_LISTS.items()}
+INTEGER_TEXT = re.compile(r"-?\d+")
+
+
+class DecodedImage(dict[str, Any]):
+    """An image in export form read from items; also counts the partition's items of
+    types no export holds (RECEIPT_SUMMARY, ...), which are never written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.other_types: Counter[str] = Counter()
+
+
+@functools.cache
+def key_pattern(template: str) -> tuple[re.Pattern[str], frozenset[str]]:
+    """A key template as a regex ({name:05d}: digits, {name}: text without '#') and the
+    names that are integers."""
+    parts, seen, ints = [], set(), set()
+    for literal, name, spec, _ in Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if name is not None:
+            parts.append(f"(?P={name})" if name in seen else
+                         f"(?P<{name}>{'[0-9]{5,}' if spec == '05d' else '[^#]+'})")
+            seen.add(name)
+            if spec == "05d":
+                ints.add(name)
+    return re.compile("".join(parts)), frozenset(ints)
+
+
+def key_values(kind: KindSpec, item: Mapping[str, AttributeValue]) -> dict[str, Any]:
+    """The values spelled in PK and SK ({receipt_id: 1, label: 'TOTAL', ...})."""
+    values: dict[str, Any] = {}
+    for name, template in (("PK", IMG), ("SK", kind.sk)):
+        text = item[name].get("S") if isinstance(item.get(name), dict) else None
+        pattern, ints = key_pattern(template)
+        m = pattern.fullmatch(text) if isinstance(text, str) else None
+        if m is None:
+            raise InputError(f"{name} {text!r} does not have the shape {template} of {kind.type}",
+                             field=name)
+        for key, value in m.groupdict().items():
+            values[KEY_VALUE_FIELDS.get(key, key)] = int(value) if key in ints else value
+    return values
+
+
+def attribute_value(v: Any) -> Any:
+    """An AttributeValue as the JSON value the codecs take (N: int when integral text)."""
+    if not isinstance(v, dict) or len(v) != 1:
+        raise FieldError(f"not a DynamoDB attribute value: {v!r}")
+    (tag, x), = v.items()
+    if tag == "S" and isinstance(x, str):
+        return x
+    if tag == "N" and isinstance(x, str):
+        try:
+            return int(x) if INTEGER_TEXT.fullmatch(x) else float(Decimal(x))
+        except (ArithmeticError, ValueError):
+            raise FieldError(f"not a number: {x!r}") from None
+    if tag == "NULL" and x is True:
+        return None
+    if tag == "BOOL" and isinstance(x, bool):
+        return x
+    if tag == "M" and isinstance(x, dict):
+        return {k: attribute_value(y) for k, y in x.items()}
+    if tag in ("L", "SS") and isinstance(x, list):
+        return [attribute_value(y) for y in x] if tag == "L" else [str_value(s) for s in x]
+    raise FieldError(f"no field of this tool is stored as {tag} ({json.dumps(v)[:80]})")
+
+
+def null_value(f: FieldSpec) -> Any:
+    """NULL is None, or the field's default where that writes NULL too (policy T's ''),
+    which is what exports hold and what the spec's cross-field checks expect."""
+    if f.default is not REQUIRED and f.default is not None:
+        try:
+            if f.codec(f.default) == NULL:
+                return f.default
+        except (FieldError, TypeError):
+            pass
+    return None
+
+
+def omitted_value(f: FieldSpec) -> Any:
+    """The value for which the field writes no attribute (REQUIRED: it always writes one)."""
+    candidates: tuple[Any, ...] = (f.default, None, [], {})
+    for candidate in candidates:
+        if candidate is REQUIRED:
+            continue
+        try:
+            if f.codec(candidate) is OMIT:
+                return candidate
+        except (FieldError, TypeError):
+            continue
+    return REQUIRED
+
+
+def entity_from_item(kind: KindSpec, item: Mapping[str, AttributeValue]) -> dict[str, Any]:
+    """One item of a known kind -> its entity; raises InputError naming the attribute.
+    Strict: the entity must rebuild exactly this item (numbers compared as decimals)."""
+    values = key_values(kind, item)
+    known = ITEM_OWN_ATTRIBUTES | kind.field_names | {n for k in kind.index_keys for n in k[:2]}
+    for name in item:
+        if name not in known:
+            raise InputError(f"attribute is not part of {kind.type} (it would be lost in prod)",
+                             field=name)
+    entity: dict[str, Any] = {}
+    for f in kind.fields:
+        if f.name in item:
+            try:
+                entity[f.name] = null_value(f) if item[f.name] == NULL else \
+                    attribute_value(item[f.name])
+            except FieldError as exc:
+                raise InputError(str(exc), field=f.name) from None
+        elif f.name in values:
+            entity[f.name] = values[f.name]
+        else:
+            value = omitted_value(f)
+            if value is REQUIRED:
+                raise InputError(f"attribute is missing ({kind.type} always writes it)",
+                                 field=f.name)
+            entity[f.name] = value
+    rebuilt = build_item(kind, entity, IDENTITY_RULES)
+    for name in differing_attributes(rebuilt, item):
+        want = json.dumps(rebuilt.get(name), ensure_ascii=False)[:120]
+        got = json.dumps(item.get(name), ensure_ascii=False)[:120]
+        raise InputError(f"does not round-trip: the item holds {got}, its fields give {want}",
+                         field=name)
+    return entity
+
+
+def image_from_items(items: Iterable[Mapping[str, Any]]) -> DecodedImage:
+    """One partition's items -> the image in export form. Entities are sorted by SK within
+    their kind, kinds in spec order, so every item source gives the same order."""
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    data = DecodedImage()
+    for item in items:
+        pk, sk, item_type = (item.get(n, {}).get("S") if isinstance(item.get(n), dict) else None
+                             for n in ("PK", "SK", "TYPE"))
+        where = f"item (PK {pk}, SK {sk})"
+        never = never_copy_type({"TYPE": item_type, "PK": pk, "SK": sk})
+        if never:
+            data.setdefault(NEVER_COPY_LIST_OF_TYPE[never], []).append({"TYPE": never})
+            continue
+        kind = KINDS_BY_TYPE.get(item_type) if isinstance(item_type, str) else None
+        if kind is None:
+            if not isinstance(item_type, str):
+                raise InputError("item has no TYPE string attribute: its kind is unknown",
+                                 entity=where, field="TYPE")
+            data.other_types[item_type] += 1
+            continue
+        try:
+            found.setdefault(kind.export_key, []).append((str(sk), entity_from_item(kind, item)))
+        except InputError as exc:
+            exc.entity = f"{kind.type} {where}"
+            raise
+    for kind in KINDS:
+        if kind.export_key in found:
+            data[kind.export_key] = [e for _, e in sorted(found[kind.export_key],
+                                                          key=lambda pair: pair[0])]
+    return data
 
 
 # =============================================================================
@@ -1995,9 +2501,18 @@ def shard_of(image_id: str, shards: int) -> int:
 
 
 def select_sources(cfg: Config) -> list[ImageSource]:
-    """The images this run handles: every export file, or those of its --shard."""
-    files = list_export_files(cfg.export_dir) if cfg.export_dir.is_dir() else []
-    sources = [ImageSource.from_file(f) for f in files]
+    """The images this run handles: every export file (or the dev table's images, or an
+    item export's: --source-table/--source-items), those --image-id/--image-ids-file name,
+    or those of its --shard."""
+    if cfg.source_table:
+        sources = table_sources(cfg)
+    elif cfg.source_items:
+        sources = items_sources(cfg)
+    elif cfg.image_ids is not None:
+        sources = [ImageSource.from_file(cfg.export_dir / f"{i}.json") for i in cfg.image_ids]
+    else:
+        files = list_export_files(cfg.export_dir) if cfg.export_dir.is_dir() else []
+        sources = [ImageSource.from_file(f) for f in files]
     if cfg.shard:
         k, n = cfg.shard
         sources = [s for s in sources if shard_of(s.image_id, n) == k]
@@ -2530,6 +3045,7 @@ class Report:
                       "conflicts": 0}
         self.excluded: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
+        self.other_types: Counter[str] = Counter()  # by TYPE, never written
         self.errors: list[dict[str, Any]] = []
         self.conflicts: list[dict[str, Any]] = []
         self.failed_images: list[str] = []
@@ -2550,6 +3066,7 @@ class Report:
             self.items["planned"] += len(plan.items)
             self.excluded.update(plan.excluded)
             self.ignored.update(plan.ignored)
+            self.other_types.update(plan.other_types)
 
     def image_done(self, plan: ImagePlan, outcome: str) -> None:
         with self.lock:
@@ -2601,6 +3118,7 @@ class Report:
             "items": dict(self.items),
             "excluded": dict(self.excluded),
             "ignored": dict(self.ignored),
+            "other_types": dict(self.other_types),
             "errors": self.errors,
             "failed_images": self.failed_images,
             "conflicts": self.conflicts,
@@ -2648,6 +3166,9 @@ class Report:
         if self.excluded:
             lines.append("Excluded (never copied):")
             lines += [f"  {k}: {n:,}" for k, n in sorted(self.excluded.items())]
+        if self.other_types:
+            lines.append("Other types in image partitions (not exported, never copied):")
+            lines += [f"  {k}: {n:,}" for k, n in sorted(self.other_types.items())]
         if self.ignored:
             lines.append("Ignored unknown lists (--ignore-unknown):")
             lines += [f"  {k}: {n:,}" for k, n in sorted(self.ignored.items())]
