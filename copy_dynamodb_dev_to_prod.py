@@ -535,6 +535,16 @@ def check_source_config(cfg: Config) -> None:
         item_files(cfg.source_items)  # a missing path or an ION export is refused up front
 
 
+def describe_source(cfg: Config) -> str:
+    """Where the images are read from, as the header and the report say it."""
+    if cfg.source_table:
+        url = cfg.source_endpoint_url or cfg.endpoint_url
+        return f"Source table: {cfg.source_table}" + (f" at {url}" if url else "")
+    if cfg.source_items:
+        return f"Source items: {cfg.source_items}"
+    return f"Export: {cfg.export_dir}"
+
+
 def looks_like_dev_table(name: str) -> bool:
     """True for names with a 'dev' or 'development' token, e.g. ReceiptsTable-dev-1a2b."""
     return re.search(r"(?i)(^|[^a-z0-9])(dev|development)([^a-z0-9]|$)", name) is not None or \
@@ -2136,7 +2146,7 @@ def entity_from_item(kind: KindSpec, item: Mapping[str, AttributeValue]) -> dict
                                  field=f.name)
             entity[f.name] = value
     rebuilt = build_item(kind, entity, IDENTITY_RULES)
-    for name in differing_attributes(rebuilt, item):
+    for name in differing_attributes(rebuilt, item) if rebuilt != item else ():
         want = json.dumps(rebuilt.get(name), ensure_ascii=False)[:120]
         got = json.dumps(item.get(name), ensure_ascii=False)[:120]
         raise InputError(f"does not round-trip: the item holds {got}, its fields give {want}",
@@ -3110,6 +3120,7 @@ class Report:
             "endpoint_url": cfg.endpoint_url,
             "region": cfg.region,
             "export_dir": str(cfg.export_dir),
+            "source": describe_source(cfg),
             "prod_checked": self.prod_checked,
             "started_at": dt.datetime.fromtimestamp(self.started, dt.timezone.utc).isoformat(),
             "elapsed_seconds": round(time.time() - self.started, 3),
@@ -3217,7 +3228,7 @@ def print_header(cfg: Config, files: int) -> None:
         print("No records will be copied. Use --no-dry-run to actually copy.")
     else:
         print("Mode: LIVE")
-    print(f"Export: {cfg.export_dir} ({files:,} files"
+    print(f"{describe_source(cfg)} ({files:,} {'images' if cfg.other_source else 'files'}"
           + (f", shard {cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard else "") + ")")
     if cfg.table:
         print(f"Prod table: {cfg.table}" + (f" at {cfg.endpoint_url}" if cfg.endpoint_url else "")

@@ -539,8 +539,8 @@ def test_peak_rss_of_a_20x_larger_item_export(tmp_path: Path) -> None:
                  for i in dev_items(image_id, str(uuid.uuid5(uuid.NAMESPACE_URL, f"{n}-{image_id}")))]
         return write_s3_export(folder, items, files=8)
     flags = [*BUCKET_FLAGS, "--no-progress"]
-    small = peak_rss_kb(["--source-items", export(2, tmp_path / "small"), *flags], tmp_path)
-    big = peak_rss_kb(["--source-items", export(40, tmp_path / "big"), *flags], tmp_path)
+    small = peak_rss_kb(["--source-items", export(1, tmp_path / "small"), *flags], tmp_path)
+    big = peak_rss_kb(["--source-items", export(20, tmp_path / "big"), *flags], tmp_path)
     print(f"peak RSS small {small / 1024:.0f} MB, 20x {big / 1024:.0f} MB, ratio {big / small:.2f}")
     assert big <= 1.3 * small, (small, big)
 
