@@ -2023,7 +2023,6 @@ def plan_entity(kind: KindSpec, raw: Any, image_id: str,
 # instead of being lost or altered on the way to prod.
 
 IDENTITY_RULES = Rules({}, {}, reset_embeddings=False)
-KINDS_BY_TYPE = {k.type: k for k in KINDS}
 # Key template values that are not fields but spell one: the label lives in the keys as L.
 KEY_VALUE_FIELDS = {"L": "label"}
 ITEM_OWN_ATTRIBUTES = frozenset({"PK", "SK", "TYPE"})
