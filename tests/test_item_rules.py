@@ -541,3 +541,30 @@ def test_refused_batch_names_the_item(tmp_path: Path, ddblocal_table: TableHandl
     assert sorted(k for k in items if k[0] != pk) == sorted(good)
     for key, item in good.items():
         assert canonical_item(items[key]) == canonical_item(item), key
+
+
+def test_batch_writer_singles_out_every_refused_item(ddblocal_table: TableHandle) -> None:
+    """In process, on DynamoDB Local: a batch with two items the server refuses (an empty map
+    key, a number with 39 digits) among good ones. The good ones are written one by one, the
+    error names the first refused item and counts the other, both are `unwritten`."""
+    items = []
+    for n in range(6):
+        item = copy.deepcopy(golden_item("RECEIPT_WORD"))
+        item["SK"] = {"S": f"RECEIPT#00001#LINE#00001#WORD#{n:05d}"}
+        items.append(item)
+    items[2]["extracted_data"] = {"M": {"": {"S": "x"}}}
+    items[4]["extracted_data"] = {"M": {"n": {"N": "1" * 39}}}
+    writer = tool.BatchWriter(ddblocal_table.client, ddblocal_table.name, tool.Retrier(0))
+    with pytest.raises(tool.WriteError) as err:
+        writer.write(items)
+    exc = err.value
+    assert exc.refused is items[2]
+    assert [i["SK"] for i in exc.unwritten] == [items[2]["SK"], items[4]["SK"]]
+    message = str(exc)
+    for part in (items[2]["PK"]["S"], items[2]["SK"]["S"], "RECEIPT_WORD", "ValidationException",
+                 "Empty attribute name", "1 more item(s)"):
+        assert part in message, (part, message)
+    record = exc.input_error()
+    assert (record.entity, record.field) == ("receipt_words", items[2]["SK"]["S"])
+    stored = {i["SK"]["S"] for i in scan_all(ddblocal_table.client, ddblocal_table.name)}
+    assert stored == {items[n]["SK"]["S"] for n in (0, 1, 3, 5)}
