@@ -2904,11 +2904,12 @@ def count_waiting_embeddings(client: Any, table: str, retrier: Retrier,
 
 def run_status(cfg: Config, client: Any, report: Report) -> None:
     image_ids = None
-    if cfg.export_dir_given:
+    if cfg.export_dir_given or cfg.other_source or cfg.image_ids is not None:
         image_ids = [s.image_id for s in select_sources(cfg)]
     counts = count_waiting_embeddings(client, cfg.table or "", Retrier(cfg.max_retries), image_ids)
+    source = cfg.source_table or cfg.source_items or cfg.export_dir
     scope = ("whole table" if image_ids is None else
-             f"{len(image_ids):,} image{'' if len(image_ids) == 1 else 's'} of {cfg.export_dir}")
+             f"{len(image_ids):,} image{'' if len(image_ids) == 1 else 's'} of {source}")
     print(f"Embedding status in {cfg.table} ({scope}), GSI1 EMBEDDING_STATUS#NONE:")
     print(f"  receipt lines waiting: {counts['lines']:,}")
     print(f"  receipt words waiting: {counts['words']:,}")

@@ -258,6 +258,23 @@ def test_source_table_copies_every_image_exactly_and_only_reads(engine: str, req
     assert r.report["excluded"] == excluded
     assert r.report["other_types"] == other
     assert "Other types in image partitions" in r.stdout and "RECEIPT_SECTION: 4" in r.stdout
+    # the rest works unchanged: a re-run skips what prod has, --verify reads the dev table again
+    source = ["--source-table", dev.name, "--source-endpoint-url", server.url]
+    again = tool(*live_args(prod, *source), report=tmp_path / "again.json")
+    assert again.returncode == 0 and again.report is not None, again.describe()
+    assert again.report["images"]["skipped_existing"] == len(GOLDEN_IDS)
+    assert again.report["items"]["written"] == 0
+    verify = tool("--verify", "--table", prod.name, "--endpoint-url", prod.url, "--region", REGION,
+                  *BUCKET_FLAGS, *source, report=tmp_path / "verify.json")
+    assert verify.returncode == 0, verify.describe()
+    assert verify.report is not None and verify.report["verify"]["images_checked"] == len(GOLDEN_IDS)
+    status = tool("--status", "--table", prod.name, "--endpoint-url", prod.url, "--region", REGION,
+                  *source, "--image-id", IMG_LEGACY, report=tmp_path / "status.json")
+    assert status.returncode == 0 and status.report is not None, status.describe()
+    legacy = [i["TYPE"]["S"] for i in load_expected([IMG_LEGACY]).values()]
+    assert status.report["status"] == {"scope": f"1 image of {dev.name}",
+                                       "lines_none": legacy.count("RECEIPT_LINE"),
+                                       "words_none": legacy.count("RECEIPT_WORD")}
 
 
 @pytest.mark.parametrize("engine", ["ddblocal", "moto"])
@@ -316,6 +333,22 @@ def test_three_sources_give_identical_dumps(ddblocal_table: Any, tmp_path: Path)
     # Export files keep the exporter's list order: the same lines, in another order.
     assert sorted(dumps["export"]) == sorted(dumps["table"])
     assert_exact(dump_items(tmp_path / "s3.jsonl"), list(load_expected().values()))
+
+
+def test_shard_and_limit_work_on_item_sources(tmp_path: Path) -> None:
+    jsonl = write_jsonl_gz(tmp_path / "items.jsonl.gz", golden_dev_table_items())
+    seen: list[str] = []
+    for k in range(3):
+        r = tool(*dry_args("--source-items", jsonl, "--shard", f"{k}/3", dump=tmp_path / f"{k}.jsonl"),
+                 report=tmp_path / "r.json")
+        assert r.returncode == 0, r.describe()
+        dump = read_dump(tmp_path / f"{k}.jsonl")
+        seen += sorted({json.loads(line)["PK"]["S"][len("IMAGE#"):] for line in dump})
+    assert sorted(seen) == sorted(GOLDEN_IDS)  # every image in exactly one shard
+    r = tool(*dry_args("--source-items", jsonl, "--limit", "2", dump=tmp_path / "l.jsonl"),
+             report=tmp_path / "r.json")
+    assert r.returncode == 0 and r.report is not None, r.describe()
+    assert r.report["images"]["copied"] == 2 and r.report["images"]["not_reached_limit"] == 3
 
 
 def test_dump_items_output_is_readable_as_source_items(tmp_path: Path) -> None:
