@@ -170,9 +170,12 @@ def test_changed_label_is_a_conflict_kept_unless_overwrite(fresh_table: TableHan
     assert "validation_status" in out and "GSI3PK" in out
     assert_table_equals(fresh_table.client, fresh_table.name, with_change)
 
-    # without --no-skip-existing the image is skipped: still kept
-    skip = run_cli(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, "--overwrite-changed"))
+    # with an explicit --skip-existing the image is skipped: still kept, and a warning says so
+    # (--overwrite-changed alone implies --no-skip-existing)
+    skip = run_cli(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, "--overwrite-changed",
+                             "--skip-existing"))
     assert skip.returncode == 0, skip.describe()
+    assert "--overwrite-changed with --skip-existing" in skip.stderr
     assert_table_equals(fresh_table.client, fresh_table.name, with_change)
 
     overwrite = run_cli(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, "--no-skip-existing",
