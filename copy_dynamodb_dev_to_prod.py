@@ -2178,6 +2178,10 @@ def image_from_items(items: Iterable[Mapping[str, Any]]) -> DecodedImage:
         except InputError as exc:
             exc.entity = f"{kind.type} {where}"
             raise
+    if "images" not in found:
+        raise InputError("the partition has no IMAGE item: not an image this tool can copy "
+                         f"({sum(len(v) for v in found.values())} item(s) of exported kinds, "
+                         f"{sum(data.other_types.values())} of other types)", entity="images")
     for kind in KINDS:
         if kind.export_key in found:
             data[kind.export_key] = [e for _, e in sorted(found[kind.export_key],

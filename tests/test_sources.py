@@ -407,12 +407,15 @@ def test_bad_items_fail_only_their_image(tmp_path: Path) -> None:
     clone = str(uuid.uuid4())
     images[clone] = dev_items(IMG_VERBATIM, clone)
     corrupt(images[clone], "RECEIPT#00001", lambda i: i.update(SK={"S": "RECEIPT#1"}))
+    # a partition without its IMAGE item
+    headless = str(uuid.uuid4())
+    images[headless] = [i for i in dev_items(IMG_LEGACY, headless) if i["SK"]["S"] != "IMAGE"]
     path = write_jsonl_gz(tmp_path / "items.jsonl.gz", [i for items in images.values() for i in items])
     r = tool(*dry_args("--source-items", path, dump=tmp_path / "d.jsonl"), report=tmp_path / "r.json")
     assert r.returncode == 1, r.describe()
     assert r.report is not None
     errors = {e["image_id"]: e for e in r.report["errors"]}
-    assert set(errors) == {*bad_item_cases(), clone}
+    assert set(errors) == {*bad_item_cases(), clone, headless}
     for image_id, (sk, attribute, fragment) in bad_item_cases().items():
         e = errors[image_id]
         assert sk in e["entity"] and f"IMAGE#{image_id}" in e["entity"], e
@@ -420,7 +423,8 @@ def test_bad_items_fail_only_their_image(tmp_path: Path) -> None:
         line = next(line for line in r.stdout.splitlines() if image_id in line and sk in line)
         assert f"field {attribute!r}" in line, line
     assert errors[clone]["field"] == "SK" and "RECEIPT#1" in errors[clone]["message"]
-    assert r.report["images"] == {**r.report["images"], "copied": 1, "failed": 5}
+    assert "no IMAGE item" in errors[headless]["message"]
+    assert r.report["images"] == {**r.report["images"], "copied": 1, "failed": 6}
     assert_exact(dump_items(tmp_path / "d.jsonl"), list(load_expected([IMG_PLACE_EMPTY_ID]).values()))
 
 
