@@ -947,7 +947,11 @@ class SpilledItems:
     however its items are spread over files."""
 
     def __init__(self, source: ItemFiles) -> None:
-        import sqlite3
+        try:
+            import sqlite3
+        except ImportError:  # a Python built without it (e.g. no libsqlite3 when compiled)
+            raise UsageError("--source-items needs Python's sqlite3 module, which this Python "
+                             "lacks") from None
         import tempfile
         import weakref
 
