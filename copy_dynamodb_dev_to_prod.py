@@ -30,6 +30,7 @@ import dataclasses
 import datetime as dt
 import functools
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import stat
 import sys
 import threading
@@ -543,6 +545,21 @@ def describe_source(cfg: Config) -> str:
     if cfg.source_items:
         return f"Source items: {cfg.source_items}"
     return f"Export: {cfg.export_dir}"
+
+
+def check_output_paths(cfg: Config) -> None:
+    """--report and --dump-items must be writable before anything is read or written:
+    finding out after an hour of copying would lose the record of what was done."""
+    for flag, path in (("--report", cfg.report), ("--dump-items", cfg.dump_items)):
+        if path is None:
+            continue
+        parent = path.parent if str(path.parent) else Path(".")
+        if path.is_dir():
+            raise UsageError(f"{flag} {path}: is a directory")
+        if not parent.is_dir():
+            raise UsageError(f"{flag} {path}: directory {parent} does not exist")
+        if not os.access(path if path.exists() else parent, os.W_OK):
+            raise UsageError(f"{flag} {path}: not writable")
 
 
 def looks_like_dev_table(name: str) -> bool:
@@ -2213,6 +2230,8 @@ class WriteError(Exception):
         super().__init__(message)
         self.unwritten = list(unwritten)
         self.refused = refused
+        # every item refused in the request, each as its own error (one batch may mix images)
+        self.refusals: list[WriteError] = [self] if refused is not None else []
 
     def input_error(self) -> InputError:
         """The report's view: the refused item's export list and key, else the message."""
@@ -2223,7 +2242,7 @@ class WriteError(Exception):
                           field=item_key(self.refused)[1])
 
 
-def make_client(cfg: Config, service: str = "dynamodb") -> Any:
+def make_client(cfg: Config, service: str = "dynamodb", meter: CapacityMeter | None = None) -> Any:
     """One thread-safe client, its pool as large as the worker count. Retries belong to the
     Retrier below, not to botocore: --max-retries then bounds every request exactly, the
     backoff starts at DynamoDB's 50 ms (botocore's starts at 1 s), and no client-wide
@@ -2242,7 +2261,48 @@ def make_client(cfg: Config, service: str = "dynamodb") -> Any:
         parameter_validation=False,
     )
     endpoint = cfg.endpoint_url if service == "dynamodb" else cfg.sfn_endpoint_url
-    return session.client(service, endpoint_url=endpoint, config=config)
+    client = session.client(service, endpoint_url=endpoint, config=config)
+    if meter is not None:
+        meter.attach(client)
+    return client
+
+
+class CapacityMeter:
+    """The capacity units the table reports for this run's reads and writes. A botocore
+    hook asks for ReturnConsumedCapacity=TOTAL on every request that can report them,
+    so no call site can forget it, and adds up what the responses say."""
+
+    WRITES = frozenset({"BatchWriteItem", "PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems"})
+
+    def __init__(self) -> None:
+        self.read_units = 0.0
+        self.write_units = 0.0
+        self.lock = threading.Lock()
+
+    def attach(self, client: Any) -> None:
+        client.meta.events.register("before-parameter-build.dynamodb", self.ask)
+        client.meta.events.register("after-call.dynamodb", self.record)
+
+    @staticmethod
+    def ask(params: dict[str, Any], model: Any, **_: Any) -> None:
+        shape = model.input_shape
+        if shape is not None and "ReturnConsumedCapacity" in shape.members:
+            params.setdefault("ReturnConsumedCapacity", "TOTAL")
+
+    def record(self, parsed: Mapping[str, Any], model: Any, **_: Any) -> None:
+        consumed = parsed.get("ConsumedCapacity") if isinstance(parsed, Mapping) else None
+        if not consumed:
+            return
+        entries = consumed if isinstance(consumed, list) else [consumed]
+        units = sum(float(c.get("CapacityUnits", 0)) for c in entries)
+        with self.lock:
+            if model.name in self.WRITES:
+                self.write_units += units
+            else:
+                self.read_units += units
+
+    def to_json(self) -> dict[str, float]:
+        return {"write_units": round(self.write_units, 1), "read_units": round(self.read_units, 1)}
 
 
 class RateLimiter:
@@ -2258,14 +2318,16 @@ class RateLimiter:
         self.lock = threading.Lock()
 
     def acquire(self, n: int) -> None:
-        with self.lock:  # one waiter at a time keeps the order fair and the math simple
+        """Reserve n tokens, then sleep until they are earned. The reservation is made under
+        the lock and the sleep outside it: callers queue by reservation, not by the lock."""
+        with self.lock:
             now = self.clock()
             self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
             self.stamp = now
             self.tokens -= n
             wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
-            if wait > 0:
-                self.sleep(wait)
+        if wait > 0:
+            self.sleep(wait)
 
 
 THROTTLING_CODES = frozenset({
@@ -2288,30 +2350,51 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (BotoConnectionError, HTTPClientError, ChecksumError))
 
 
+class RetriesExhausted(Exception):
+    """A request still had unprocessed items or keys after its last retry."""
+
+
 class Retrier:
-    """Bounded retries with exponential backoff and full jitter, shared by all requests."""
+    """The one retry policy of every request (--max-retries N): a request is sent at most
+    1 + N times. It is sent again after a retryable error (throttling, 5xx, dropped
+    connection) and for the items or keys the server left unprocessed, each time after
+    exponential backoff with full jitter; a non-retryable error is raised at once."""
 
     def __init__(self, max_retries: int, sleep: Callable[[float], None] = time.sleep) -> None:
         self.max_retries, self.sleep = max_retries, sleep
         self.rng = random.Random()
         self.lock = threading.Lock()
 
-    def wait(self, attempt: int) -> None:
+    def wait(self, retry: int) -> None:
         with self.lock:
-            delay = self.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
+            delay = self.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** retry))
         self.sleep(delay)
 
-    def call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        attempt = 0
+    def run(self, attempt: Callable[[], str | None]) -> None:
+        """Call `attempt` until it returns None (all done). It returns what it left undone
+        (said in words) or raises. After the last retry the error is raised, or, for work
+        left undone, RetriesExhausted."""
+        retries = 0
         while True:
             try:
-                return fn(**kwargs)
+                undone = attempt()
             except Exception as exc:
-                if attempt >= self.max_retries or not is_retryable(exc):
+                if retries >= self.max_retries or not is_retryable(exc):
                     raise
-                attempt += 1
-                log.debug("retry %d after %s", attempt, describe_error(exc))
-                self.wait(attempt)
+                undone = describe_error(exc)
+            if undone is None:
+                return
+            if retries >= self.max_retries:
+                raise RetriesExhausted(f"{undone} after {self.max_retries} retries")
+            retries += 1
+            log.debug("retry %d: %s", retries, undone)
+            self.wait(retries)
+
+    def call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """One request whose only failures are errors."""
+        result: list[Any] = []
+        self.run(lambda: result.append(fn(**kwargs)))  # append returns None: done
+        return result[0]
 
 
 def describe_error(exc: BaseException) -> str:
@@ -2338,32 +2421,27 @@ class BatchWriter:
         if len({item_key(i) for i in items}) != len(items):
             raise ValueError("a batch must not hold two puts of the same key")
         pending = [{"PutRequest": {"Item": item}} for item in items]
-        max_retries = self.retrier.max_retries
-        attempt = 0
-        while True:
+
+        def attempt() -> str | None:
+            nonlocal pending
             if self.limiter:
                 self.limiter.acquire(len(pending))
-            try:
-                response = self.client.batch_write_item(RequestItems={self.table: pending})
-                pending = response.get("UnprocessedItems", {}).get(self.table, [])
-                if not pending:
-                    return
-                reason = f"still unprocessed after {max_retries} retries (table throttled?)"
-            except Exception as exc:
-                if is_refusal(exc):
-                    refused = [p["PutRequest"]["Item"] for p in pending]
-                    if len(refused) == 1:
-                        raise refusal_error(refused[0], describe_error(exc)) from None
-                    self.write_one_by_one(refused)
-                    return
-                if not is_retryable(exc):
-                    attempt = max_retries
-                reason = f"not written: {describe_error(exc)}"
-            if attempt >= max_retries:
-                raise WriteError(f"{len(pending)} item(s) {reason}",
-                                 [p["PutRequest"]["Item"] for p in pending])
-            attempt += 1
-            self.retrier.wait(attempt)
+            response = self.client.batch_write_item(RequestItems={self.table: pending})
+            pending = response.get("UnprocessedItems", {}).get(self.table, [])
+            return f"{len(pending)} item(s) unprocessed (table throttled?)" if pending else None
+
+        try:
+            self.retrier.run(attempt)
+        except RetriesExhausted as exc:
+            raise WriteError(f"not written: {exc}", [p["PutRequest"]["Item"] for p in pending]) from None
+        except Exception as exc:
+            unwritten = [p["PutRequest"]["Item"] for p in pending]
+            if not is_refusal(exc):
+                raise WriteError(f"{len(unwritten)} item(s) not written: {describe_error(exc)}",
+                                 unwritten) from None
+            if len(unwritten) == 1:
+                raise refusal_error(unwritten[0], describe_error(exc)) from None
+            self.write_one_by_one(unwritten)
 
     def write_one_by_one(self, items: Sequence[dict[str, AttributeValue]]) -> None:
         """The server refused a whole batch as invalid (a rule no check here foresaw): write
@@ -2377,7 +2455,9 @@ class BatchWriter:
         refusals = [exc for _, exc in failures if exc.refused is not None]
         if refusals:
             more = f" ({len(refusals) - 1} more item(s) of its batch refused too)" * (len(refusals) > 1)
-            raise WriteError(f"{refusals[0]}{more}", [i for i, _ in failures], refusals[0].refused)
+            error = WriteError(f"{refusals[0]}{more}", [i for i, _ in failures], refusals[0].refused)
+            error.refusals = refusals
+            raise error
         if failures:
             raise WriteError(str(failures[0][1]), [i for i, _ in failures])
 
@@ -2406,22 +2486,28 @@ def batches(items: Sequence[T], size: int = BATCH_SIZE) -> Iterator[Sequence[T]]
 def batch_get(client: Any, table: str, keys: Sequence[Mapping[str, AttributeValue]],
               retrier: Retrier, projection: str | None = None) -> Iterator[dict[str, AttributeValue]]:
     """Read these keys (BatchGetItem, 100 at a time, strongly consistent). UnprocessedKeys
-    are asked again; only rounds that make no progress count against --max-retries."""
+    are asked again under the retry policy, like any resend."""
     for chunk in batches(keys, GET_BATCH_SIZE):
-        request: dict[str, Any] = {table: {"Keys": list(chunk), "ConsistentRead": True}}
+        request: dict[str, Any] = {"Keys": list(chunk), "ConsistentRead": True}
         if projection:
-            request[table]["ProjectionExpression"] = projection
-        attempt = 0
-        while request:
-            response = retrier.call(client.batch_get_item, RequestItems=request)
-            found = response.get("Responses", {}).get(table, [])
-            yield from found
-            request = response.get("UnprocessedKeys") or {}
-            if request and not found:
-                attempt += 1
-                if attempt > retrier.max_retries:
-                    raise RuntimeError("reading prod: keys still unprocessed after retries")
-                retrier.wait(attempt)
+            request["ProjectionExpression"] = projection
+        yield from batch_get_chunk(client, table, request, retrier)
+
+
+def batch_get_chunk(client: Any, table: str, request: dict[str, Any],
+                    retrier: Retrier) -> list[dict[str, AttributeValue]]:
+    found: list[dict[str, AttributeValue]] = []
+    pending: dict[str, Any] = {table: request}
+
+    def attempt() -> str | None:
+        nonlocal pending
+        response = client.batch_get_item(RequestItems=pending)
+        found.extend(response.get("Responses", {}).get(table, []))
+        pending = response.get("UnprocessedKeys") or {}
+        return f"{len(pending[table]['Keys'])} key(s) unprocessed" if pending else None
+
+    retrier.run(attempt)
+    return found
 
 
 def read_prod_versions(client: Any, table: str, items: Sequence[dict[str, AttributeValue]],
@@ -2484,6 +2570,20 @@ class Diff:
     conflicts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
+CONFLICT_VALUE_CHARS = 200
+
+
+def shown_value(v: AttributeValue | None) -> str | None:
+    """A value for the person deciding a conflict: DynamoDB JSON, cut at 200 characters
+    (None: the item has no such attribute)."""
+    if v is None:
+        return None
+    text = json.dumps(v, sort_keys=True, ensure_ascii=False)
+    if len(text) <= CONFLICT_VALUE_CHARS:
+        return text
+    return f"{text[:CONFLICT_VALUE_CHARS]}...[cut, {len(text):,} characters]"
+
+
 def diff_with_prod(items: Sequence[dict[str, AttributeValue]],
                    prod: Mapping[str, Mapping[str, AttributeValue]], overwrite_changed: bool) -> Diff:
     """Decide per item: write (missing), unchanged (identical), or conflict (prod differs)."""
@@ -2499,10 +2599,14 @@ def diff_with_prod(items: Sequence[dict[str, AttributeValue]],
         elif not meaningful_differences(item, names):
             diff.prod_progress += 1
         else:
-            diff.conflicts.append({"PK": item["PK"]["S"], "SK": item["SK"]["S"],
-                                   "type": item["TYPE"]["S"], "attributes": names,
-                                   # the decision; whether a write then succeeded is the image's outcome
-                                   "action": "overwrite" if overwrite_changed else "keep prod"})
+            meaningful = meaningful_differences(item, names)
+            diff.conflicts.append({
+                "PK": item["PK"]["S"], "SK": item["SK"]["S"], "type": item["TYPE"]["S"],
+                "attributes": meaningful,
+                "values": {n: {"prod": shown_value(existing.get(n)), "export": shown_value(item.get(n))}
+                           for n in meaningful},
+                # the decision; whether a write then succeeded is the image's outcome
+                "action": "overwrite" if overwrite_changed else "keep prod"})
             if overwrite_changed:
                 diff.to_write.append(item)
     return diff
@@ -2537,12 +2641,19 @@ def select_sources(cfg: Config) -> list[ImageSource]:
 
 
 class ItemBudget:
-    """Bounds the items held by submitted-but-unfinished images, so memory does not
-    grow with the export. An image larger than the whole budget still runs, alone."""
+    """Bounds the items held by submitted-but-unsettled images, so memory does not grow
+    with the export. An image larger than the whole budget still runs, alone."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.used = limit, 0
         self.cond = threading.Condition()
+
+    def try_acquire(self, n: int) -> bool:
+        with self.cond:
+            if self.used == 0 or self.used + n <= self.limit:
+                self.used += n
+                return True
+            return False
 
     def acquire(self, n: int) -> None:
         with self.cond:
@@ -2606,41 +2717,105 @@ class TqdmLogHandler(logging.Handler):
             self.handleError(record)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class ImageJob:
+    """One image on its way: planned, diffed, its items in batches, its IMAGE item last."""
     plan: ImagePlan
-    in_prod: bool = False
-    image_item: dict[str, AttributeValue] | None = None
-    remaining: int = 0
+    held: int                      # ItemBudget units this job still holds
+    in_prod: bool = False          # prod has its IMAGE item
+    image_item: dict[str, AttributeValue] | None = None  # still to write, after the rest
+    unsettled: int = 0             # items handed to the batcher, not yet written or lost
+    to_write: int = 0
     written: int = 0
-    held: int = 0  # ItemBudget units this job still holds
-    errors: list[str | InputError] = dataclasses.field(default_factory=list)
-    interrupted: bool = False
+    image_sent: bool = False       # the IMAGE item went to the batcher
+    errors: list[InputError] = dataclasses.field(default_factory=list)
     finished: bool = False
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
-class Migration:
-    """Reads the export image by image and plans (dry run) or copies (live) each one.
+Entry = tuple[ImageJob, dict[str, AttributeValue]]
 
-    Live, an image goes: read prod's versions of its keys -> diff -> write the missing items in
-    batches of 25 on the shared pool (parallel across batches, so one big image uses
-    every worker) -> write the IMAGE item last, only when every other item is confirmed.
+
+class Batcher:
+    """Packs the items of any image into full batches of 25 (fewer requests than one
+    remainder batch per image). An open batch waits for more items while work is in
+    flight or the reader is still producing; once neither is true, waiting would only
+    stall, so it is sent as it is."""
+
+    def __init__(self, send: Callable[[list[Entry]], None]) -> None:
+        self.send = send
+        self.lock = threading.Lock()
+        self.open: list[Entry] = []
+        self.keys: set[tuple[str, str]] = set()
+        self.in_flight = 0          # pool tasks (reads, writes) not yet finished
+        self.producing = True       # the reader may still add images
+
+    def add(self, entries: Iterable[Entry]) -> None:
+        ready: list[list[Entry]] = []
+        with self.lock:
+            for entry in entries:
+                key = item_key(entry[1])
+                if key in self.keys:  # the same image listed twice: never one batch
+                    ready.append(self.cut())
+                self.open.append(entry)
+                self.keys.add(key)
+                if len(self.open) == BATCH_SIZE:
+                    ready.append(self.cut())
+        for batch in ready:
+            self.send(batch)
+
+    def cut(self) -> list[Entry]:
+        batch, self.open, self.keys = self.open, [], set()
+        self.in_flight += 1  # counted before it is sent: the batcher is never idle in between
+        return batch
+
+    def task_started(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+
+    def task_done(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+        self.flush_if_idle()
+
+    def set_producing(self, producing: bool) -> None:
+        with self.lock:
+            self.producing = producing
+        self.flush_if_idle()
+
+    def flush_if_idle(self) -> None:
+        with self.lock:
+            batch = self.cut() if self.open and not self.in_flight and not self.producing else None
+        if batch:
+            self.send(batch)
+
+
+class Migration:
+    """Reads the images one at a time and plans (dry run) or copies (live) each one.
+
+    An image goes: check which images prod has (IMAGE items, 100 per request) -> convert
+    -> read prod's versions of its keys -> diff -> write what is missing in batches of 25
+    shared with other images, on one pool (parallel across batches) -> its IMAGE item
+    last, only when every other item of the image is confirmed. A dry run with a table
+    makes the same reads and decisions and writes nothing; without one it reads nothing
+    and takes prod to be empty.
     """
 
     def __init__(self, cfg: Config, rules: Rules, report: Report, client: Any = None) -> None:
         self.cfg, self.rules, self.report, self.client = cfg, rules, report, client
         limiter = RateLimiter(cfg.max_items_per_second) if cfg.max_items_per_second else None
         self.retrier = Retrier(cfg.max_retries)
-        self.writer = BatchWriter(client, cfg.table or "", self.retrier, limiter) if client else None
+        live = client is not None and not cfg.dry_run
+        self.writer = BatchWriter(client, cfg.table or "", self.retrier, limiter) if live else None
         # Items not yet settled (read, diffed, written), released batch by batch, so the
         # next image starts while the last batches of the previous one are still out
         # (~12 MB at 5,000 items, whatever the size of the export).
         self.budget = ItemBudget(max(5_000, cfg.max_workers * BATCH_SIZE * 20))
-        self.dump = DumpFile(None)  # opened by run(): a run that never starts keeps the old file
+        self.dump = DumpFile(None)
         self.stopping = False
         self.progress: Progress | None = None
         self.pool: ThreadPoolExecutor | None = None
+        self.batcher = Batcher(self.submit_batch)
 
     # --- selecting and reading images -------------------------------------------
 
@@ -2662,37 +2837,44 @@ class Migration:
             log.warning("%s: ignored unknown export list %r (%d entries)", source.name, key, n)
         return plan
 
-    def run(self, files: list[ImageSource]) -> None:
-        self.report.images["total"] = len(files)
-        self.dump = DumpFile(self.cfg.dump_items)
-        self.progress = Progress(self.cfg.progress, len(files))
+    def run(self, sources: list[ImageSource]) -> None:
+        """Copy (or plan) these images. Called again with the same report (waves), it adds
+        to the counts; the dump file is started by the first call."""
+        self.report.images["total"] += len(sources)
+        self.dump = DumpFile(self.cfg.dump_items, append=self.report.dump_started)
+        self.report.dump_started = True
+        self.progress = Progress(self.cfg.progress, len(sources))
+        self.batcher.set_producing(True)
         switch_interval = sys.getswitchinterval()
         try:
-            if self.cfg.dry_run:
-                self.walk(files, self.plan_only)
-            else:
-                # Conversion on this thread must not hold the GIL for long while workers
-                # wait to hand the next request to the table.
-                sys.setswitchinterval(0.0005)
-                with ThreadPoolExecutor(self.cfg.max_workers, thread_name_prefix="copy") as pool:
-                    self.pool = pool
-                    try:
-                        self.walk(files, self.submit_image)
-                        self.budget.wait_idle()  # tasks submit tasks: keep the pool open
-                    except BaseException:
-                        self.stopping = True
-                        self.report.interrupted = True
-                        pool.shutdown(wait=True, cancel_futures=True)
-                        raise
+            if self.client is None:
+                self.walk(sources, self.plan_offline)
+                return
+            # Conversion on this thread must not hold the GIL for long while workers
+            # wait to hand the next request to the table.
+            sys.setswitchinterval(0.0005)
+            with ThreadPoolExecutor(self.cfg.max_workers, thread_name_prefix="copy") as pool:
+                self.pool = pool
+                try:
+                    self.walk(sources, self.submit_image)
+                    self.batcher.set_producing(False)
+                    self.budget.wait_idle()  # tasks submit tasks: keep the pool open
+                except BaseException:
+                    self.stopping = True
+                    self.report.interrupted = True
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
         finally:
             sys.setswitchinterval(switch_interval)
             self.progress.close()
             self.dump.close()
 
-    def walk(self, files: list[ImageSource], handle: Callable[[ImagePlan, bool], None]) -> None:
-        """Check (per 100 images, read-only) which images prod has, then plan each image."""
+    def walk(self, sources: list[ImageSource], handle: Callable[[ImageJob], None]) -> None:
+        """Check (per 100 images, read-only) which images prod has, then plan each image.
+        Every image gets exactly one outcome in the report (those still unfinished when
+        the run is stopped are counted as interrupted by the report)."""
         copied = 0
-        for chunk in batches(files, GET_BATCH_SIZE):
+        for start, chunk in zip(itertools.count(0, GET_BATCH_SIZE), batches(sources, GET_BATCH_SIZE)):
             try:
                 in_prod = self.images_in_prod([s.image_id for s in chunk]) if self.client else set()
             except Exception as exc:  # the images of this chunk fail; the run goes on
@@ -2703,14 +2885,14 @@ class Migration:
                         f"cannot check prod for this image: {describe_error(exc)}"))
                     self.progress_image()
                 continue
-            for source in chunk:
+            for offset, source in enumerate(chunk):
                 if source.image_id in in_prod and self.cfg.skip_existing:
                     self.report.image_skipped("skipped_existing")
                     self.progress_image()
                     continue
                 if (self.cfg.limit is not None and copied >= self.cfg.limit
                         and source.image_id not in in_prod):
-                    self.report.not_reached = len(files) - files.index(source)
+                    self.report.not_reached += len(sources) - (start + offset)
                     return
                 plan = self.load_plan(source)
                 if plan is None:
@@ -2723,8 +2905,8 @@ class Migration:
                 if source.image_id not in in_prod:
                     copied += 1
                 self.report.image_planned(plan)
-                handle(plan, source.image_id in in_prod)
-                del plan  # not alive while the next file is read: one image in memory at a time
+                handle(ImageJob(plan, held=len(plan.items), in_prod=source.image_id in in_prod))
+                del plan  # not alive while the next image is read: one image in memory at a time
 
     def images_in_prod(self, image_ids: list[str]) -> set[str]:
         return existing_images(self.client, self.cfg.table or "", image_ids, self.retrier)
@@ -2733,22 +2915,144 @@ class Migration:
         if self.progress:
             self.progress.image_done()
 
-    # --- dry run ----------------------------------------------------------------
+    # --- one image: read prod, diff, decide ------------------------------------------
 
-    def plan_only(self, plan: ImagePlan, in_prod: bool) -> None:
-        self.dump.write(plan.items)
-        self.report.image_done(plan, "copied")
-        self.progress_image()
+    def plan_offline(self, job: ImageJob) -> None:
+        """No table: prod counts as empty, every item is to be written."""
+        self.decide(job, {})
 
-    # --- live copy ----------------------------------------------------------------
-
-    def submit_image(self, plan: ImagePlan, in_prod: bool) -> None:
+    def submit_image(self, job: ImageJob) -> None:
         assert self.pool is not None
         if self.progress:
-            self.progress.planned(len(plan.items))
-        self.budget.acquire(len(plan.items))
-        job = ImageJob(plan, in_prod=in_prod, held=len(plan.items))
-        self.pool.submit(self.guarded, job, self.start_image, job)
+            self.progress.planned(len(job.plan.items))
+        if not self.budget.try_acquire(job.held):
+            self.batcher.set_producing(False)  # blocked: let an open batch go
+            self.budget.acquire(job.held)
+            self.batcher.set_producing(True)
+        self.submit(job, self.read_and_decide, job)
+
+    def submit(self, job: ImageJob, fn: Callable[..., None], *args: Any) -> None:
+        assert self.pool is not None
+        self.batcher.task_started()
+        try:
+            self.pool.submit(self.guarded, job, fn, *args)
+        except RuntimeError:  # the pool is shut down: the run is being stopped
+            self.batcher.task_done()
+
+    def guarded(self, job: ImageJob, fn: Callable[..., None], *args: Any) -> None:
+        """Run a task; an unexpected exception fails the image instead of vanishing."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            if not self.stopping:  # when stopping, unfinished images count as interrupted
+                log.debug("unexpected error", exc_info=True)
+                with job.lock:
+                    job.errors.append(InputError(f"internal error: {describe_error(exc)}"))
+                self.finish(job)
+        finally:
+            self.batcher.task_done()
+
+    def read_and_decide(self, job: ImageJob) -> None:
+        try:
+            prod = read_prod_versions(self.client, self.cfg.table or "", job.plan.items, self.retrier)
+        except Exception as exc:
+            job.errors.append(InputError(f"cannot read prod: {describe_error(exc)}"))
+            self.finish(job)
+            return
+        job.in_prod = "IMAGE" in prod
+        self.decide(job, prod)
+
+    def decide(self, job: ImageJob, prod: Mapping[str, Mapping[str, AttributeValue]]) -> None:
+        """Diff with prod; a dry run stops here, a live run hands the items to the batcher."""
+        plan = job.plan
+        diff = diff_with_prod(plan.items, prod, self.cfg.overwrite_changed)
+        self.report.diffed(plan, diff)
+        job.to_write = len(diff.to_write)
+        settled = len(plan.items) - job.to_write
+        plan.items = []  # from here on only the batches hold the items still to write
+        if self.writer is None:  # dry run: what the live run would write
+            self.dump.write(diff.to_write)
+            self.release(job, job.held)
+            self.finish(job)
+            return
+        if self.progress:
+            self.progress.items_done(settled)
+        self.release(job, settled)
+        rest = [i for i in diff.to_write if i["SK"]["S"] != "IMAGE"]
+        job.image_item = next((i for i in diff.to_write if i["SK"]["S"] == "IMAGE"), None)
+        if not rest:
+            self.write_image_item(job)
+            return
+        job.unsettled = len(rest)
+        self.batcher.add((job, item) for item in rest)
+
+    # --- writing ------------------------------------------------------------------
+
+    def submit_batch(self, batch: list[Entry]) -> None:
+        """The batcher counted this batch as in flight already."""
+        assert self.pool is not None
+        try:
+            self.pool.submit(self.write_batch, batch)
+        except RuntimeError:  # the pool is shut down: the run is being stopped
+            self.batcher.task_done()
+
+    def write_batch(self, batch: list[Entry]) -> None:
+        assert self.writer is not None
+        try:
+            try:
+                self.writer.write([item for _, item in batch])
+                lost: set[tuple[str, str]] = set()
+                error: WriteError | None = None
+            except WriteError as exc:
+                lost, error = {item_key(i) for i in exc.unwritten}, exc
+            by_job: dict[ImageJob, list[dict[str, AttributeValue]]] = {}
+            for job, item in batch:
+                by_job.setdefault(job, []).append(item)
+            for job, items in by_job.items():
+                self.settle(job, items, lost, error)
+        except Exception as exc:
+            if self.stopping:
+                return
+            log.debug("unexpected error", exc_info=True)
+            for job in {job for job, _ in batch}:
+                with job.lock:
+                    job.errors.append(InputError(f"internal error: {describe_error(exc)}"))
+                self.finish(job)
+        finally:
+            self.batcher.task_done()
+
+    def settle(self, job: ImageJob, items: list[dict[str, AttributeValue]],
+               lost: set[tuple[str, str]], error: WriteError | None) -> None:
+        """These items of the job were written or lost; after its last item, its IMAGE
+        item goes (only if nothing was lost), and after that the image is finished."""
+        written = [i for i in items if item_key(i) not in lost]
+        failed = [i for i in items if item_key(i) in lost]
+        if written:
+            with job.lock:
+                job.written += len(written)
+            self.report.count("written", len(written))
+            self.dump.write(written)
+            if self.progress:
+                self.progress.items_done(len(written))
+        with job.lock:
+            if failed and error is not None:
+                job.errors.append(write_error(error, failed))
+            job.unsettled -= len(items)
+            last = job.unsettled == 0
+        self.release(job, len(items))  # memory is bounded by items not yet settled
+        if last:
+            if job.image_item is not None and not job.image_sent:
+                self.write_image_item(job)
+            else:
+                self.finish(job)
+
+    def write_image_item(self, job: ImageJob) -> None:
+        """Every other item is settled: the IMAGE item marks the image complete."""
+        if job.errors or job.image_item is None:
+            self.finish(job)
+            return
+        job.unsettled, job.image_sent = 1, True
+        self.batcher.add([(job, job.image_item)])
 
     def release(self, job: ImageJob, n: int) -> None:
         """Give back budget for items this job no longer holds (never more than it holds)."""
@@ -2757,86 +3061,8 @@ class Migration:
             job.held -= n
         self.budget.release(n)
 
-    def guarded(self, job: ImageJob, fn: Callable[..., None], *args: Any) -> None:
-        """Run a task; an unexpected exception fails the image instead of vanishing."""
-        try:
-            fn(*args)
-        except Exception as exc:
-            if self.stopping:  # Ctrl-C: the pool takes no more work; not this image's fault
-                job.interrupted = True
-            else:
-                log.debug("unexpected error", exc_info=True)
-                job.errors.append(f"internal error: {describe_error(exc)}")
-            self.finish(job)
-
-    def start_image(self, job: ImageJob) -> None:
-        plan = job.plan
-        try:
-            prod = read_prod_versions(self.client, self.cfg.table or "", plan.items, self.retrier)
-        except Exception as exc:
-            job.errors.append(f"cannot read prod: {describe_error(exc)}")
-            self.finish(job)
-            return
-        job.in_prod = "IMAGE" in prod
-        diff = diff_with_prod(plan.items, prod, self.cfg.overwrite_changed)
-        self.report.diffed(plan, diff)
-        settled = len(plan.items) - len(diff.to_write)
-        if self.progress:
-            self.progress.items_done(settled)
-        plan.items = []  # from here on only the batches hold the items still to write
-        self.release(job, settled)
-        rest = [i for i in diff.to_write if i["SK"]["S"] != "IMAGE"]
-        job.image_item = next((i for i in diff.to_write if i["SK"]["S"] == "IMAGE"), None)
-        chunks = list(batches(rest))
-        job.remaining = len(chunks)
-        if not chunks:
-            self.complete(job)
-            return
-        assert self.pool is not None
-        for chunk in chunks:
-            self.pool.submit(self.guarded, job, self.write_batch, job, chunk)
-
-    def write_batch(self, job: ImageJob, items: Sequence[dict[str, AttributeValue]]) -> None:
-        assert self.writer is not None
-        try:
-            self.writer.write(items)
-            lost: list[dict[str, AttributeValue]] = []
-        except WriteError as exc:
-            lost = exc.unwritten
-            with job.lock:
-                job.errors.append(exc.input_error() if exc.refused else str(exc))
-        if lost:
-            lost_keys = {item_key(i) for i in lost}
-            self.confirm_written(job, [i for i in items if item_key(i) not in lost_keys])
-        else:
-            self.confirm_written(job, items)
-        self.release(job, len(items))  # memory is bounded by items not yet settled
-        with job.lock:
-            job.remaining -= 1
-            last = job.remaining == 0
-        if last:
-            self.complete(job)
-
-    def confirm_written(self, job: ImageJob, items: Sequence[dict[str, AttributeValue]]) -> None:
-        with job.lock:
-            job.written += len(items)
-        self.report.count("written", len(items))
-        self.dump.write(items)
-        if self.progress:
-            self.progress.items_done(len(items))
-
-    def complete(self, job: ImageJob) -> None:
-        """All other items are settled: the IMAGE item marks the image complete."""
-        if not job.errors and job.image_item is not None:
-            assert self.writer is not None
-            try:
-                self.writer.write([job.image_item])
-                self.confirm_written(job, [job.image_item])
-            except WriteError as exc:
-                job.errors.append(exc.input_error() if exc.refused else str(exc))
-        self.finish(job)
-
     def finish(self, job: ImageJob) -> None:
+        """The image's one outcome: failed, skipped (nothing to write) or copied."""
         with job.lock:
             if job.finished:
                 return
@@ -2844,12 +3070,9 @@ class Migration:
         plan = job.plan
         try:
             if job.errors:
-                for error in dict.fromkeys(job.errors):
-                    self.report.image_failed(plan.source, error if isinstance(error, InputError)
-                                             else InputError(error))
-            elif job.interrupted:
-                self.report.image_skipped("interrupted")
-            elif job.in_prod and job.written == 0:
+                for error in job.errors:
+                    self.report.image_failed(plan.source, error)
+            elif job.in_prod and job.to_write == 0:
                 self.report.image_done(plan, "skipped_existing")
             else:
                 self.report.image_done(plan, "copied")
@@ -2859,6 +3082,16 @@ class Migration:
             self.release(job, job.held)
 
 
+def write_error(exc: WriteError, lost: Sequence[dict[str, AttributeValue]]) -> InputError:
+    """The error entry of an image whose items a write lost: the server's refusal of one of
+    its own items (kind, key and reason), else the request's failure."""
+    keys = {item_key(i) for i in lost}
+    for refusal in exc.refusals:
+        if refusal.refused is not None and item_key(refusal.refused) in keys:
+            return refusal.input_error()
+    return InputError(str(exc))
+
+
 class FatalError(Exception):
     """An operation cannot go on (e.g. a state machine does not exist): exit 1."""
 
@@ -2866,9 +3099,9 @@ class FatalError(Exception):
 class DumpFile:
     """--dump-items: one item per line, DynamoDB low-level JSON, keys sorted."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, append: bool = False) -> None:
         self.lock = threading.Lock()
-        self.file = path.open("w", encoding="utf-8") if path else None
+        self.file = path.open("a" if append else "w", encoding="utf-8") if path else None
 
     def write(self, items: Iterable[dict[str, AttributeValue]]) -> None:
         if self.file:
@@ -3025,7 +3258,7 @@ def run_trigger_embeddings(cfg: Config, report: Report) -> None:
 
 def run_operations(cfg: Config, report: Report) -> None:
     """Each requested operation runs; one that fails says why and the exit code says so."""
-    client = make_client(cfg) if cfg.verify or cfg.status else None
+    client = make_client(cfg, meter=report.capacity) if cfg.verify or cfg.status else None
     operations = [(cfg.verify, "verify", lambda: run_verify(cfg, client, report)),
                   (cfg.status, "status", lambda: run_status(cfg, client, report)),
                   (cfg.trigger_embeddings, "trigger-embeddings",
@@ -3050,28 +3283,39 @@ def run_operations(cfg: Config, report: Report) -> None:
 # =============================================================================
 
 class Report:
-    """What the run did, image by image; printed as a summary and written as JSON."""
+    """What the run did, image by image; printed as a summary and written as JSON. A dry
+    run and a live run fill the same fields (a dry run writes nothing, so `written` is 0)."""
+
+    # Every image gets exactly one of these; "interrupted" is what is left: images that
+    # never got an outcome (stopped with Ctrl-C or SIGTERM) and have no IMAGE item yet.
+    OUTCOMES = ("copied", "skipped_existing", "skipped_empty", "failed", "not_reached_limit",
+                "interrupted")
+    SHOWN_CONFLICTS = 10
+    SHOWN_ERRORS = 50
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.mode = cfg.mode
         self.lock = threading.Lock()
         self.images = {"total": 0, "copied": 0, "skipped_existing": 0, "skipped_empty": 0,
-                       "failed": 0, "interrupted": 0}
+                       "failed": 0}
         self.entities: Counter[str] = Counter()
-        self.items = {"planned": 0, "written": 0, "unchanged": 0, "prod_progress_kept": 0,
-                      "conflicts": 0}
+        self.items = {"planned": 0, "to_write": 0, "written": 0, "unchanged": 0,
+                      "prod_progress_kept": 0, "conflicts": 0}
         self.excluded: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         self.other_types: Counter[str] = Counter()  # by TYPE, never written
         self.errors: list[dict[str, Any]] = []
         self.conflicts: list[dict[str, Any]] = []
         self.failed_images: list[str] = []
+        self.failed_sources: set[str] = set()
         self.not_reached = 0
         self.interrupted = False
         self.prod_checked = False
         self.copy_started = False
+        self.dump_started = False
         self.summary_printed = False
+        self.capacity = CapacityMeter()
         self.extra: dict[str, Any] = {}
         self.started = time.time()
 
@@ -3098,6 +3342,7 @@ class Report:
 
     def diffed(self, plan: ImagePlan, diff: Diff) -> None:
         with self.lock:
+            self.items["to_write"] += len(diff.to_write)
             self.items["unchanged"] += diff.unchanged
             self.items["prod_progress_kept"] += diff.prod_progress
             self.items["conflicts"] += len(diff.conflicts)
@@ -3107,13 +3352,20 @@ class Report:
                         ", ".join(c["attributes"]), c["action"])
 
     def image_failed(self, source: ImageSource, exc: InputError) -> None:
+        """Record an error; the image counts as failed once, however many errors it has."""
         error = exc.record(source)
         log.error("%s", format_error(error))
         with self.lock:
             self.errors.append(error)
-            if error["image_id"] not in self.failed_images:
-                self.failed_images.append(str(error["image_id"]))
+            if source.name not in self.failed_sources:
+                self.failed_sources.add(source.name)
+                self.failed_images.append(source.image_id)
                 self.images["failed"] += 1
+
+    def image_counts(self) -> dict[str, int]:
+        counts = dict(self.images, not_reached_limit=self.not_reached)
+        counts["interrupted"] = counts["total"] - sum(counts[k] for k in self.OUTCOMES[:-1])
+        return counts
 
     @property
     def failed(self) -> bool:
@@ -3132,9 +3384,10 @@ class Report:
             "prod_checked": self.prod_checked,
             "started_at": dt.datetime.fromtimestamp(self.started, dt.timezone.utc).isoformat(),
             "elapsed_seconds": round(time.time() - self.started, 3),
-            "images": dict(self.images, not_reached_limit=self.not_reached),
+            "images": self.image_counts(),
             "entities": dict(self.entities),
             "items": dict(self.items),
+            "capacity": self.capacity.to_json(),
             "excluded": dict(self.excluded),
             "ignored": dict(self.ignored),
             "other_types": dict(self.other_types),
@@ -3153,35 +3406,56 @@ class Report:
         """Once, and only for a copy that started (not after a configuration error)."""
         if self.copy_started and not self.summary_printed:
             self.summary_printed = True
-            print()
             print("\n".join(self.summary_lines()))
 
     def summary_lines(self) -> list[str]:
         dry = self.mode == "dry-run"
-        im, it = self.images, self.items
-        lines = [
-            f"Images found:                   {im['total']:>9,}",
-            f"{'Would copy:' if dry else 'Copied:':<32}{im['copied']:>9,}",
-            f"{'Would skip (already in prod):' if dry else 'Skipped (already in prod):':<32}"
-            f"{im['skipped_existing']:>9,}",
-            f"Skipped (no receipts):          {im['skipped_empty']:>9,}",
-            f"Failed:                         {im['failed']:>9,}",
-        ]
+        im, it = self.image_counts(), self.items
+
+        def line(label: str, n: float, note: str = "") -> str:
+            return f"{label + ':':<44}{n:>10,}" + (f"  {note}" if note else "")
+
+        lines = [line("Images found", im["total"]),
+                 line("Would copy" if dry else "Copied", im["copied"]),
+                 line("Skipped (already in prod)", im["skipped_existing"]),
+                 line("Skipped (no receipts)", im["skipped_empty"]),
+                 line("Failed", im["failed"])]
         if im["interrupted"]:
-            lines.append(f"Interrupted (next run ends them):{im['interrupted']:>9,}")
-        if self.not_reached:
-            lines.append(f"Left for later (--limit):       {self.not_reached:>9,}")
-        if dry:
-            lines.append(f"Items to write:                 {it['planned']:>9,}")
-        else:
-            lines += [f"Items written:                  {it['written']:>9,}",
-                      f"Items unchanged:                {it['unchanged']:>9,}",
-                      f"Items kept (prod embeddings):   {it['prod_progress_kept']:>9,}",
-                      f"Conflicts:                      {it['conflicts']:>9,}"]
-        lines.append("Entity counts:")
-        for kind in KINDS:
-            if kind.export_key in self.entities:
-                lines.append(f"  {kind.export_key}: {self.entities[kind.export_key]:,}")
+            lines.append(line("Interrupted (no IMAGE item yet)", im["interrupted"],
+                              "re-run the same command to finish them"))
+        if im["not_reached_limit"]:
+            lines.append(line("Left for later (--limit)", im["not_reached_limit"],
+                              "run the same command again for the next ones"))
+        lines.append(line("Items planned", it["planned"]))
+        lines.append(line("Items to write", it["to_write"]))
+        if not dry:
+            lines.append(line("Items written", it["written"]))
+        if self.prod_checked:
+            decision = ("overwritten" if self.cfg.overwrite_changed
+                        else "kept unless --overwrite-changed" if dry else "prod's version kept")
+            lines += [line("Items unchanged", it["unchanged"]),
+                      line("Items kept (prod's embedding progress)", it["prod_progress_kept"]),
+                      line("Conflicts", it["conflicts"], f"({decision})" if it["conflicts"] else "")]
+            capacity = self.capacity
+            lines.append(f"{'Capacity used:':<44}{capacity.write_units:>10,.1f} write units, "
+                         f"{capacity.read_units:,.1f} read units")
+        elif dry:
+            lines.append("Prod not checked (no table given): every image and item counts as new")
+        lines += self.entity_lines() + self.conflict_lines() + self.error_lines()
+        elapsed = time.time() - self.started
+        done = it["planned"] if dry else it["written"]
+        lines.append(f"Elapsed {elapsed:,.1f} s, {done / elapsed if elapsed else 0:,.0f} items/s "
+                     f"{'planned' if dry else 'written'}")
+        if self.cfg.report:
+            lines.append(f"Report: {self.cfg.report}")
+        return lines
+
+    def entity_lines(self) -> list[str]:
+        lines = []
+        if self.entities:
+            lines.append("Entity counts:")
+            lines += [f"  {k.export_key}: {self.entities[k.export_key]:,}" for k in KINDS
+                      if k.export_key in self.entities]
         if self.excluded:
             lines.append("Excluded (never copied):")
             lines += [f"  {k}: {n:,}" for k, n in sorted(self.excluded.items())]
@@ -3191,18 +3465,26 @@ class Report:
         if self.ignored:
             lines.append("Ignored unknown lists (--ignore-unknown):")
             lines += [f"  {k}: {n:,}" for k, n in sorted(self.ignored.items())]
-        if self.conflicts:
-            lines.append("Conflicts (prod differs from the export; "
-                         + ("overwritten" if self.cfg.overwrite_changed else "prod's version kept")
-                         + "):")
-            lines += [f"  {c['PK']} {c['SK']}: {', '.join(c['attributes'])}" for c in self.conflicts[:50]]
-            if len(self.conflicts) > 50:
-                lines.append(f"  ... and {len(self.conflicts) - 50:,} more (see --report)")
-        if self.errors:
-            lines.append("Errors:")
-            lines += [f"  {format_error(e)}" for e in self.errors[:50]]
-            if len(self.errors) > 50:
-                lines.append(f"  ... and {len(self.errors) - 50:,} more (see --report)")
+        return lines
+
+    def conflict_lines(self) -> list[str]:
+        if not self.conflicts:
+            return []
+        shown = self.conflicts[:self.SHOWN_CONFLICTS]
+        lines = ["Conflicts (prod differs from the export):"]
+        lines += [f"  {c['PK']} {c['SK']}: {', '.join(c['attributes'])}" for c in shown]
+        where = f"--report {self.cfg.report}" if self.cfg.report else "a run with --report FILE"
+        rest = len(self.conflicts) - len(shown)
+        lines.append(f"  {f'... and {rest:,} more; ' if rest else ''}prod's and the export's values "
+                     f"of every conflict: {where}")
+        return lines
+
+    def error_lines(self) -> list[str]:
+        if not self.errors:
+            return []
+        lines = ["Errors:"] + [f"  {format_error(e)}" for e in self.errors[:self.SHOWN_ERRORS]]
+        if len(self.errors) > self.SHOWN_ERRORS:
+            lines.append(f"  ... and {len(self.errors) - self.SHOWN_ERRORS:,} more (see --report)")
         return lines
 
 
@@ -3255,39 +3537,75 @@ def print_header(cfg: Config, files: int) -> None:
     print()
 
 
-def confirm_live_run(cfg: Config, files: list[ImageSource]) -> None:
-    """On a terminal, show what will happen and ask; without one, demand --yes."""
+def confirm_live_run(cfg: Config, files: list[ImageSource], client: Any) -> None:
+    """On a terminal, show what the run will do and ask; without one, demand --yes."""
     if cfg.yes:
         return
     if not sys.stdin.isatty():
         raise UsageError("a live run needs confirmation: run it on a terminal or pass --yes")
-    entities = 0
-    for source in files:  # parsed, not converted: a count, the run validates
-        try:
-            data = source.read()
-        except (InputError, OSError):
-            continue
-        entities += sum(len(v) for k, v in data.items() if k in KINDS_BY_KEY and isinstance(v, list))
     print(f"About to copy into table {cfg.table!r}, region {cfg.region or '(default)'}, "
           f"endpoint {cfg.endpoint_url or '(AWS)'}:")
-    print(f"  {len(files):,} images with up to {entities:,} items"
-          + (f", at most {cfg.limit:,} images (--limit)" if cfg.limit is not None else "")
-          + "; images and items already in prod are skipped")
+    print("  " + preview_copy(cfg, files, client))
     answer = input("Type 'yes' to continue: ")
     if answer.strip().lower() not in ("y", "yes"):
         raise UsageError("aborted: not confirmed")
 
 
+def preview_copy(cfg: Config, files: list[ImageSource], client: Any) -> str:
+    """What the run will do, by the walk's rules (prod's IMAGE items, skip-existing, empty
+    images, --limit); items are counted from the export, so "up to": the copy's diff
+    then skips what prod already holds."""
+    in_prod = existing_images(client, cfg.table or "", [s.image_id for s in files],
+                              Retrier(cfg.max_retries))
+    counts: Counter[str] = Counter()
+    items = 0
+    for source in files:
+        if source.image_id in in_prod and cfg.skip_existing:
+            counts["already in prod, skipped"] += 1
+            continue
+        if cfg.limit is not None and counts["copy"] >= cfg.limit and source.image_id not in in_prod:
+            counts["left for a later run (--limit)"] += 1
+            continue
+        try:
+            data = source.read()  # parsed, not converted: a count; the run validates
+        except (InputError, OSError):
+            counts["unreadable"] += 1
+            continue
+        if not data.get("receipts") and not cfg.include_empty:
+            counts["without receipts, skipped"] += 1
+            continue
+        counts["re-synced (already in prod)" if source.image_id in in_prod else "copy"] += 1
+        items += sum(len(v) for k, v in data.items() if k in KINDS_BY_KEY and isinstance(v, list))
+    others = ", ".join(f"{n:,} {what}" for what, n in counts.items() if what != "copy")
+    return (f"{counts['copy']:,} image(s) to copy" + (f" ({others})" if others else "")
+            + f", with up to {items:,} items; items prod already holds are not rewritten")
+
+
 def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
-    client = make_client(cfg) if cfg.table else None
+    client = make_client(cfg, meter=report.capacity) if cfg.table else None
     report.prod_checked = client is not None
     files = select_sources(cfg)
     print_header(cfg, len(files))
     if not cfg.dry_run:
-        confirm_live_run(cfg, files)
+        confirm_live_run(cfg, files, client)
     report.copy_started = True
     Migration(cfg, rules, report, client).run(files)
-    report.print_summary()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what AWS Batch and CI runners send): stopped like Ctrl-C, exit 143."""
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def stop_message(report: Report | None) -> str:
+    unfinished = report.image_counts()["interrupted"] if report else 0
+    if report and report.copy_started and not unfinished:
+        return "stopped after every image was finished: nothing is left to do"
+    return (f"stopped: {unfinished:,} image(s) not finished (they have no IMAGE item yet); "
+            "re-run the same command to finish them")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -3295,6 +3613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    signal.signal(signal.SIGTERM, raise_terminated)
     report: Report | None = None
     try:
         cfg = resolve_config(args, os.environ, argv)
@@ -3306,6 +3625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg.progress = False  # the standard-library-only dry run goes without bars
         for warning in warnings:
             log.warning("%s", warning)
+        check_output_paths(cfg)
         if cfg.reads_table:
             check_table_readable(cfg)
         report = Report(cfg)
@@ -3315,13 +3635,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("\ninterrupted: images not finished have no IMAGE item and will be completed "
-              "by the next run", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: in-flight batches have finished
         if report:
             report.interrupted = True
             finish_report(cfg, report)
-        return 130
+        print(stop_message(report), file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except FatalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if report:
@@ -3374,9 +3693,9 @@ def botocore_setup_error(exc: Exception) -> bool:
 
 
 def finish_report(cfg: Config, report: Report) -> int:
-    report.print_summary()
     if cfg.report:
         report.write_json(cfg.report)
+    report.print_summary()
     return EXIT_FAILED if report.failed or report.extra.get("operations_failed") else EXIT_OK
 
 
