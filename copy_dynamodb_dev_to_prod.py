@@ -206,9 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "compared too")
     run.add_argument("--max-workers", type=int, default=10, help="parallel requests (default 10)")
     run.add_argument("--max-retries", type=int, default=8,
-                     help="retries per request on throttling, 5xx, dropped connections and "
-                          "UnprocessedItems, with exponential backoff and full jitter "
-                          "(default 8; 0 sends every request once)")
+                     help="every request (batch write, batch read, query) is sent at most 1+N "
+                          "times: again after throttling, a 5xx or a dropped connection, and for "
+                          "the items or keys the table left unprocessed, each time after "
+                          "exponential backoff with full jitter (default 8; 0 sends every request "
+                          "once)")
     run.add_argument("--max-items-per-second", type=float, metavar="R",
                      help="cap on items written per second, shared by all workers")
 
@@ -3488,6 +3490,10 @@ class Report:
         return lines
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def format_error(e: Mapping[str, Any]) -> str:
     where = ""
     if e.get("entity") is not None:
@@ -3518,7 +3524,7 @@ def print_header(cfg: Config, files: int) -> None:
         print("No records will be copied. Use --no-dry-run to actually copy.")
     else:
         print("Mode: LIVE")
-    print(f"{describe_source(cfg)} ({files:,} {'images' if cfg.other_source else 'files'}"
+    print(f"{describe_source(cfg)} ({plural(files, 'image' if cfg.other_source else 'file')}"
           + (f", shard {cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard else "") + ")")
     if cfg.table:
         print(f"Prod table: {cfg.table}" + (f" at {cfg.endpoint_url}" if cfg.endpoint_url else "")
@@ -3577,7 +3583,7 @@ def preview_copy(cfg: Config, files: list[ImageSource], client: Any) -> str:
         counts["re-synced (already in prod)" if source.image_id in in_prod else "copy"] += 1
         items += sum(len(v) for k, v in data.items() if k in KINDS_BY_KEY and isinstance(v, list))
     others = ", ".join(f"{n:,} {what}" for what, n in counts.items() if what != "copy")
-    return (f"{counts['copy']:,} image(s) to copy" + (f" ({others})" if others else "")
+    return (f"{plural(counts['copy'], 'image')} to copy" + (f" ({others})" if others else "")
             + f", with up to {items:,} items; items prod already holds are not rewritten")
 
 
@@ -3604,7 +3610,7 @@ def stop_message(report: Report | None) -> str:
     unfinished = report.image_counts()["interrupted"] if report else 0
     if report and report.copy_started and not unfinished:
         return "stopped after every image was finished: nothing is left to do"
-    return (f"stopped: {unfinished:,} image(s) not finished (they have no IMAGE item yet); "
+    return (f"stopped: {plural(unfinished, 'image')} not finished (no IMAGE item yet); "
             "re-run the same command to finish them")
 
 
