@@ -116,7 +116,8 @@ def test_readme_commands_run_as_written(fresh_table: TableHandle, tmp_path: Path
         proc = run_on_a_terminal(command, clone, env)
         text = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"README command failed (exit {proc.returncode}): {command}\n{text}"
-        assert "Traceback" not in text and "error:" not in text, f"{command}\n{text}"
+        for bad in ("Traceback", "error:", "WARNING"):
+            assert bad not in text, f"{command}\n{text}"
         outputs[command] = proc.stdout
 
     # The copy happened (confirmed on the terminal), every item as the golden vectors say.
