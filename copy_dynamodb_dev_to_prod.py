@@ -114,7 +114,8 @@ exit codes:
   1    an image failed, --verify found missing or different items, or an operation failed
   2    usage or configuration error: bad flag, missing value or config key, table not found
        or unreachable, dev table as target, no confirmation, missing Python package
-  130  interrupted (Ctrl-C); running the same command again finishes the images
+  130  interrupted with Ctrl-C, 143 stopped with SIGTERM: in-flight batches finish, the report is
+       written, and running the same command again finishes the images
 """
 
 
