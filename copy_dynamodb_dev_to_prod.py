@@ -64,6 +64,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 DEFAULT_LINE_MACHINE = "embedding-infra-prod-line-workflow"
 DEFAULT_WORD_MACHINE = "embedding-infra-prod-word-workflow"
+DEFAULT_WAVE_TIMEOUT = 6 * 3600  # seconds one wave may wait for the embedding pipeline
 
 # Environment variables read when neither a flag nor a config file names a value.
 ENV_VARS = {
@@ -234,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"name or ARN (default {DEFAULT_WORD_MACHINE})")
     emb.add_argument("--sfn-endpoint-url",
                      help="Step Functions endpoint (default: --endpoint-url, e.g. one moto server)")
+    emb.add_argument("--wave-size", type=int, metavar="N",
+                     help="copy in waves of N images; after each wave start the line and word "
+                          "workflows and wait until both ended before the next (implies "
+                          "--trigger-embeddings)")
+    emb.add_argument("--max-pending-embeddings", type=int, metavar="M",
+                     help="with --wave-size: before each wave also wait until at most M receipt "
+                          "lines/words are NONE in the whole table")
+    emb.add_argument("--wave-timeout", type=float, metavar="SECONDS",
+                     help="with --wave-size: longest wait for one wave (default "
+                          f"{DEFAULT_WAVE_TIMEOUT}, 6 h); past it exit 1, a re-run continues")
 
     out = p.add_argument_group("output")
     out.add_argument("--report", type=Path, metavar="FILE", help="write a JSON report")
@@ -275,6 +286,9 @@ class Config:
     trigger_embeddings: bool = False
     line_state_machine: str = DEFAULT_LINE_MACHINE
     word_state_machine: str = DEFAULT_WORD_MACHINE
+    wave_size: int | None = None
+    max_pending_embeddings: int | None = None
+    wave_timeout: float = DEFAULT_WAVE_TIMEOUT
     status: bool = False
     verify: bool = False
     report: Path | None = None
@@ -302,7 +316,8 @@ class Config:
     def copies(self) -> bool:
         """--status and --verify are read-only operations of their own. --trigger-embeddings
         copies first only when --export-dir is given; alone it only triggers."""
-        trigger_only = self.trigger_embeddings and not (self.export_dir_given or self.other_source)
+        trigger_only = self.trigger_embeddings and not (self.export_dir_given or self.other_source
+                                                        or self.wave_size)
         return not (self.status or self.verify or trigger_only)
 
     @property
@@ -411,6 +426,20 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(m[1]), int(m[2])
 
 
+def wave_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """--wave-size and its companions; --wave-size implies --trigger-embeddings."""
+    if args.wave_size is not None and args.wave_size < 1:
+        raise UsageError("--wave-size must be at least 1")
+    if args.wave_size is None and (args.max_pending_embeddings is not None or args.wave_timeout is not None):
+        raise UsageError("--max-pending-embeddings and --wave-timeout go with --wave-size")
+    if args.max_pending_embeddings is not None and args.max_pending_embeddings < 0:
+        raise UsageError("--max-pending-embeddings must be >= 0")
+    if args.wave_timeout is not None and not args.wave_timeout > 0:
+        raise UsageError("--wave-timeout must be > 0")
+    return {"trigger_embeddings": args.trigger_embeddings or args.wave_size is not None,
+            "wave_timeout": DEFAULT_WAVE_TIMEOUT if args.wave_timeout is None else args.wave_timeout}
+
+
 def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
                    argv: Sequence[str] = ()) -> Config:
     """Merge flags, stack outputs (files or pulumi) and environment variables, in that order of
@@ -457,6 +486,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
         "missing": missing,
         "argv": list(argv),
         "image_ids": read_image_ids(args.image_id, args.image_ids_file),
+        **wave_settings(args),
         **named,
     }
     as_given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
@@ -3230,8 +3260,28 @@ def resolve_state_machine(sfn: Any, name_or_arn: str) -> str:
     raise FatalError(f"state machine {name_or_arn!r} not found (ListStateMachines)")
 
 
+def new_run_id(cfg: Config, started: float) -> str:
+    """Names this run's executions: its start (UTC), its shard and a random token, so that runs
+    started in the same second (shards side by side) never share a name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    shard = f"-s{cfg.shard[0]}of{cfg.shard[1]}" if cfg.shard else ""
+    return f"{stamp}{shard}-{os.urandom(2).hex()}"
+
+
+def execution_name(run_id: str, kind: str, wave: int | None = None) -> str:
+    """Telling and unique, e.g. copy-dev-to-prod-20261129T101500Z-3f9a-w3-line: the console shows
+    which migration and wave started it. A retried StartExecution with the same name and input
+    returns the same execution instead of starting a second one."""
+    name = f"copy-dev-to-prod-{run_id}" + (f"-w{wave}" if wave is not None else "") + f"-{kind}"
+    if len(name) > 80 or not re.fullmatch(r"[A-Za-z0-9_-]+", name):  # Step Functions' limits
+        raise ValueError(f"invalid execution name {name!r}")
+    return name
+
+
 def run_trigger_embeddings(cfg: Config, report: Report) -> None:
     """Start the line and word embedding workflows with input {} unless one is running."""
+    if cfg.wave_size:
+        return  # the waves started (or, in a dry run, planned) them after each wave
     machines = [("line", cfg.line_state_machine), ("word", cfg.word_state_machine)]
     if cfg.dry_run:
         for kind, name in machines:
@@ -3242,6 +3292,7 @@ def run_trigger_embeddings(cfg: Config, report: Report) -> None:
         report.extra["operations_failed"] = True
         return
     sfn = make_client(cfg, "stepfunctions")
+    run_id = new_run_id(cfg, report.started)
     started = []
     for kind, name in machines:
         arn = resolve_state_machine(sfn, name)
@@ -3252,11 +3303,352 @@ def run_trigger_embeddings(cfg: Config, report: Report) -> None:
             started.append({"kind": kind, "state_machine": arn, "started": False,
                             "running_execution": running[0]["executionArn"]})
             continue
-        execution = sfn.start_execution(stateMachineArn=arn, input="{}")["executionArn"]
+        execution_id = execution_name(run_id, kind)
+        execution = sfn.start_execution(stateMachineArn=arn, name=execution_id,
+                                        input="{}")["executionArn"]
         print(f"Started the {kind} embedding workflow: {execution}")
         started.append({"kind": kind, "state_machine": arn, "started": True,
-                        "execution_arn": execution})
+                        "execution_name": execution_id, "execution_arn": execution})
     report.extra["embeddings"] = started
+
+
+# --- waves: a big copy paced by the embedding pipeline -------------------------------------
+
+EXECUTION_ENDED = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"})
+POLL_FIRST, POLL_MAX, POLL_GROWTH = 3.0, 30.0, 1.5  # seconds between DescribeExecution calls
+# For tests only: COPY_DEV_TO_PROD_POLL_SECONDS=S polls every S seconds instead of 3 s growing
+# to 30 s, so tests against a local Step Functions do not sit through production intervals.
+POLL_ENV = "COPY_DEV_TO_PROD_POLL_SECONDS"
+QUIET_LOG_EVERY = 300.0  # without a terminal, a "still waiting" line every 5 minutes
+
+
+def poll_delays(first: float = POLL_FIRST, cap: float = POLL_MAX) -> Iterator[float]:
+    """A few seconds first, growing to `cap`: quick for short runs, cheap for long ones."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(cap, delay * POLL_GROWTH)
+
+
+def poll_schedule(environ: Mapping[str, str]) -> tuple[float, float]:
+    text = environ.get(POLL_ENV)
+    return (float(text), float(text)) if text else (POLL_FIRST, POLL_MAX)
+
+
+def format_duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h {s // 60 % 60:02d}m {s % 60:02d}s" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
+def iso_time(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, dt.datetime) else None
+
+
+class StatusLine:
+    """One line under the progress bars, rewritten in place; only on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.shown = False
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K" + text)
+            sys.stderr.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.shown = False
+
+
+@dataclasses.dataclass
+class Workflow:
+    kind: str     # "line" or "word"
+    name: str     # as configured: name or ARN
+    arn: str = ""
+
+
+class WaveDriver:
+    """--wave-size: the images this run would copy go in waves. After a wave in which every image
+    copied, the line and word workflows start (input {}) and the next wave is copied only when
+    both ended SUCCEEDED, so the pipeline never sees more NONE records than one wave holds.
+
+    Each wave is one Migration.run() on the same Report (counts add up). Waits poll with backoff
+    and are bounded by --wave-timeout per wave; clock and sleep are injectable for tests."""
+
+    def __init__(self, cfg: Config, rules: Rules, report: Report, client: Any, sfn: Any = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 poll: tuple[float, float] | None = None) -> None:
+        self.cfg, self.report, self.client, self.sfn = cfg, report, client, sfn
+        # The waves apply --limit themselves, up front.
+        self.migration = Migration(dataclasses.replace(cfg, limit=None), rules, report, client)
+        self.retrier = Retrier(cfg.max_retries)
+        self.clock, self.sleep = clock, sleep
+        self.poll = poll or poll_schedule(os.environ)
+        self.workflows = [Workflow("line", cfg.line_state_machine),
+                          Workflow("word", cfg.word_state_machine)]
+        self.run_id = new_run_id(cfg, report.started)
+        self.waves: list[dict[str, Any]] = report.extra.setdefault("waves", [])
+        self.count = 0
+        self.status = StatusLine(cfg.progress)
+
+    def run(self, files: list[ImageSource]) -> None:
+        waves = self.plan(files)
+        self.count = len(waves)
+        self.report.extra["wave_plan"] = {"wave_size": self.cfg.wave_size, "waves": len(waves),
+                                          "images": sum(len(w) for w in waves)}
+        if waves and not self.cfg.dry_run:
+            self.connect()  # a missing state machine stops the run before anything is copied
+        for k, wave in enumerate(waves, 1):
+            entry: dict[str, Any] = {"index": k, "images": len(wave), "image_ids": [s.image_id for s in wave]}
+            if self.cfg.dry_run:
+                entry["would_start"] = [w.name for w in self.workflows]
+            self.waves.append(entry)
+            if not self.copy_wave(k, wave, entry):
+                return
+
+    def plan(self, files: list[ImageSource]) -> list[list[ImageSource]]:
+        """The images this run would copy: not in prod (one read-only BatchGetItem pass over their
+        IMAGE keys) unless --no-skip-existing, at most --limit new ones, in waves of --wave-size.
+        Images without receipts are found and counted inside their wave."""
+        in_prod: set[str] = set()
+        if self.client is not None:
+            try:
+                in_prod = existing_images(self.client, self.cfg.table or "", [s.image_id for s in files],
+                                          self.retrier)
+            except Exception as exc:
+                if botocore_setup_error(exc):
+                    raise
+                raise FatalError(f"cannot check which images prod holds: {describe_error(exc)}") from None
+        todo: list[ImageSource] = []
+        new = 0
+        for n, source in enumerate(files):
+            if source.image_id in in_prod and self.cfg.skip_existing:
+                self.report.image_skipped("skipped_existing")
+                continue
+            if source.image_id not in in_prod:
+                if self.cfg.limit is not None and new >= self.cfg.limit:
+                    self.report.not_reached = len(files) - n
+                    break
+                new += 1
+            todo.append(source)
+        self.report.images["total"] += len(files) - len(todo)  # each wave counts its own
+        size = self.cfg.wave_size or 1
+        return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+    def connect(self) -> None:
+        try:
+            self.sfn = self.sfn or make_client(self.cfg, "stepfunctions")
+            for w in self.workflows:
+                w.arn = resolve_state_machine(self.sfn, w.name)
+        except FatalError:
+            raise
+        except Exception as exc:
+            if botocore_setup_error(exc):
+                raise
+            raise FatalError(f"cannot reach Step Functions: {describe_error(exc)}") from None
+
+    def copy_wave(self, k: int, wave: list[ImageSource], entry: dict[str, Any]) -> bool:
+        """Copy one wave and, live, let the pipeline take it. False: stop the run."""
+        report = self.report
+        if self.cfg.max_pending_embeddings is not None and not self.cfg.dry_run:
+            self.wait_for_backlog(k, entry)
+        planned, written = report.items["planned"], report.items["written"]
+        copied, failed = report.images["copied"], report.images["failed"]
+        self.migration.run(wave)
+        entry.update(images_copied=report.images["copied"] - copied,
+                     items_planned=report.items["planned"] - planned)
+        if self.cfg.dry_run:
+            entry["outcome"] = "planned"
+            return True
+        entry["items_written"] = report.items["written"] - written
+        if report.images["failed"] > failed:
+            entry["outcome"] = "images failed"
+            print(f"Wave {k} of {self.count}: {report.images['failed'] - failed:,} image(s) failed: no "
+                  "workflows started, no further wave copied. Fix them and re-run the same command "
+                  "(copied images are skipped).")
+            return False
+        if entry["items_written"] == 0:
+            entry["outcome"] = "nothing written"
+            print(f"Wave {k} of {self.count}: nothing written (already in prod), no workflows started")
+            return True
+        try:
+            self.run_workflows(k, entry)
+        except (FatalError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if botocore_setup_error(exc):
+                raise
+            entry["outcome"] = "error"
+            raise FatalError(f"wave {k} of {self.count}: {describe_error(exc)}. Nothing is lost: "
+                             "re-running the same command continues (copied images are skipped).") from None
+        entry["outcome"] = "done"
+        return True
+
+    # --- the pipeline's turn ------------------------------------------------------------------
+
+    def run_workflows(self, k: int, entry: dict[str, Any]) -> None:
+        """Someone else's running execution first, then ours; both must end SUCCEEDED."""
+        self.wait_for_others(k, entry)
+        entry["executions"] = []
+        for w in self.workflows:
+            name = execution_name(self.run_id, w.kind, k)
+            arn = self.retrier.call(self.sfn.start_execution, stateMachineArn=w.arn, name=name,
+                                    input="{}")["executionArn"]
+            entry["executions"].append({"kind": w.kind, "state_machine": w.arn, "name": name, "arn": arn,
+                                        "status": "RUNNING", "start": None, "stop": None})
+            print(f"Wave {k} of {self.count}: started the {w.kind} embedding workflow {arn}")
+        self.wait_for_ours(k, entry)
+        entry["none_at_end"] = count_waiting_embeddings(self.client, self.cfg.table or "", self.retrier,
+                                                        entry["image_ids"])
+        bad = [e for e in entry["executions"] if e["status"] != "SUCCEEDED"]
+        if bad:
+            entry["outcome"] = "workflow failed"
+            raise FatalError(
+                f"wave {k} of {self.count}: " + "; ".join(
+                    f"the {e['kind']} embedding workflow ended {e['status']}: {e['arn']}"
+                    + (f" (error {e['error']!r}" + (f", cause {e['cause']!r}" if e.get("cause") else "") + ")"
+                       if e.get("error") else "")
+                    for e in bad)
+                + ". No further wave was copied. Fix the workflow, then re-run the same command: it "
+                  "continues with the images not yet copied (copied images are skipped).")
+        ended = ", ".join(f"{e['kind']} {e['status']}" for e in entry["executions"])
+        print(f"Wave {k} of {self.count}: workflows ended ({ended}) after "
+              f"{format_duration(entry.get('seconds_waited', 0))} of waiting")
+
+    def describe(self, arn: str) -> dict[str, Any]:
+        return dict(self.retrier.call(self.sfn.describe_execution, executionArn=arn))
+
+    def wait_for_others(self, k: int, entry: dict[str, Any]) -> None:
+        running: dict[str, str] = {}
+        for w in self.workflows:
+            for page in self.sfn.get_paginator("list_executions").paginate(stateMachineArn=w.arn,
+                                                                           statusFilter="RUNNING"):
+                running.update((e["executionArn"], "RUNNING") for e in page.get("executions", []))
+        if not running:
+            return
+        entry["waited_for_running"] = list(running)
+
+        def probe() -> tuple[bool, str]:
+            for arn in [a for a, s in running.items() if s == "RUNNING"]:
+                running[arn] = str(self.describe(arn)["status"])
+            left = sum(s == "RUNNING" for s in running.values())
+            return left == 0, f"{left} execution(s) started elsewhere still running"
+
+        self.wait(k, entry, probe,
+                  start="waiting for execution(s) already running before starting ours: "
+                        + ", ".join(running),
+                  interrupted="those executions keep running in AWS; ours were not started")
+
+    def wait_for_ours(self, k: int, entry: dict[str, Any]) -> None:
+        executions = entry["executions"]
+
+        def probe() -> tuple[bool, str]:
+            for e in executions:
+                if e["status"] not in EXECUTION_ENDED:
+                    d = self.describe(e["arn"])
+                    e.update(status=str(d["status"]), start=iso_time(d.get("startDate")),
+                             stop=iso_time(d.get("stopDate")))
+                    for key in ("error", "cause"):
+                        if d.get(key):
+                            e[key] = d[key]
+            done = all(e["status"] in EXECUTION_ENDED for e in executions)
+            text = ", ".join(f"{e['kind']} {e['status']}" for e in executions)
+            if not done and self.status.enabled:  # the wave's own backlog, for the operator's eye
+                n = count_waiting_embeddings(self.client, self.cfg.table or "", self.retrier,
+                                             entry["image_ids"])
+                text += f"; this wave still NONE: {n['lines']:,} lines, {n['words']:,} words"
+            return done, text
+
+        self.wait(k, entry, probe, start="waiting for the line and word workflows to end",
+                  interrupted="the executions keep running in AWS: "
+                  + ", ".join(e["arn"] for e in executions))
+
+    def wait_for_backlog(self, k: int, entry: dict[str, Any]) -> None:
+        limit = self.cfg.max_pending_embeddings or 0
+
+        def probe() -> tuple[bool, str]:
+            n = count_waiting_embeddings(self.client, self.cfg.table or "", self.retrier)
+            pending = n["lines"] + n["words"]
+            return pending <= limit, f"{pending:,} receipt lines/words NONE in the table"
+
+        self.wait(k, entry, probe,
+                  start=f"waiting until at most {limit:,} receipt lines/words are NONE "
+                        "(--max-pending-embeddings)",
+                  interrupted="nothing of this wave was written")
+
+    def wait(self, k: int, entry: dict[str, Any], probe: Callable[[], tuple[bool, str]],
+             start: str, interrupted: str) -> None:
+        """Poll until `probe` says done, with backoff. All waits of one wave together are bounded
+        by --wave-timeout; Ctrl-C leaves at once (exit 130, report written)."""
+        began = self.clock()
+        before = float(entry.get("seconds_waited", 0.0))
+        delays = poll_delays(*self.poll)
+        announced, last_log = False, began
+        try:
+            while True:
+                done, text = probe()
+                now = self.clock()
+                waited = before + now - began
+                if done:
+                    return
+                if not announced:
+                    print(f"Wave {k} of {self.count}: {start}")
+                    announced = True
+                line = f"wave {k} of {self.count}: waited {format_duration(waited)}; {text}"
+                self.status.show(line)
+                if not self.status.enabled and now - last_log >= QUIET_LOG_EVERY:
+                    log.info("%s", line)
+                    last_log = now
+                left = self.cfg.wave_timeout - waited
+                if left <= 0:
+                    entry["outcome"] = "timed out"
+                    raise FatalError(
+                        f"wave {k} of {self.count}: still waiting after {format_duration(waited)} "
+                        f"(--wave-timeout {self.cfg.wave_timeout:g} s; {text}). Nothing is lost: "
+                        "executions keep running in AWS, and re-running the same command continues "
+                        "(copied images are skipped, running executions are waited for first).")
+                self.sleep(min(next(delays), left))
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (Terminated): the message says why
+            entry["outcome"] = "interrupted"
+            self.status.clear()
+            raise type(exc)(f"stopped while waiting in wave {k} of {self.count}: {interrupted}. "
+                            "Re-running the same command continues (copied images are skipped).") from None
+        finally:
+            entry["seconds_waited"] = round(before + self.clock() - began, 3)
+            self.status.clear()
+
+
+def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The summary's lines for --wave-size: one per wave (the plan, in a dry run)."""
+    if plan is None:
+        return []
+    lines = [f"Waves of up to {plan['wave_size']:,} images: {len(waves):,} of {plan['waves']:,} "
+             + ("planned" if waves and "would_start" in waves[0] else "run")
+             + (f" ({plan['images'] - sum(w['images'] for w in waves):,} images in the waves not run)"
+                if len(waves) < plan["waves"] else "")]
+    for w in waves:
+        text = f"  wave {w['index']} of {plan['waves']}: {plural(w['images'], 'image')}"
+        if "would_start" in w:
+            text += (f", {w.get('items_planned', 0):,} items to write; would start "
+                     + " and ".join(w["would_start"]) + " with input {}")
+        else:
+            text += f", {w.get('images_copied', 0):,} copied, {w.get('items_written', 0):,} items written"
+            if w.get("executions"):
+                text += "; " + ", ".join(f"{e['kind']} {e['status']}" for e in w["executions"])
+            if "seconds_waited" in w:
+                text += f"; waited {format_duration(w['seconds_waited'])}"
+            if "none_at_end" in w:
+                text += (f"; still NONE at the end: {w['none_at_end']['lines']:,} lines, "
+                         f"{w['none_at_end']['words']:,} words")
+            if w.get("outcome") not in (None, "done"):
+                text += f" [{w['outcome']}]"
+        lines.append(text)
+    return lines
 
 
 def run_operations(cfg: Config, report: Report) -> None:
@@ -3445,6 +3837,7 @@ class Report:
         elif dry:
             lines.append("Prod not checked (no table given): every image and item counts as new")
         lines += self.entity_lines() + self.conflict_lines() + self.error_lines()
+        lines += wave_summary_lines(self.extra.get("wave_plan"), self.extra.get("waves", []))
         elapsed = time.time() - self.started
         done = it["planned"] if dry else it["written"]
         lines.append(f"Elapsed {elapsed:,.1f} s, {done / elapsed if elapsed else 0:,.0f} items/s "
@@ -3596,7 +3989,10 @@ def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
     if not cfg.dry_run:
         confirm_live_run(cfg, files, client)
     report.copy_started = True
-    Migration(cfg, rules, report, client).run(files)
+    if cfg.wave_size:
+        WaveDriver(cfg, rules, report, client).run(files)
+    else:
+        Migration(cfg, rules, report, client).run(files)
 
 
 class Terminated(KeyboardInterrupt):
@@ -3646,7 +4042,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if report:
             report.interrupted = True
             finish_report(cfg, report)
-        print(stop_message(report), file=sys.stderr)
+        print(str(exc) or stop_message(report), file=sys.stderr)  # waves say what goes on in AWS
         return 143 if isinstance(exc, Terminated) else 130
     except FatalError as exc:
         print(f"error: {exc}", file=sys.stderr)
