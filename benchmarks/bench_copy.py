@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -48,10 +49,12 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import count_requests
 from gen_export import generate_export
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TOOL = REPO / "copy_dynamodb_dev_to_prod.py"
+COUNTER = Path(__file__).resolve().parent / "count_requests.py"
 REGION = "us-east-1"
 BUCKET_ARGS = [
     "--dev-raw-bucket", "dev-raw-bucket", "--prod-raw-bucket", "prod-raw-bucket",
@@ -81,26 +84,28 @@ def fake_env() -> dict[str, str]:
     return env
 
 
-# --- moto ----------------------------------------------------------------------------------------
+# --- engines -------------------------------------------------------------------------------------
 
-class MotoServer:
-    """``python -m moto.server`` on 127.0.0.1 in a child process."""
+ENGINES = ("moto", "ddblocal")
 
-    def __init__(self, log_path: Path) -> None:
+
+class Server:
+    """A local DynamoDB engine in a child process on 127.0.0.1 and a free port."""
+
+    name = "?"
+
+    def __init__(self, cmd: list[str], log_path: Path, cwd: Path | None = None,
+                 timeout: float = 60) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "wb")
-        # Python's cyclic GC rescans moto's millions of item objects ever more often as a table
-        # grows (throughput halves by ~300k items); a higher gen-0 threshold keeps it steadier.
-        boot = ("import gc, sys; gc.set_threshold(100_000, 50, 100); "
-                "from moto.server import main; sys.exit(main(sys.argv[1:]))")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", boot, "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=fake_env())
+        self.proc = subprocess.Popen([*cmd, *self.port_args()], stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=fake_env(), cwd=cwd,
+                                     start_new_session=True)
         client = make_client(self.url, 1)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 client.list_tables()
@@ -108,8 +113,11 @@ class MotoServer:
             except (BotoCoreError, ClientError):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"moto server did not start (see {log_path})") from None
+                    raise RuntimeError(f"{self.name} did not start (see {log_path})") from None
                 time.sleep(0.1)
+
+    def port_args(self) -> list[str]:
+        return []
 
     def rss_mb(self) -> float | None:
         try:
@@ -129,6 +137,56 @@ class MotoServer:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+class MotoServer(Server):
+    """``moto.server`` in its own process (its CPU does not share the benchmark's GIL)."""
+
+    name = "moto"
+
+    def __init__(self, log_path: Path) -> None:
+        # Python's cyclic GC rescans moto's millions of item objects ever more often as a table
+        # grows (throughput halves by ~300k items); a higher gen-0 threshold keeps it steadier.
+        boot = ("import gc, sys; gc.set_threshold(100_000, 50, 100); "
+                "from moto.server import main; sys.exit(main(sys.argv[1:]))")
+        super().__init__([sys.executable, "-c", boot], log_path)
+
+    def port_args(self) -> list[str]:
+        return ["-H", "127.0.0.1", "-p", str(self.port)]
+
+
+def ddblocal_dir() -> Path:
+    return Path(os.environ.get("DDBLOCAL_DIR") or REPO / ".ddblocal")
+
+
+def ddblocal_missing() -> str | None:
+    if shutil.which("java") is None:
+        return "java is not on PATH (DynamoDB Local needs Java 17)"
+    if not (ddblocal_dir() / "DynamoDBLocal.jar").is_file():
+        return (f"DynamoDB Local is not installed at {ddblocal_dir()} (set DDBLOCAL_DIR or run "
+                "bash tests/install_ddblocal.sh)")
+    return None
+
+
+class DDBLocalServer(Server):
+    """AWS's DynamoDB Local, in memory, no telemetry. A fresh process per measurement: it
+    slows down ~80x after a DeleteTable, so no table is ever deleted on it."""
+
+    name = "ddblocal"
+
+    def __init__(self, log_path: Path) -> None:
+        home = ddblocal_dir()
+        super().__init__([shutil.which("java") or "java", "-Xss4m",
+                          f"-Djava.library.path={home / 'DynamoDBLocal_lib'}",
+                          "-jar", str(home / "DynamoDBLocal.jar"),
+                          "-inMemory", "-sharedDb", "-disableTelemetry"], log_path, cwd=home)
+
+    def port_args(self) -> list[str]:
+        return ["-port", str(self.port)]
+
+
+def start_server(engine: str, log_path: Path) -> Server:
+    return MotoServer(log_path) if engine == "moto" else DDBLocalServer(log_path)
 
 
 def make_client(url: str, threads: int) -> Any:
@@ -160,12 +218,26 @@ def create_table(client: Any, name: str) -> None:
                                           WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
 
 
-def item_count(client: Any, name: str) -> int:
-    """moto computes ItemCount live (real DynamoDB updates it every ~6 hours)."""
-    return int(client.describe_table(TableName=name)["Table"]["ItemCount"])
+def table_digest(client: Any, name: str) -> dict[str, Any]:
+    """Item count and a SHA-256 of every item (consistent Scan, sorted): the floor's and the
+    tool's tables must be identical."""
+    lines = []
+    kwargs: dict[str, Any] = {"TableName": name, "ConsistentRead": True}
+    while True:
+        page = client.scan(**kwargs)
+        lines += [json.dumps(i, sort_keys=True) for i in page["Items"]]
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    lines.sort()
+    return {"items": len(lines),
+            "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]}
 
 
 # --- measurements --------------------------------------------------------------------------------
+
+WARMUP_ITEMS = 500  # written into a separate table first: the JVM's JIT warms up off the clock
+
 
 def load_items(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as fp:
@@ -173,31 +245,38 @@ def load_items(path: Path) -> list[dict[str, Any]]:
 
 
 def floor_write(client: Any, table: str, items: list[dict[str, Any]], threads: int) -> dict[str, Any]:
-    """Plain BatchWriteItem of 25 from ``threads`` threads; returns timing."""
+    """Plain BatchWriteItem of 25 from ``threads`` threads sharing one client, asking for the
+    consumed capacity like the tool does; returns timing, capacity and requests."""
     batches = [[{"PutRequest": {"Item": it}} for it in items[i:i + 25]]
                for i in range(0, len(items), 25)]
     retried = [0]
+    units = [0.0]
     lock = threading.Lock()
 
     def write(batch: list[dict[str, Any]]) -> None:
         request = {table: batch}
         delay = 0.05
         while request:
-            resp = client.batch_write_item(RequestItems=request)
+            resp = client.batch_write_item(RequestItems=request, ReturnConsumedCapacity="TOTAL")
             request = resp.get("UnprocessedItems") or {}
+            with lock:
+                units[0] += sum(float(c.get("CapacityUnits", 0))
+                                for c in resp.get("ConsumedCapacity") or [])
+                retried[0] += sum(len(v) for v in request.values())
             if request:
-                with lock:
-                    retried[0] += sum(len(v) for v in request.values())
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    counts = count_requests.install()
+    counts.clear()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         for _ in pool.map(write, batches):
             pass
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "items": len(items), "items_per_s": len(items) / wall,
-            "requests": len(batches), "unprocessed_retried": retried[0]}
+            "requests": dict(counts), "unprocessed_retried": retried[0],
+            "capacity": {"write_units": round(units[0], 1), "read_units": 0.0}}
 
 
 def run_timed(cmd: list[str], log: Path, timeout: float | None = None) -> tuple[float, int]:
@@ -254,6 +333,7 @@ class Bench:
         self.tool = Path(args.tool).resolve()
         self.py = sys.executable
         self.runs = 0
+        self.warmup: list[dict[str, Any]] = []
 
     def dry_cmd(self, export: Path, dump: Path | None = None) -> list[str]:
         cmd = [self.py, str(self.tool), "--dry-run", "--export-dir", str(export),
@@ -289,47 +369,62 @@ class Bench:
         if rc != 0 or not dump.exists():
             raise ToolFailed(f"dry run with --dump-items failed (exit {rc}):\n{tail(log)}")
 
-    def live_run(self, export: Path, table: str, expect: int | None,
+    @contextlib.contextmanager
+    def fresh_server(self, engine: str, table: str) -> Iterator[tuple[Server, Any]]:
+        """A new engine process holding one new, empty table (after a warm-up on another
+        table, when there are items for it). moto never gives memory back and DynamoDB Local
+        must not delete tables, so each measurement gets its own process."""
+        server = start_server(engine, self.work / f"{engine}-{table}.log")
+        try:
+            client = make_client(server.url, self.args.threads)
+            if self.warmup:
+                create_table(client, "bench-warmup")
+                floor_write(client, "bench-warmup", self.warmup, self.args.threads)
+            create_table(client, table)
+            yield server, client
+        finally:
+            server.stop()
+
+    def floor(self, engine: str, table: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+        with self.fresh_server(engine, table) as (server, client):
+            res = floor_write(client, table, items, self.args.threads)
+            res["table"] = table_digest(client, table)
+            res["engine_rss_mb"] = server.rss_mb()
+        return res
+
+    def live_run(self, engine: str, export: Path, table: str, expect: int | None,
                  rss: bool = False) -> dict[str, Any]:
-        with fresh_server(self.work, self.args.threads, table) as (server, client):
+        with self.fresh_server(engine, table) as (server, client):
             return self._live_run(server, client, export, table, expect, rss)
 
-    def _live_run(self, server: MotoServer, client: Any, export: Path, table: str,
+    def _live_run(self, server: Server, client: Any, export: Path, table: str,
                   expect: int | None, rss: bool) -> dict[str, Any]:
         report = self.work / f"report-{table}.json"
+        counts = self.work / f"requests-{table}.json"
         log = self.log(table)
         cmd = self.live_cmd(export, table, server.url, report)
         if rss:
             res = run_peak_rss(cmd, log)
         else:
-            wall, rc = run_timed(cmd, log)
+            # The tool under count_requests.py: every request it sends is counted.
+            wall, rc = run_timed([self.py, str(COUNTER), str(counts), *cmd[1:]], log)
             res = {"wall_s": wall, "returncode": rc}
-        res["items_in_table"] = item_count(client, table)
-        res["moto_rss_mb"] = server.rss_mb()
+            with contextlib.suppress(OSError, ValueError):
+                res["requests"] = json.loads(counts.read_text())
+        res["table"] = table_digest(client, table)
+        res["engine_rss_mb"] = server.rss_mb()
         if expect:
             res["items"] = expect
             res["items_per_s"] = expect / res["wall_s"]
-        res["report"] = summarize_report(report)
+        summary = summarize_report(report)
+        res["report"] = summary
+        if isinstance(summary, dict) and isinstance(summary.get("capacity"), dict):
+            res["capacity"] = summary["capacity"]
         if res["returncode"] != 0:
             res["error"] = tail(log)
-        elif expect is not None and res["items_in_table"] != expect:
-            res["error"] = f"table holds {res['items_in_table']} items, expected {expect}"
+        elif expect is not None and res["table"]["items"] != expect:
+            res["error"] = f"table holds {res['table']['items']} items, expected {expect}"
         return res
-
-
-@contextlib.contextmanager
-def fresh_server(work: Path, threads: int, table: str) -> Iterator[tuple[MotoServer, Any]]:
-    """A new moto process holding one new, empty table.
-
-    moto never gives memory back (~13 KB per item), so each measurement gets its own process.
-    """
-    server = MotoServer(work / f"moto-{table}.log")
-    try:
-        client = make_client(server.url, threads)
-        create_table(client, table)
-        yield server, client
-    finally:
-        server.stop()
 
 
 class ToolFailed(Exception):
@@ -337,7 +432,7 @@ class ToolFailed(Exception):
 
 
 def summarize_report(path: Path) -> Any:
-    """The tool's --report, or its top-level scalars if it is large."""
+    """The tool's --report, or its top-level scalars (and capacity) if it is large."""
     try:
         text = path.read_text()
     except OSError:
@@ -347,7 +442,8 @@ def summarize_report(path: Path) -> Any:
     except ValueError:
         return {"unparsable": text[:200]}
     if len(text) > 20_000 and isinstance(data, dict):
-        return {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
+        return {k: v for k, v in data.items()
+                if not isinstance(v, (dict, list)) or k in ("capacity", "images", "items")}
     return data
 
 
@@ -370,6 +466,13 @@ def startup_times(py: str, tool: Path, repeats: int) -> dict[str, Any]:
             "tool_version_s": median(tool_version)}
 
 
+def per_item(capacity: dict[str, Any] | None, items: int | None) -> dict[str, float] | None:
+    if not capacity or not items:
+        return None
+    return {"write_units": capacity.get("write_units", 0) / items,
+            "read_units": capacity.get("read_units", 0) / items}
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -379,13 +482,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     bench = Bench(args, work)
     res: dict[str, Any] = {
         "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "python": sys.version.split()[0], "cpus": os.cpu_count(), "errors": [],
+        "python": sys.version.split()[0], "cpus": os.cpu_count(),
+        "load_average_start": os.getloadavg(), "errors": [],
     }
     export = work / "export"
     t0 = time.perf_counter()
-    gen = generate_export(export, args.images, args.seed)
-    res["generate"] = {**gen, "wall_s": time.perf_counter() - t0}
-    print(f"generated {gen['images']} images ({gen['entities']} entities) "
+    gen = generate_export(export, args.images, args.seed, size=args.size)
+    res["generate"] = {**gen, "size": args.size, "wall_s": time.perf_counter() - t0}
+    print(f"generated {gen['images']} {args.size} images ({gen['entities']} entities) "
           f"in {res['generate']['wall_s']:.1f}s", file=sys.stderr)
 
     res["startup"] = startup_times(bench.py, bench.tool, args.repeats)
@@ -407,54 +511,83 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                       "median_items_per_s": median([d["items_per_s"] for d in dry]),
                       "items": len(items)}
     n_items = len(items) or None
+    bench.warmup = items[:WARMUP_ITEMS]
 
-    pairs = []
+    res["engines"] = {}
+    for engine in args.engines:
+        res["engines"][engine] = {"pairs": []}
     for r in range(args.repeats):
-        pair: dict[str, Any] = {}
-        if items:
-            table = f"bench-floor-{r}"
-            with fresh_server(work, args.threads, table) as (server, client):
-                pair["floor"] = floor_write(client, table, items, args.threads)
-                pair["floor"]["items_in_table"] = item_count(client, table)
-                pair["floor"]["moto_rss_mb"] = server.rss_mb()
-            print(f"[{r + 1}/{args.repeats}] floor {pair['floor']['wall_s']:.2f}s "
-                  f"{pair['floor']['items_per_s']:.0f} items/s", file=sys.stderr)
-        pair["tool"] = bench.live_run(export, f"bench-tool-{r}", n_items)
-        tool = pair["tool"]
-        if "error" in tool:
-            res["errors"].append(f"tool live run {r}: {tool['error']}")
-        if "floor" in pair and tool.get("items_per_s"):
-            pair["ratio_tool_over_floor"] = tool["items_per_s"] / pair["floor"]["items_per_s"]
-        print(f"[{r + 1}/{args.repeats}] tool  {tool['wall_s']:.2f}s rc={tool['returncode']} "
-              f"table={tool['items_in_table']}", file=sys.stderr)
-        pairs.append(pair)
-    res["pairs"] = pairs
+        for engine in args.engines:
+            pair = measure_pair(bench, engine, r, export, items, n_items)
+            res["engines"][engine]["pairs"].append(pair)
+            for side in ("floor", "tool"):
+                if "error" in pair.get(side, {}):
+                    res["errors"].append(f"{engine} {side} run {r}: {pair[side]['error']}")
+    for data in res["engines"].values():
+        data["summary"] = summarize(data["pairs"], n_items)
+    res["load_average_end"] = os.getloadavg()
+
+    d_ips = res["dry_run"]["median_items_per_s"]
+    for data in res["engines"].values():
+        f_ips = data["summary"]["floor_median_items_per_s"]
+        data["summary"]["dry_over_floor_items_per_s"] = d_ips / f_ips if f_ips and d_ips else None
+
+    if not args.skip_memory:
+        res["memory"] = memory(bench, args, work)
+        res["errors"] += res["memory"]["errors"]
+    return res
+
+
+def measure_pair(bench: Bench, engine: str, r: int, export: Path,
+                 items: list[dict[str, Any]], n_items: int | None) -> dict[str, Any]:
+    """The floor and the tool on fresh processes of one engine, one right after the other;
+    which goes first alternates from pair to pair."""
+    pair: dict[str, Any] = {}
+    order = ("floor", "tool") if r % 2 == 0 else ("tool", "floor")
+    for side in order:
+        if side == "floor" and items:
+            pair["floor"] = bench.floor(engine, f"bench-floor-{r}", items)
+            print(f"[{engine} {r + 1}] floor {pair['floor']['wall_s']:.2f}s "
+                  f"{pair['floor']['requests']}", file=sys.stderr)
+        elif side == "tool":
+            pair["tool"] = bench.live_run(engine, export, f"bench-tool-{r}", n_items)
+            print(f"[{engine} {r + 1}] tool  {pair['tool']['wall_s']:.2f}s "
+                  f"rc={pair['tool']['returncode']} {pair['tool'].get('requests')}",
+                  file=sys.stderr)
+    fl: dict[str, Any] | None = pair.get("floor")
+    tl = pair["tool"]
+    if fl and tl.get("items_per_s") and tl["returncode"] == 0:
+        pair["ratio_tool_over_floor"] = tl["items_per_s"] / fl["items_per_s"]
+        pair["same_table"] = tl["table"] == fl["table"]
+        if not pair["same_table"]:
+            tl.setdefault("error", f"the tool's table {tl['table']} differs from the floor's "
+                                   f"{fl['table']}")
+    return pair
+
+
+def summarize(pairs: list[dict[str, Any]], n_items: int | None) -> dict[str, Any]:
     floors = [p["floor"] for p in pairs if "floor" in p]
     tools = [p["tool"] for p in pairs if p["tool"]["returncode"] == 0]
-    startup = res["startup"]["python_import_boto3_tqdm_s"] or 0.0
-    res["summary"] = {
+    ratios = [p["ratio_tool_over_floor"] for p in pairs if "ratio_tool_over_floor" in p]
+    out: dict[str, Any] = {
         "items": n_items,
         "floor_median_wall_s": median([f["wall_s"] for f in floors]),
         "floor_median_items_per_s": median([f["items_per_s"] for f in floors]),
         "tool_median_wall_s": median([t["wall_s"] for t in tools]),
         "tool_median_items_per_s": median([t["items_per_s"] for t in tools
                                            if t.get("items_per_s")]),
-        "tool_median_wall_minus_startup_s": median([t["wall_s"] - startup for t in tools]),
         "ratio_per_pair": [p.get("ratio_tool_over_floor") for p in pairs],
-        "ratio_median": median([p["ratio_tool_over_floor"] for p in pairs
-                                if "ratio_tool_over_floor" in p and
-                                p["tool"]["returncode"] == 0]),
+        "ratio_median": median(ratios),
+        "same_table_every_pair": all(p.get("same_table") for p in pairs),
+        # requests and capacity do not depend on timing (resends aside): the last pair's
+        "floor_requests": floors[-1]["requests"] if floors else None,
+        "tool_requests": tools[-1].get("requests") if tools else None,
+        "floor_capacity_per_item": per_item(floors[-1]["capacity"], n_items) if floors else None,
+        "tool_capacity_per_item": per_item(tools[-1].get("capacity"), n_items) if tools else None,
     }
-    f_ips, t_ips = (res["summary"]["floor_median_items_per_s"],
-                    res["summary"]["tool_median_items_per_s"])
-    res["summary"]["ratio_of_medians"] = t_ips / f_ips if f_ips and t_ips else None
-    d_ips = res["dry_run"]["median_items_per_s"]
-    res["summary"]["dry_over_floor_items_per_s"] = d_ips / f_ips if f_ips and d_ips else None
-
-    if not args.skip_memory:
-        res["memory"] = memory(bench, args, work)
-        res["errors"] += res["memory"]["errors"]
-    return res
+    f_ips, t_ips = out["floor_median_items_per_s"], out["tool_median_items_per_s"]
+    out["ratio_of_medians"] = t_ips / f_ips if f_ips and t_ips else None
+    return out
 
 
 MOTO_KB_PER_ITEM = 13  # moto's resident memory per stored item (measured, with 5 GSIs)
@@ -518,7 +651,7 @@ def memory(bench: Bench, args: argparse.Namespace, work: Path) -> dict[str, Any]
             out[f"live_{size}"] = {"skipped": f"moto would need ~{need_mb:,.0f} MB, "
                                               f"{avail:,.0f} MB available"}
         else:
-            out[f"live_{size}"] = bench.live_run(path, f"bench-rss-{size}", n_items, rss=True)
+            out[f"live_{size}"] = bench.live_run("moto", path, f"bench-rss-{size}", n_items, rss=True)
         live = out[f"live_{size}"]
         if "skipped" in live:
             print(f"rss live {size}: skipped ({live['skipped']})", file=sys.stderr)
@@ -526,7 +659,7 @@ def memory(bench: Bench, args: argparse.Namespace, work: Path) -> dict[str, Any]
         if "error" in live:
             out["errors"].append(f"live memory run {size}: {live['error']}")
         print(f"rss live {size}: {fmt(live.get('peak_rss_mb'), '.0f')} MB, moto "
-              f"{fmt(live.get('moto_rss_mb'), '.0f')} MB ({live['wall_s']:.1f}s, "
+              f"{fmt(live.get('engine_rss_mb'), '.0f')} MB ({live['wall_s']:.1f}s, "
               f"{fmt(live.get('items_per_s'), ',.0f')} items/s, rc={live['returncode']})",
               file=sys.stderr)
     for kind in ("dry", "live"):
@@ -542,35 +675,52 @@ def fmt(v: Any, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def requests_text(requests: dict[str, int] | None) -> str:
+    if not requests:
+        return "-"
+    return ", ".join(f"{n:,} {op}" for op, n in sorted(requests.items(), key=lambda kv: -kv[1]))
+
+
+def capacity_text(cap: dict[str, float] | None) -> str:
+    if not cap:
+        return "-"
+    return f"{cap['write_units']:.2f} write + {cap['read_units']:.2f} read units/item"
+
+
 def print_table(res: dict[str, Any]) -> None:
-    p, s = res["params"], res.get("summary", {})
+    p = res["params"]
     rows: list[tuple[str, str]] = [
-        ("export", (f"{res['generate']['images']} images, {res['generate']['entities']} entities "
-                   f"(generated in {res['generate']['wall_s']:.1f}s)")),
+        ("export", (f"{res['generate']['images']} {res['generate']['size']} images, "
+                   f"{res['generate']['entities']} entities")),
         ("threads / repeats", f"{p['threads']} / {p['repeats']}"),
+        ("machine", (f"{res['cpus']} cpus, load average {res['load_average_start'][0]:.1f} at "
+                    f"start, {fmt(res.get('load_average_end', [None])[0], '.1f')} at end")),
         ("python startup (import boto3, tqdm)",
          f"{fmt(res['startup']['python_import_boto3_tqdm_s'], '.3f')} s"),
-        ("tool --version", f"{fmt(res['startup']['tool_version_s'], '.3f')} s"),
         ("dry run", (f"{fmt(res['dry_run']['median_wall_s'])} s, "
                     f"{fmt(res['dry_run']['median_items_per_s'], ',.0f')} items/s "
                     f"({res['dry_run']['items']} items)")),
     ]
-    for i, pair in enumerate(res.get("pairs", []), 1):
-        fl, tl = pair.get("floor", {}), pair["tool"]
-        rows.append((f"pair {i}",
-                     (f"floor {fmt(fl.get('wall_s'))} s {fmt(fl.get('items_per_s'), ',.0f')}/s | "
-                     f"tool {fmt(tl.get('wall_s'))} s {fmt(tl.get('items_per_s'), ',.0f')}/s "
-                     f"rc={tl['returncode']} | ratio {fmt(pair.get('ratio_tool_over_floor'), '.3f')}")))
-    if s:
+    for engine, data in res.get("engines", {}).items():
+        s = data["summary"]
+        rows.append((f"[{engine}]", ""))
+        for i, pair in enumerate(data["pairs"], 1):
+            fl, tl = pair.get("floor", {}), pair["tool"]
+            first = "floor first" if i % 2 else "tool first"
+            rows.append((f"  pair {i} ({first})",
+                         (f"floor {fmt(fl.get('wall_s'))} s {fmt(fl.get('items_per_s'), ',.0f')}/s"
+                          f" | tool {fmt(tl.get('wall_s'))} s {fmt(tl.get('items_per_s'), ',.0f')}/s"
+                          f" rc={tl['returncode']} | ratio "
+                          f"{fmt(pair.get('ratio_tool_over_floor'), '.3f')}")))
         rows += [
-            ("floor median", (f"{fmt(s['floor_median_wall_s'])} s, "
-                             f"{fmt(s['floor_median_items_per_s'], ',.0f')} items/s")),
-            ("tool median", (f"{fmt(s['tool_median_wall_s'])} s, "
-                            f"{fmt(s['tool_median_items_per_s'], ',.0f')} items/s "
-                            f"({fmt(s['tool_median_wall_minus_startup_s'])} s without startup)")),
-            ("tool/floor items/s", (f"median of pairs {fmt(s['ratio_median'], '.3f')}, "
-                                   f"of medians {fmt(s['ratio_of_medians'], '.3f')}")),
-            ("dry run/floor items/s", fmt(s["dry_over_floor_items_per_s"], ".2f")),
+            ("  tool/floor items/s", (f"median of pairs {fmt(s['ratio_median'], '.3f')}, "
+                                     f"of medians {fmt(s['ratio_of_medians'], '.3f')}")),
+            ("  same table (items, sha256)", "yes" if s["same_table_every_pair"] else "NO"),
+            ("  floor requests", requests_text(s["floor_requests"])),
+            ("  tool requests", requests_text(s["tool_requests"])),
+            ("  floor capacity", capacity_text(s["floor_capacity_per_item"])),
+            ("  tool capacity", capacity_text(s["tool_capacity_per_item"])),
+            ("  dry run/floor items/s", fmt(s["dry_over_floor_items_per_s"], ".2f")),
         ]
     mem = res.get("memory")
     if mem:
@@ -587,18 +737,10 @@ def print_table(res: dict[str, Any]) -> None:
             rows.append((f"peak RSS {kind} run small / big",
                          (f"{sizes[0]} / {sizes[1]}, ratio "
                           f"{fmt(mem.get(f'{kind}_ratio_big_over_small'), '.2f')}")))
-        for size in ("small", "big"):
-            r = mem.get(f"live_{size}", {})
-            if "wall_s" in r:
-                rows.append((f"  live {size}",
-                             (f"{fmt(r.get('wall_s'), '.1f')} s, "
-                              f"{fmt(r.get('items_per_s'), ',.0f')} items/s, "
-                              f"table {r.get('items_in_table')}, rc={r.get('returncode')}, "
-                              f"moto RSS {fmt(r.get('moto_rss_mb'), '.0f')} MB")))
     width = max(len(k) for k, _ in rows)
     print()
     for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+        print(f"{k:<{width}}  {v}".rstrip())
     for err in res["errors"]:
         print(f"\nERROR: {err}")
 
@@ -612,6 +754,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="writer threads / --max-workers (default 10)")
     p.add_argument("--repeats", type=int, default=3, help="floor/tool pairs (default 3)")
     p.add_argument("--seed", type=int, default=0, help="export seed (default 0)")
+    p.add_argument("--size", choices=("small", "full"), default="small",
+                   help="images of ~110 items like the golden exports (default) or ~2,700 "
+                        "(letters of every word; see gen_export.py)")
+    p.add_argument("--engines", default=",".join(ENGINES),
+                   help=f"comma-separated, of {', '.join(ENGINES)} (default both)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the results here")
     p.add_argument("--memory-images", type=int, default=10, metavar="M",
                    help="images in the memory runs' small export (default 10, ~27k items)")
@@ -626,6 +773,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tool", type=Path, default=DEFAULT_TOOL, help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, export)")
     args = p.parse_args(argv)
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not args.engines or set(args.engines) - set(ENGINES):
+        p.error(f"--engines: choose from {', '.join(ENGINES)}")
+    if "ddblocal" in args.engines and ddblocal_missing():
+        p.error(f"--engines ddblocal: {ddblocal_missing()}")
     if min(args.images, args.threads, args.repeats, args.big_factor, args.memory_images) < 1:
         p.error("--images, --threads, --repeats, --memory-images and --big-factor must be >= 1")
 

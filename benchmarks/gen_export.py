@@ -10,6 +10,11 @@ per character of every word (receipt and image level), labels on roughly two thi
 receipt words, one place per receipt, 0-1 barcode per receipt, one OCR job and one routing
 decision.  On average this is ~2,700 items per image, ~150 of them labels.
 
+``size="small"`` keeps of each such image what a typical dev image holds (the golden exports
+have 90-270 items): its first receipt, that receipt's first lines with their words and labels,
+and the letters of a few words only; ~110 items per image.  Many small images are where the
+per-image costs of a copy (reads of prod, each image's last partial batch) show most.
+
 The output depends only on ``seed`` and the image index, so ``generate_export(d, 100, 7)``
 writes the same 100 files whatever the number of worker processes; ``n_images=200`` writes
 those 100 plus 100 more.
@@ -545,12 +550,36 @@ def encode_export(data: dict[str, list[dict[str, Any]]]) -> str:
     return "{\n" + ",\n".join(parts) + "\n}"
 
 
+SMALL_LINES = 8           # lines kept of the first receipt (image level: the same line ids)
+SMALL_LETTER_LINES = 2   # lines whose first word keeps its letters
+
+
+def shrink_image(data: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """The small profile: receipt 1, its first SMALL_LINES lines (receipt 1's image-level
+    lines have the same ids), letters of the first word of the first SMALL_LETTER_LINES."""
+    def keep(key: str, e: dict[str, Any]) -> bool:
+        if e.get("receipt_id") not in (1, None):
+            return False
+        if "line_id" in e and e["line_id"] > SMALL_LINES:
+            return False
+        if key in ("letters", "receipt_letters"):
+            return e["word_id"] == 1 and e["line_id"] <= SMALL_LETTER_LINES
+        return True
+
+    out = {key: [e for e in entities if keep(key, e)] for key, entities in data.items()}
+    for e in out["images"] + out["ocr_routing_decisions"]:
+        e["receipt_count"] = 1
+    return out
+
+
 def _write_range(out_dir: str, seed: int, start: int, stop: int,
-                 check: bool = False) -> tuple[int, int]:
+                 check: bool = False, size: str = "full") -> tuple[int, int]:
     """Write images start..stop-1; return (files, entities)."""
     entities = 0
     for index in range(start, stop):
         data = generate_image(seed, index)
+        if size == "small":
+            data = shrink_image(data)
         image_id = data["images"][0]["image_id"]
         entities += sum(len(v) for v in data.values())
         text = encode_export(data)
@@ -562,8 +591,10 @@ def _write_range(out_dir: str, seed: int, start: int, stop: int,
 
 
 def generate_export(out_dir: str | os.PathLike[str], n_images: int, seed: int = 0,
-                    workers: int | None = None, check: bool = False) -> dict[str, int]:
-    """Write ``n_images`` export files into ``out_dir``; return counts.
+                    workers: int | None = None, check: bool = False,
+                    size: str = "full") -> dict[str, int]:
+    """Write ``n_images`` export files into ``out_dir``; return counts. ``size``: "full"
+    (~2,700 items per image) or "small" (~110, see shrink_image).
 
     ``workers`` > 1 spreads the work over processes (default: CPU count, 1 for small exports);
     the files are identical whatever the value.  ``check`` compares every file's text with
@@ -579,11 +610,11 @@ def generate_export(out_dir: str | os.PathLike[str], n_images: int, seed: int = 
     files = entities = 0
     if workers == 1:
         for start, stop in ranges:
-            f, e = _write_range(str(path), seed, start, stop, check)
+            f, e = _write_range(str(path), seed, start, stop, check, size)
             files, entities = files + f, entities + e
     else:
         with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(_write_range, str(path), seed, a, b, check) for a, b in ranges]
+            futures = [pool.submit(_write_range, str(path), seed, a, b, check, size) for a, b in ranges]
             for fut in futures:
                 f, e = fut.result()
                 files, entities = files + f, entities + e
@@ -598,9 +629,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
     p.add_argument("--check", action="store_true",
                    help="verify each file equals json.dumps(indent=4) output (slow)")
+    p.add_argument("--size", choices=("full", "small"), default="full",
+                   help="full: ~2,700 items per image; small: ~110 (default full)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    counts = generate_export(args.out_dir, args.images, args.seed, args.workers, args.check)
+    counts = generate_export(args.out_dir, args.images, args.seed, args.workers, args.check,
+                             args.size)
     print(f"wrote {counts['images']} images, {counts['entities']} entities to {args.out_dir} "
           f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return 0
