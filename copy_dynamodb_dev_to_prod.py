@@ -3400,7 +3400,8 @@ class WaveDriver:
         waves = self.plan(files)
         self.count = len(waves)
         self.report.extra["wave_plan"] = {"wave_size": self.cfg.wave_size, "waves": len(waves),
-                                          "images": sum(len(w) for w in waves)}
+                                          "images": sum(len(w) for w in waves),
+                                          "dry_run": self.cfg.dry_run}
         if waves and not self.cfg.dry_run:
             self.connect()  # a missing state machine stops the run before anything is copied
         for k, wave in enumerate(waves, 1):
@@ -3628,7 +3629,7 @@ def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[s
     if plan is None:
         return []
     lines = [f"Waves of up to {plan['wave_size']:,} images: {len(waves):,} of {plan['waves']:,} "
-             + ("planned" if waves and "would_start" in waves[0] else "run")
+             + ("planned" if plan["dry_run"] else "run")
              + (f" ({plan['images'] - sum(w['images'] for w in waves):,} images in the waves not run)"
                 if len(waves) < plan["waves"] else "")]
     for w in waves:
