@@ -3624,6 +3624,13 @@ class WaveDriver:
             self.status.clear()
 
 
+def wave_preview(cfg: Config) -> str:
+    """For the confirmation: a wave run also starts workflows and waits for them."""
+    return (f"in waves of {plural(cfg.wave_size or 0, 'image')}: after each wave the line and word "
+            f"workflows ({cfg.line_state_machine}, {cfg.word_state_machine}) start with input {{}} "
+            "and the next wave waits until both have ended")
+
+
 def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[str, Any]]) -> list[str]:
     """The summary's lines for --wave-size: one per wave (the plan, in a dry run)."""
     if plan is None:
@@ -3947,6 +3954,8 @@ def confirm_live_run(cfg: Config, files: list[ImageSource], client: Any) -> None
     print(f"About to copy into table {cfg.table!r}, region {cfg.region or '(default)'}, "
           f"endpoint {cfg.endpoint_url or '(AWS)'}:")
     print("  " + preview_copy(cfg, files, client))
+    if cfg.wave_size:
+        print("  " + wave_preview(cfg))
     answer = input("Type 'yes' to continue: ")
     if answer.strip().lower() not in ("y", "yes"):
         raise UsageError("aborted: not confirmed")

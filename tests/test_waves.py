@@ -591,6 +591,65 @@ def test_backlog_gate_waits_for_the_none_count(setup: Setup, tmp_path: Path) -> 
     assert set(ids) <= setup.image_ids_in_prod()
 
 
+def test_on_a_terminal_it_asks_and_shows_one_status_line_while_waiting(setup: Setup, tmp_path: Path) -> None:
+    """stdin, stdout and stderr a terminal: the confirmation says workflows will start, and while
+    the workflows run one status line shows the wave, the time waited and its NONE records."""
+    ids, expected = make_export(tmp_path / "export", 2)
+    args = [
+        a for a in setup.args(tmp_path / "export", "--wave-size", 2) if a not in ("--yes", "--no-progress")
+    ]
+    setup.pipeline.hold.set()
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, str(TOOL), *args],
+        env=env_for_subprocess(base={**os.environ, **POLL_ENV}),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def seen(text: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in b"".join(chunks).decode("utf-8", "replace"):
+            assert proc.poll() is None, b"".join(chunks).decode("utf-8", "replace")
+            assert time.monotonic() < deadline, b"".join(chunks).decode("utf-8", "replace")
+            time.sleep(0.05)
+
+    try:
+        seen("Type 'yes' to continue")
+        os.write(master, b"yes\n")
+        none = sum(none_items_per_image(expected).values())
+        lines = sum(1 for k, i in expected.items() if i["TYPE"]["S"] == "RECEIPT_LINE")
+        seen(f"this wave still NONE: {lines:,} lines, {none - lines:,} words")
+        setup.pipeline.hold.clear()
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        reader.join(10)
+        os.close(master)
+    out = b"".join(chunks).decode("utf-8", "replace")
+    assert "in waves of 2 images: after each wave the line and word workflows" in out
+    assert "\r\x1b[Kwave 1 of 1: waited 0m 0" in out  # rewritten in place, under the bars
+    assert setup.image_ids_in_prod() == set(ids)
+
+
 def test_dry_run_prints_the_plan_and_starts_nothing(setup: Setup, tmp_path: Path) -> None:
     make_export(tmp_path / "export", 5)
     args = [a for a in setup.args(tmp_path / "export", "--wave-size", 2) if a != "--no-dry-run"]
