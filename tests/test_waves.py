@@ -474,6 +474,44 @@ def test_waves_count_is_ceil_and_rerun_copies_nothing(setup: Setup, tmp_path: Pa
     assert len(setup.executions("line")) == len(setup.executions("word")) == 3
 
 
+def test_limit_applies_before_the_waves_and_names_stay_unique_across_runs(
+    setup: Setup, tmp_path: Path
+) -> None:
+    ids, _ = make_export(tmp_path / "export", 5)
+    proc, report = run(setup.args(tmp_path / "export", "--wave-size", 2, "--limit", 3), tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [w["image_ids"] for w in report["waves"]] == [ids[:2], ids[2:3]]
+    assert report["images"]["not_reached_limit"] == 2 and report["images"]["total"] == 5
+    assert "Left for later (--limit)" in proc.stdout
+
+    again, report = run(setup.args(tmp_path / "export", "--wave-size", 2), tmp_path / "r.json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [w["image_ids"] for w in report["waves"]] == [ids[3:]]
+    assert report["images"]["skipped_existing"] == 3 and setup.image_ids_in_prod() == set(ids)
+    for kind in ("line", "word"):
+        names = [e["name"] for e in setup.executions(kind)]
+        assert len(names) == 3 == len(set(names)) and all(NAME_RE.fullmatch(n) for n in names)
+
+
+def test_sigterm_while_waiting_exits_143_and_says_the_executions_keep_running(
+    setup: Setup, tmp_path: Path
+) -> None:
+    make_export(tmp_path / "export", 1)
+    setup.pipeline.hold.set()
+    bg = Background(setup.args(tmp_path / "export", "--wave-size", 1, "--report", tmp_path / "r.json"))
+    try:
+        bg.wait_for("waiting for the line and word workflows to end")
+        bg.proc.send_signal(signal.SIGTERM)
+        assert bg.wait(30) == 143, bg.output
+    finally:
+        bg.kill()
+    running = [setup.executions(k)[0] for k in ("line", "word")]
+    assert all(e["status"] == "RUNNING" and e["executionArn"] in bg.output for e in running)
+    assert "keep running in AWS" in bg.output and "Re-running the same command continues" in bg.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["interrupted"] is True and report["waves"][0]["outcome"] == "interrupted"
+
+
 def test_failing_word_workflow_stops_the_run_and_a_rerun_finishes(
     fresh_table: TableHandle, sfn_url: str, tmp_path: Path
 ) -> None:
