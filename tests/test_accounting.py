@@ -1,0 +1,291 @@
+"""Every image accounted for (issue 11.3), the words after an interruption (13.3), and output
+paths checked before anything is read or written (11.5).
+
+In every ending, copied + skipped_existing + skipped_empty + failed + not_reached_limit +
+interrupted == total, and the counts are the table's truth: the images with an IMAGE item are
+the copied ones, the interrupted ones are exactly the images left without one.
+
+Interruptions are deterministic: the copy is slowed by ``--max-items-per-second`` and the
+signal is sent only after the proxy saw the first writes, when most of the copy provably
+remains (the rate bounds how much can have been written); the "everything had finished" case
+stops the tool in a call it makes only after the copy (an endpoint that accepts and never
+answers).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TableHandle
+from exports import (
+    GOLDEN_IDS,
+    IMG_LEGACY,
+    IMG_VERBATIM,
+    clone_export,
+    copy_golden,
+    fake_uuid,
+    load_expected,
+    write_export,
+)
+from fault_proxy import THROTTLING, FaultProxy
+from live_helpers import TOOL, live_args, run_cli
+from servers import canonical_item, env_for_subprocess, item_key
+
+Item = dict[str, Any]
+Key = tuple[str, str]
+OUTCOMES = ("copied", "skipped_existing", "skipped_empty", "failed", "not_reached_limit", "interrupted")
+RECEIPT_LISTS = ("receipts", "receipt_lines", "receipt_words", "receipt_letters",
+                 "receipt_word_labels", "receipt_places", "receipt_metadatas", "receipt_barcodes")
+EMPTY_ID = fake_uuid(1, "acc0")
+BAD_ID = fake_uuid(2, "acc0")
+
+
+def mixed_export(dst: Path) -> dict[Key, Item]:
+    """The golden images, one without receipts and one that fails; returns the expected
+    items of the images that can be copied."""
+    copy_golden(dst)
+    empty = clone_export(IMG_VERBATIM, EMPTY_ID)
+    for name in RECEIPT_LISTS:
+        empty[name] = []
+    write_export(dst, empty, f"{EMPTY_ID}.json")
+    bad = clone_export(IMG_LEGACY, BAD_ID)
+    bad["receipt_words"][0]["word_id"] = "seven"
+    write_export(dst, bad, f"{BAD_ID}.json")
+    return dict(load_expected())
+
+
+def table_items(table: TableHandle) -> dict[Key, Item]:
+    items: list[Item] = []
+    kwargs: dict[str, Any] = {"TableName": table.name, "ConsistentRead": True}
+    while True:
+        page = table.client.scan(**kwargs)
+        items += page["Items"]
+        if "LastEvaluatedKey" not in page:
+            return {item_key(i): canonical_item(i) for i in items}
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def put_items(table: TableHandle, items: list[Item]) -> None:
+    for start in range(0, len(items), 25):
+        pending: dict[str, Any] = {table.name: [{"PutRequest": {"Item": i}} for i in items[start:start + 25]]}
+        while pending:
+            pending = table.client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+
+
+def assert_accounted(report: dict[str, Any], total: int) -> None:
+    images = report["images"]
+    assert images["total"] == total, images
+    assert sum(images[k] for k in OUTCOMES) == total, images
+    assert all(images[k] >= 0 for k in OUTCOMES), images
+
+
+def images_with_image_item(items: dict[Key, Item]) -> set[str]:
+    return {pk[len("IMAGE#"):] for pk, sk in items if sk == "IMAGE"}
+
+
+def assert_image_last(items: dict[Key, Item], expected: dict[Key, Item]) -> None:
+    """Every image with its IMAGE item has every other item, exactly."""
+    for image_id in images_with_image_item(items):
+        wanted = {k: canonical_item(v) for k, v in expected.items() if k[0] == f"IMAGE#{image_id}"}
+        assert {k: items.get(k) for k in wanted} == wanted, f"{image_id} marked complete but is not"
+
+
+# --------------------------------------------------------------------------- endings without a signal
+
+
+def test_normal_run_limit_and_failures_account_for_every_image(ddblocal_table: TableHandle,
+                                                               tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    expected = mixed_export(export)
+    total = len(GOLDEN_IDS) + 2
+    first = GOLDEN_IDS[0]
+    put_items(ddblocal_table, [v for k, v in expected.items() if k[0] == f"IMAGE#{first}"])
+
+    limited = run_cli(live_args(ddblocal_table.name, ddblocal_table.url, export, "--limit", "2"),
+                      report=tmp_path / "limit.json")
+    assert limited.report is not None, limited.describe()
+    assert_accounted(limited.report, total)
+    images = limited.report["images"]
+    assert images["copied"] == 2 and images["skipped_existing"] == 1, images
+    assert images["not_reached_limit"] > 0 and images["interrupted"] == 0, images
+    copied = images_with_image_item(table_items(ddblocal_table)) - {first}
+    assert copied == set(sorted(GOLDEN_IDS)[1:3])
+    assert "Left for later (--limit)" in limited.stdout and "run the same command again" in limited.stdout
+
+    # every write throttled, no retry: the images that reach the writes fail, the others keep
+    # their outcome
+    proxy = FaultProxy(ddblocal_table.url, rate=1.0, faults=[THROTTLING], targets=["BatchWriteItem"])
+    try:
+        failing = run_cli(live_args(ddblocal_table.name, proxy.url, export, "--max-retries", "0"),
+                          report=tmp_path / "fail.json")
+    finally:
+        proxy.stop()
+    assert failing.returncode == 1 and failing.report is not None, failing.describe()
+    assert_accounted(failing.report, total)
+    images = failing.report["images"]
+    assert images["skipped_existing"] == 3 and images["skipped_empty"] == 1, images
+    assert images["failed"] == len(GOLDEN_IDS) - 3 + 1 and images["copied"] == 0, images
+    assert images["interrupted"] == 0 and failing.report["interrupted"] is False, images
+
+    normal = run_cli(live_args(ddblocal_table.name, ddblocal_table.url, export, "--no-skip-existing"),
+                     report=tmp_path / "normal.json")
+    assert normal.returncode == 1 and normal.report is not None, normal.describe()
+    assert_accounted(normal.report, total)
+    images = normal.report["images"]
+    assert images["failed"] == 1 and images["skipped_empty"] == 1 and images["interrupted"] == 0, images
+    assert images["copied"] == len(GOLDEN_IDS) - 3 and images["skipped_existing"] == 3, images
+    assert table_items(ddblocal_table) == {k: canonical_item(v) for k, v in expected.items()}
+    assert "Interrupted" not in normal.stdout and "stopped" not in normal.stderr
+
+
+# --------------------------------------------------------------------------- signals mid-copy
+
+
+def start_tool(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, str(TOOL), *args], env=env_for_subprocess(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(condition: Any, proc: subprocess.Popen[str], what: str, timeout: float = 120) -> None:
+    """Poll until ``condition()``; fail if the tool exits first. (The timeout only turns a hang
+    into a failure; nothing depends on it.)"""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the tool exited {proc.returncode} before {what}:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+RATE = 50  # items per second: the 756 golden items take >= 15 s; the signal comes after ~50
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_interrupted_copy_counts_every_image_and_a_rerun_finishes(
+        ddblocal_table: TableHandle, tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    export = tmp_path / "export"
+    expected = mixed_export(export)
+    total = len(GOLDEN_IDS) + 2
+    proxy = FaultProxy(ddblocal_table.url, rate=0.0)
+    report_path = tmp_path / "stopped.json"
+    args = live_args(ddblocal_table.name, proxy.url, export, "--report", str(report_path))
+    try:
+        proc = start_tool([*args, "--max-items-per-second", str(RATE), "--max-workers", "4"])
+        wait_for(lambda: proxy.forwarded.get("BatchWriteItem", 0) >= 2, proc, "the first writes")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+        table = table_items(ddblocal_table)  # as the interrupted run left it
+        # the same command (without the slowdown) finishes the interrupted images
+        rerun = run_cli(args[:-2], report=tmp_path / "rerun.json")
+    finally:
+        proxy.stop()
+    assert proc.returncode == code, f"exit {proc.returncode}\n{out}\n{err}"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    assert report["interrupted"] is True
+    assert_accounted(report, total)
+    images = report["images"]
+    done = images_with_image_item(table)
+    assert_image_last(table, expected)
+    # the counts are the table's: copied images have their IMAGE item, the rest is interrupted
+    assert images["copied"] == len(done), (images, done)
+    assert images["failed"] == 1 and images["skipped_empty"] == 1, images
+    left = set(GOLDEN_IDS) - done
+    assert images["interrupted"] == len(left) >= 1, (images, left)
+    # the words (13.3): how many, and that the same command finishes them
+    n = images["interrupted"]
+    assert "Interrupted (no IMAGE item yet):" in out and "re-run the same command to finish them" in out, out
+    line = next(line for line in out.splitlines() if line.startswith("Interrupted"))
+    assert line.partition(":")[2].split()[0] == f"{n:,}", line
+    assert f"stopped: {n} image(s) not finished" in err and "re-run the same command" in err, err
+    assert "Traceback" not in err
+
+    # the re-run finished them, and the table is exact
+    assert rerun.returncode == 1 and rerun.report is not None, rerun.describe()  # the bad image
+    assert_accounted(rerun.report, total)
+    assert rerun.report["images"]["copied"] == n
+    assert rerun.report["images"]["skipped_existing"] == len(done)
+    assert rerun.report["images"]["interrupted"] == 0
+    assert table_items(ddblocal_table) == {k: canonical_item(v) for k, v in expected.items()}
+
+
+def test_interruption_after_every_image_finished_says_nothing_is_left(
+        ddblocal_table: TableHandle, tmp_path: Path) -> None:
+    """Ctrl-C while the run does its last step after the copy (here: starting the embedding
+    workflows at an endpoint that never answers): no claim of unfinished work."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(120)
+    sfn_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    report_path = tmp_path / "r.json"
+    arn = "arn:aws:states:us-east-1:123456789012:stateMachine:{}"
+    args = live_args(ddblocal_table.name, ddblocal_table.url, copy_golden(tmp_path / "export")[0].parent,
+                     "--trigger-embeddings", "--sfn-endpoint-url", sfn_url,
+                     "--line-state-machine", arn.format("line"), "--word-state-machine", arn.format("word"),
+                     "--report", str(report_path))
+    proc = start_tool(args)
+    try:
+        conn, _ = listener.accept()  # the copy is over: the tool now calls Step Functions
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        conn.close()
+    finally:
+        listener.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, f"{out}\n{err}"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    assert_accounted(report, len(GOLDEN_IDS))
+    assert report["images"]["copied"] == len(GOLDEN_IDS) and report["images"]["interrupted"] == 0
+    assert "Interrupted" not in out
+    assert "not finished" not in err and "nothing is left to do" in err, err
+    assert table_items(ddblocal_table) == {k: canonical_item(v) for k, v in load_expected().items()}
+
+
+# --------------------------------------------------------------------------- output paths (11.5)
+
+
+def unwritable_paths(tmp_path: Path) -> dict[str, Path]:
+    regular = tmp_path / "a-file"
+    regular.write_text("x")
+    (tmp_path / "a-dir").mkdir()
+    return {"directory": tmp_path / "a-dir", "missing parent": tmp_path / "no-such-dir" / "out.json",
+            "under a regular file": regular / "out.json"}
+
+
+@pytest.mark.parametrize("flag", ["--report", "--dump-items"])
+@pytest.mark.parametrize("case", ["directory", "missing parent", "under a regular file"])
+@pytest.mark.parametrize("mode", ["live", "dry run with a table"])
+def test_unwritable_output_path_is_exit_2_before_anything_is_touched(
+        ddblocal_table: TableHandle, tmp_path: Path, flag: str, case: str, mode: str) -> None:
+    path = unwritable_paths(tmp_path)[case]
+    proxy = FaultProxy(ddblocal_table.url, rate=0.0)
+    export = copy_golden(tmp_path / "export")[0].parent
+    args = live_args(ddblocal_table.name, proxy.url, export, flag, str(path))
+    if mode != "live":
+        args = [a for a in args if a not in ("--no-dry-run", "--yes")]
+    try:
+        result = run_cli(args)
+    finally:
+        proxy.stop()
+    assert result.returncode == 2, result.describe()
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and flag in lines[0] and str(path) in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == "", result.stdout  # no header: nothing was started
+    assert proxy.calls == {}, f"the table was contacted: {proxy.calls}"
+    assert table_items(ddblocal_table) == {}
+    assert not (path.exists() and path.is_file()), "the unwritable path was created"
