@@ -3479,8 +3479,18 @@ class WaveDriver:
             return True
         try:
             self.run_workflows(k, entry)
-        except (FatalError, KeyboardInterrupt):
+        except FatalError:
             raise
+        except KeyboardInterrupt as exc:
+            if str(exc):  # stopped in a wait, which said what keeps running
+                raise
+            entry["outcome"] = "interrupted"
+            started = [e["arn"] for e in entry.get("executions", [])]
+            raise type(exc)(f"stopped in wave {k} of {self.count} "
+                            + (f"after starting {', '.join(started)}, which keep running in AWS"
+                               if started else "before its workflows started")
+                            + ". Re-running the same command continues (copied images are "
+                              "skipped).") from None
         except Exception as exc:
             if botocore_setup_error(exc):
                 raise
