@@ -1,8 +1,14 @@
-"""Shared pytest fixtures: local DynamoDB servers, fresh tables, fault proxies.
+"""Shared pytest fixtures: one per engine, fresh tables on each, fault proxies.
 
-Test modules import the helpers directly (``tests/`` is on ``sys.path`` under pytest's
-default import mode), e.g. ``from servers import scan_all`` and
-``from fault_proxy import FaultProxy``.
+* ``ddblocal_server`` / ``ddblocal_table``: DynamoDB Local, the reference engine of every
+  end-to-end test (one process per session; tables are never deleted on it);
+* ``moto_server`` / ``fresh_table``: moto, where the receipt system's CI runs the tool, and
+  for Step Functions;
+* ``ddb_table``: a table on each engine (parametrized), for tests of the harness itself.
+
+The helpers are plain modules (``tests/`` is on ``sys.path``): ``servers`` (engines, clients,
+the CLI's environment), ``cli`` (running the tool), ``items`` (golden and table items,
+comparison), ``exports`` (building export dirs), ``fault_proxy``.
 """
 
 from __future__ import annotations
@@ -27,17 +33,14 @@ for _p in (str(TESTS_DIR), str(REPO_ROOT)):
 from fault_proxy import FaultProxy  # noqa: E402
 from servers import (  # noqa: E402
     DDBLocalServer,
-    DynaliteServer,
     LocalServer,
     MotoServer,
     create_table,
     ddblocal_unavailable_reason,
     delete_table,
-    dynalite_unavailable_reason,
     env_for_subprocess,
     make_client,
     start_ddblocal,
-    start_dynalite,
     start_moto_server,
 )
 
@@ -100,18 +103,6 @@ def moto_server() -> Iterator[MotoServer]:
 
 
 @pytest.fixture(scope="session")
-def dynalite_server() -> Iterator[DynaliteServer]:
-    reason = dynalite_unavailable_reason()
-    if reason:
-        if os.environ.get("REQUIRE_DYNALITE"):  # CI sets it: a missing install must not pass
-            pytest.fail(f"REQUIRE_DYNALITE is set but {reason}")
-        pytest.skip(reason)
-    server = start_dynalite()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
 def ddblocal_server() -> Iterator[DDBLocalServer]:
     """AWS's DynamoDB Local, the reference engine; one process for the session."""
     reason = ddblocal_unavailable_reason()
@@ -124,9 +115,9 @@ def ddblocal_server() -> Iterator[DDBLocalServer]:
     server.stop()
 
 
-@pytest.fixture(params=["moto", "dynalite"])
+@pytest.fixture(params=["moto", "ddblocal"])
 def ddb_server(request: pytest.FixtureRequest) -> LocalServer:
-    """Each test using it runs once against moto and once against dynalite."""
+    """Each test using it runs once against moto and once against DynamoDB Local."""
     server: LocalServer = request.getfixturevalue(f"{request.param}_server")
     return server
 
@@ -172,16 +163,8 @@ def table_factory() -> Iterator[Callable[[LocalServer], TableHandle]]:
 
 @pytest.fixture
 def fresh_table(moto_server: MotoServer, table_factory: Callable[[LocalServer], TableHandle]) -> TableHandle:
-    """A new, empty receipts table on the session's moto server."""
+    """A new, empty receipts table on the session's moto server (the CI smoke test's engine)."""
     return table_factory(moto_server)
-
-
-@pytest.fixture
-def dynalite_table(
-    dynalite_server: DynaliteServer, table_factory: Callable[[LocalServer], TableHandle]
-) -> TableHandle:
-    """A new, empty receipts table on the session's dynalite server."""
-    return table_factory(dynalite_server)
 
 
 @pytest.fixture
@@ -194,7 +177,7 @@ def ddblocal_table(
 
 @pytest.fixture
 def ddb_table(ddb_server: LocalServer, table_factory: Callable[[LocalServer], TableHandle]) -> TableHandle:
-    """A new, empty receipts table on moto and on dynalite (parametrized)."""
+    """A new, empty receipts table on moto and on DynamoDB Local (parametrized)."""
     return table_factory(ddb_server)
 
 
@@ -214,14 +197,3 @@ def fault_proxy_factory() -> Iterator[Callable[..., FaultProxy]]:
     yield make
     for proxy in proxies:
         proxy.stop()
-
-
-# --------------------------------------------------------------------------- data
-
-
-@pytest.fixture(scope="session")
-def golden_dir() -> Path:
-    """``tests/fixtures/golden`` (``export/*.json`` and ``expected/*.jsonl``)."""
-    path = TESTS_DIR / "fixtures" / "golden"
-    assert (path / "export").is_dir() and (path / "expected").is_dir(), path
-    return path

@@ -1,10 +1,10 @@
 """A fault-injecting reverse proxy for the DynamoDB JSON protocol (stdlib only).
 
-``FaultProxy(upstream_url)`` listens on ``127.0.0.1:<free port>`` and forwards every
-request to ``upstream_url``. For calls whose operation (taken from the
-``X-Amz-Target`` header, e.g. ``DynamoDB_20120810.BatchWriteItem``) is in ``targets``,
-a seeded ``random.Random`` decides, with probability ``rate``, to inject one fault,
-picked uniformly from those in ``faults`` that apply to the call:
+``FaultProxy(upstream_url)`` listens on ``127.0.0.1:<free port>``, forwards every request to
+``upstream_url`` and records it (:attr:`FaultProxy.requests`, :meth:`FaultProxy.batch_writes`).
+For calls whose operation (from the ``X-Amz-Target`` header, e.g.
+``DynamoDB_20120810.BatchWriteItem``) is in ``targets``, it injects, with probability ``rate``,
+one fault picked uniformly from those in ``faults`` that apply to the call:
 
 ``provisioned_throughput``
     400 ``ProvisionedThroughputExceededException``; nothing forwarded.
@@ -15,35 +15,47 @@ picked uniformly from those in ``faults`` that apply to the call:
 ``error_after``
     forwarded (the write is applied), then 500 ``InternalServerError``.
 ``partial_batch``
-    BatchWriteItem with >= 2 requests: forward a random non-empty strict subset
-    (per-table grouping kept, order kept) and answer with the upstream's response
-    whose ``UnprocessedItems`` also holds the requests not forwarded.
+    BatchWriteItem with >= 2 requests: forward a non-empty strict subset (per-table
+    grouping and order kept) and answer with the upstream's response whose
+    ``UnprocessedItems`` also holds the requests not forwarded.
 ``drop_after``
     forwarded (the write is applied), then the connection is closed without an answer.
-``partial_batch_get`` (opt-in, not in ``DEFAULT_FAULTS``)
-    BatchGetItem with >= 2 keys: same as ``partial_batch`` with ``UnprocessedKeys``.
-``bad_crc`` (opt-in, not in ``DEFAULT_FAULTS``)
-    forwarded, then the upstream answer with a wrong ``x-amz-crc32`` (botocore
-    retries such answers); a negative control for the checksum handling.
+``partial_batch_get`` (opt-in: not in ``DEFAULT_FAULTS``)
+    BatchGetItem with >= 2 keys: forward a non-empty strict subset of the keys and answer
+    with the upstream's response whose ``UnprocessedKeys`` also holds the keys not
+    forwarded -- what DynamoDB does to a read that exceeds its capacity. The client (the
+    tool, or a plain boto3 client) must ask again for those keys.
+``bad_crc`` (opt-in)
+    forwarded, then the upstream answer with a wrong ``x-amz-crc32`` (botocore retries
+    such answers); a negative control for the checksum handling.
+
+Deterministic: whether a request gets a fault, which one, and how a batch is split are
+decided from the request itself -- ``seed``, the operation, the body (table names left out,
+so the same requests to another test's table get the same faults) and how often that same
+request was seen before (a client's retry of it is the next occurrence) -- never from the
+order in which concurrent requests arrive. Only ``max_faults`` (a global cap) depends on
+arrival order.
 
 Every answer the proxy makes or changes carries ``Content-Length`` and a correct
-``x-amz-crc32`` (``zlib.crc32`` of the body as decimal), as botocore checks that
-header for DynamoDB. Hop-by-hop headers are not passed on either way.
+``x-amz-crc32`` (``zlib.crc32`` of the body as decimal), as botocore checks that header for
+DynamoDB. Hop-by-hop headers are not passed on either way.
 
-Request bodies and headers (``Host`` included) are forwarded byte for byte, so the
-client's SigV4 signature stays valid -- except for ``partial_batch``/
-``partial_batch_get``, which rewrite the body and so break the signature. moto and
-dynalite do not verify signatures, so that is fine for them; the proxy must not be
-put in front of an endpoint that does (it never should be: it is a test tool).
+Request bodies and headers (``Host`` included) are forwarded byte for byte, so the client's
+SigV4 signature stays valid -- except for ``partial_batch``/``partial_batch_get``, which
+rewrite the body and so break the signature. DynamoDB Local and moto do not verify
+signatures, so that is fine for them; the proxy must not be put in front of an endpoint that
+does (it never should be: it is a test tool).
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import random
 import socket
 import threading
+import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable
@@ -119,8 +131,8 @@ class FaultProxy:
         upstream_timeout: float = 30.0,
     ) -> None:
         """
-        :param upstream_url: ``http://host:port`` of moto/dynalite.
-        :param seed: seed of the proxy's ``random.Random``.
+        :param upstream_url: ``http://host:port`` of the engine.
+        :param seed: mixed into every per-request decision.
         :param rate: share of matching calls that get a fault (1.0 = all of them).
         :param faults: fault names to pick from (see module docstring).
         :param targets: operation names to consider (``None``: every operation).
@@ -133,7 +145,9 @@ class FaultProxy:
         self._upstream = (parts.hostname, parts.port or 80)
         self._upstream_timeout = upstream_timeout
         self._lock = threading.Lock()
-        self._rng = random.Random(seed)
+        self._seed = seed
+        self._seen: Counter[bytes] = Counter()  # request digest -> times seen
+        self._requests: list[tuple[str, bytes]] = []
         self._rate = 0.0
         self._faults: tuple[str, ...] = ()
         self._targets: frozenset[str] | None = None
@@ -210,6 +224,19 @@ class FaultProxy:
         with self._lock:
             return list(self._events)
 
+    @property
+    def requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(operation, parsed body)`` of every request received, in arrival order."""
+        with self._lock:
+            received = list(self._requests)
+        return [(operation, json.loads(body) if body else {}) for operation, body in received]
+
+    def batch_writes(self) -> list[list[dict[str, Any]]]:
+        """The put items of every BatchWriteItem received (all tables), in arrival order."""
+        return [[req["PutRequest"]["Item"] for reqs in payload["RequestItems"].values() for req in reqs
+                 if "PutRequest" in req]
+                for operation, payload in self.requests if operation == "BatchWriteItem"]
+
     def total_injected(self) -> int:
         with self._lock:
             return sum(self._injected.values())
@@ -220,6 +247,7 @@ class FaultProxy:
             self._calls.clear()
             self._forwarded.clear()
             self._events.clear()
+            self._requests.clear()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -231,6 +259,16 @@ class FaultProxy:
         self._server.server_close()
         self._server.close_open_connections()
 
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Wait until no client connection is open: every request the proxy received has been
+        forwarded and answered (after a client is killed, what it had sent still reaches the
+        engine; this waits for that)."""
+        deadline = time.monotonic() + timeout
+        while self._server.open_connections():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"connections still open after {timeout}s")
+            time.sleep(0.01)
+
     def __enter__(self) -> FaultProxy:
         return self
 
@@ -239,32 +277,29 @@ class FaultProxy:
 
     # ------------------------------------------------------------------ internals
 
-    def _choose(self, operation: str, body: bytes) -> str | None:
-        """Count the call and decide which fault (if any) to inject."""
+    def _choose(self, operation: str, body: bytes) -> tuple[str | None, random.Random]:
+        """Record the call and decide which fault (if any) to inject. Returns the fault and
+        the request's own random source (for splitting a batch)."""
+        digest = _request_digest(operation, body)
         with self._lock:
             self._calls[operation] += 1
+            self._requests.append((operation, body))
+            occurrence = self._seen[digest]
+            self._seen[digest] += 1
+            rng = random.Random(f"{self._seed}:{digest.hex()}:{occurrence}")
             if self._targets is not None and operation not in self._targets:
-                return None
+                return None, rng
             if self._max_faults is not None and sum(self._injected.values()) >= self._max_faults:
-                return None
-            if not self._faults or self._rate <= 0.0:
-                return None
-            if self._rng.random() >= self._rate:
-                return None
+                return None, rng
+            if not self._faults or self._rate <= 0.0 or rng.random() >= self._rate:
+                return None, rng
             applicable = [f for f in self._faults if _applies(f, operation, body)]
             if not applicable:
-                return None
-            fault = self._rng.choice(applicable)
+                return None, rng
+            fault = rng.choice(applicable)
             self._injected[fault] += 1
             self._events.append((operation, fault))
-            return fault
-
-    def _split(self, items: list[Any]) -> tuple[set[int], set[int]]:
-        """Indices to forward (non-empty) and to hold back (non-empty); needs >= 2 items."""
-        with self._lock:
-            k = self._rng.randint(1, len(items) - 1)
-            keep = set(self._rng.sample(range(len(items)), k))
-        return keep, set(range(len(items))) - keep
+            return fault, rng
 
     def _count_forwarded(self, operation: str) -> None:
         with self._lock:
@@ -294,6 +329,20 @@ class FaultProxy:
             conn.close()
 
 
+def _request_digest(operation: str, body: bytes) -> bytes:
+    """SHA-256 of the operation and the body without its table names."""
+    try:
+        payload = json.loads(body) if body else {}
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        payload.pop("TableName", None)
+        if isinstance(payload.get("RequestItems"), dict):
+            payload["RequestItems"] = list(payload["RequestItems"].values())
+        body = json.dumps(payload, sort_keys=True).encode()
+    return hashlib.sha256(operation.encode() + b"\0" + body).digest()
+
+
 def _applies(fault: str, operation: str, body: bytes) -> bool:
     if fault == PARTIAL_BATCH:
         return operation == "BatchWriteItem" and _count_batch(body, "write") >= 2
@@ -310,6 +359,11 @@ def _count_batch(body: bytes, kind: str) -> int:
     if kind == "write":
         return sum(len(reqs) for reqs in request_items.values())
     return sum(len(spec.get("Keys", [])) for spec in request_items.values())
+
+
+def _split(rng: random.Random, count: int) -> set[int]:
+    """Indices (of ``count`` >= 2) to forward: a non-empty strict subset."""
+    return set(rng.sample(range(count), rng.randint(1, count - 1)))
 
 
 def _split_write_batch(body: bytes, keep: set[int]) -> tuple[bytes, dict[str, list[Any]]]:
@@ -360,6 +414,10 @@ class _Server(ThreadingHTTPServer):
             self._open.discard(request)
         super().shutdown_request(request)
 
+    def open_connections(self) -> int:
+        with self._open_lock:
+            return len(self._open)
+
     def close_open_connections(self) -> None:
         """Cut kept-alive client connections (their handler threads would serve on)."""
         with self._open_lock:
@@ -395,7 +453,7 @@ class _Handler(BaseHTTPRequestHandler):
         operation = target[len(TARGET_PREFIX) :] if target.startswith(TARGET_PREFIX) else target
         headers = list(self.headers.items())
 
-        fault = proxy._choose(operation, body)
+        fault, rng = proxy._choose(operation, body)
 
         if fault == PROVISIONED_THROUGHPUT:
             self._error(
@@ -415,11 +473,9 @@ class _Handler(BaseHTTPRequestHandler):
         held_writes: dict[str, list[Any]] = {}
         held_gets: dict[str, dict[str, Any]] = {}
         if fault == PARTIAL_BATCH:
-            keep, _ = proxy._split(list(range(_count_batch(body, "write"))))
-            body, held_writes = _split_write_batch(body, keep)
+            body, held_writes = _split_write_batch(body, _split(rng, _count_batch(body, "write")))
         elif fault == PARTIAL_BATCH_GET:
-            keep, _ = proxy._split(list(range(_count_batch(body, "get"))))
-            body, held_gets = _split_get_batch(body, keep)
+            body, held_gets = _split_get_batch(body, _split(rng, _count_batch(body, "get")))
 
         try:
             status, reason, resp_headers, data = proxy._forward(self.command, self.path, headers, body)

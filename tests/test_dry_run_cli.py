@@ -2,7 +2,7 @@
 
 Every run gets an environment without any ``AWS_*``/``BOTO*`` variable and a HOME that is an
 empty directory, so no ``~/.aws`` can be read: a dry run without ``--table`` must not need
-AWS. The few live runs here (config files naming the table) use a local moto server.
+AWS. The few live runs here (config files naming the table) use DynamoDB Local.
 """
 
 from __future__ import annotations
@@ -13,29 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli import BUCKET_FLAGS, CliResult, run_cli, summary_entities, summary_errors
 from conftest import TableHandle
-from exports import (
-    BUCKET_FLAGS,
+from exports import build_clones, copy_golden, mutate
+from items import (
     DEV_EXPORT,
     GOLDEN_IDS,
     IMG_LEGACY,
     IMG_PLACE_EMPTY_ID,
     IMG_ROUNDING,
-    Result,
     assert_items_equal,
-    build_clones,
+    assert_table_equals,
     by_key,
-    clean_env,
-    copy_golden,
     entity_counts,
     load_expected,
-    mutate,
     read_jsonl,
-    run_tool,
-    summary_entities,
-    summary_errors,
 )
-from servers import env_for_subprocess, scan_all
+from servers import env_for_subprocess
 
 DRY_RUN_LINE = "No records will be copied. Use --no-dry-run to actually copy."
 EMPTY_IMAGE = "3f2b9c4e-8a1d-4e6f-9b2a-7c5d1e0f4a86"  # dev.export's image without receipts
@@ -58,8 +52,10 @@ def golden_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def dry(args: list[Any], home: Path, env: dict[str, str] | None = None) -> Result:
-    result = run_tool(["--no-progress", *map(str, args)], clean_env(home, env))
+def dry(args: list[Any], home: Path, env: dict[str, str] | None = None) -> CliResult:
+    """A run with no AWS configuration at all (no credentials, an empty HOME)."""
+    bare = env_for_subprocess(credentials=False, home=home, extra=env)
+    result = run_cli(["--no-progress", *args], env=bare)
     assert "Traceback" not in result.stderr, result.stderr
     return result
 
@@ -311,7 +307,7 @@ def pulumi(tmp_path: Path, name: str, **outputs: Any) -> Path:
     return write_json(tmp_path / f"{name}.json", data)
 
 
-def golden_dump(result: Result, dump: Path) -> None:
+def golden_dump(result: CliResult, dump: Path) -> None:
     assert result.returncode == 0, result.output
     assert_items_equal(by_key(read_jsonl(dump)), load_expected())
 
@@ -379,39 +375,37 @@ def test_unreadable_config_file_exit_2(content: str, golden_export: Path, home: 
 
 
 def live_env(home: Path) -> dict[str, str]:
-    env = env_for_subprocess()
-    env["HOME"] = str(home)
-    return env
+    return env_for_subprocess(home=home)
 
 
-def test_prod_config_names_the_table_for_a_live_run(fresh_table: TableHandle, home: Path,
+def test_prod_config_names_the_table_for_a_live_run(ddblocal_table: TableHandle, home: Path,
                                                     tmp_path: Path) -> None:
     export = tmp_path / "export"
     copy_golden(export, [IMG_LEGACY])
     dev = pulumi(tmp_path, "dev", dynamodb_table_name="ReceiptsTable-dev-1a2b",
                  raw_bucket_name="dev-raw-bucket", cdn_bucket_name="dev-cdn-bucket")
-    prod = pulumi(tmp_path, "prod", dynamodb_table_name=fresh_table.name,
+    prod = pulumi(tmp_path, "prod", dynamodb_table_name=ddblocal_table.name,
                   raw_bucket_name="prod-raw-bucket", cdn_bucket_name="prod-cdn-bucket")
-    result = run_tool(["--export-dir", export, "--dev-config", dev, "--prod-config", prod, "--no-dry-run",
-                       "--yes", "--endpoint-url", fresh_table.url, "--region", "us-east-1", "--no-progress"],
-                      live_env(home))
+    result = run_cli(["--export-dir", export, "--dev-config", dev, "--prod-config", prod, "--no-dry-run",
+                      "--yes", "--endpoint-url", ddblocal_table.url, "--region", "us-east-1",
+                      "--no-progress"], env=live_env(home))
     assert result.returncode == 0, result.output
-    assert f"Prod table: {fresh_table.name}" in result.stdout
-    assert_items_equal(by_key(scan_all(fresh_table.client, fresh_table.name)), load_expected([IMG_LEGACY]))
+    assert f"Prod table: {ddblocal_table.name}" in result.stdout
+    assert_table_equals(ddblocal_table.client, ddblocal_table.name, load_expected([IMG_LEGACY]))
 
 
-def test_table_flag_wins_over_prod_config(fresh_table: TableHandle, home: Path, tmp_path: Path) -> None:
+def test_table_flag_wins_over_prod_config(ddblocal_table: TableHandle, home: Path, tmp_path: Path) -> None:
     export = tmp_path / "export"
     copy_golden(export, [IMG_LEGACY])
     prod = pulumi(tmp_path, "prod", dynamodb_table_name="receipts-not-this-one",
                   raw_bucket_name="prod-raw-bucket", cdn_bucket_name="prod-cdn-bucket")
-    result = run_tool(["--export-dir", export, "--prod-config", prod, "--table", fresh_table.name,
-                       "--dev-raw-bucket", "dev-raw-bucket", "--dev-cdn-bucket", "dev-cdn-bucket",
-                       "--no-dry-run", "--yes", "--endpoint-url", fresh_table.url, "--region", "us-east-1",
-                       "--no-progress"], live_env(home))
+    result = run_cli(["--export-dir", export, "--prod-config", prod, "--table", ddblocal_table.name,
+                      "--dev-raw-bucket", "dev-raw-bucket", "--dev-cdn-bucket", "dev-cdn-bucket",
+                      "--no-dry-run", "--yes", "--endpoint-url", ddblocal_table.url, "--region", "us-east-1",
+                      "--no-progress"], env=live_env(home))
     assert result.returncode == 0, result.output
     assert "receipts-not-this-one" not in result.stdout
-    assert_items_equal(by_key(scan_all(fresh_table.client, fresh_table.name)), load_expected([IMG_LEGACY]))
+    assert_table_equals(ddblocal_table.client, ddblocal_table.name, load_expected([IMG_LEGACY]))
 
 
 def test_golden_ids_are_the_fixture_set() -> None:
@@ -440,8 +434,8 @@ def test_a_bad_file_never_stops_the_run(kind: str, home: Path, tmp_path: Path) -
         IMG_ROUNDING.encode(), bad_id.encode())
     (export / f"{bad_id}.json").write_bytes(BAD_FILES[kind](src))
     dump, report_path = tmp_path / "items.jsonl", tmp_path / "report.json"
-    result = run_tool(["--no-progress", "--export-dir", export, *BUCKET_FLAGS, "--dump-items", dump,
-                       "--report", report_path], clean_env(home))
+    result = run_cli(["--no-progress", "--export-dir", export, *BUCKET_FLAGS, "--dump-items", dump,
+                      "--report", report_path], env=env_for_subprocess(credentials=False, home=home))
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.returncode == 1, result.output[-3000:]
     expected = load_expected([IMG_PLACE_EMPTY_ID, IMG_LEGACY])

@@ -1,4 +1,4 @@
-"""Tests of the test infrastructure itself: servers, tables, the fault proxy."""
+"""Tests of the test infrastructure itself: engines, tables, the environment, the fault proxy."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,16 +28,13 @@ from fault_proxy import (
     THROTTLING,
     FaultProxy,
 )
+from items import by_key, canonical_item, item_key, load_expected, scan_all
 from servers import (
     GSI_NAMES,
     KEY_ATTRIBUTES,
-    MotoServer,
-    canonical_item,
+    DDBLocalServer,
     env_for_subprocess,
-    item_key,
-    items_by_key,
     make_client,
-    scan_all,
 )
 
 ProxyFactory = Callable[..., FaultProxy]
@@ -111,17 +108,13 @@ def key_of(item: dict[str, Any]) -> dict[str, Any]:
     return {"PK": item["PK"], "SK": item["SK"]}
 
 
-def assert_table_holds_exactly(
-    client: Any, table: str, expected: list[dict[str, Any]], *, exact_numbers: bool = True
-) -> None:
-    actual = items_by_key(scan_all(client, table))
-    wanted = items_by_key(expected)
+def assert_table_holds_exactly(client: Any, table: str, expected: list[dict[str, Any]]) -> None:
+    """Numbers compared as decimals: DynamoDB Local trims N text, moto keeps it."""
+    actual = by_key(scan_all(client, table))
+    wanted = by_key(expected)
     assert sorted(actual) == sorted(wanted)
     for key, item in wanted.items():
-        if exact_numbers:
-            assert actual[key] == item, key
-        else:
-            assert canonical_item(actual[key]) == canonical_item(item), key
+        assert canonical_item(actual[key]) == canonical_item(item), key
 
 
 class CrcRecorder:
@@ -170,11 +163,7 @@ def test_table_layout(ddb_table: TableHandle) -> None:
         assert g["Projection"]["ProjectionType"] == "ALL"
         assert g.get("IndexStatus", "ACTIVE") == "ACTIVE"
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
-    if ddb_table.server.name == "moto":  # dynalite has no streams
-        assert table["StreamSpecification"] == {
-            "StreamEnabled": True,
-            "StreamViewType": "NEW_AND_OLD_IMAGES",
-        }
+    assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
 
 
 def test_write_scan_query_roundtrip(ddb_table: TableHandle) -> None:
@@ -183,7 +172,7 @@ def test_write_scan_query_roundtrip(ddb_table: TableHandle) -> None:
     assert batch_write_all(client, name, items) == 0
     # paginated scan returns everything exactly once
     assert len(scan_all(client, name, page_size=7)) == 40
-    assert_table_holds_exactly(client, name, items, exact_numbers=ddb_table.server.name == "moto")
+    assert_table_holds_exactly(client, name, items)
     # every GSI is populated
     resp = client.query(
         TableName=name,
@@ -204,34 +193,23 @@ def test_write_scan_query_roundtrip(ddb_table: TableHandle) -> None:
         assert resp["Count"] == 40, gsi
 
 
-def test_golden_items_roundtrip(ddb_table: TableHandle, golden_dir: Path) -> None:
-    """All golden prod items can be stored on both servers and read back."""
-    expected = [
-        json.loads(line)
-        for path in sorted((golden_dir / "expected").glob("*.jsonl"))
-        for line in path.read_text().splitlines()
-        if line.strip()
-    ]
+def test_golden_items_roundtrip(ddb_table: TableHandle) -> None:
+    """All golden prod items can be stored on both engines and read back."""
+    expected = list(load_expected().values())
     assert len(expected) == 756
-    assert len(list((golden_dir / "export").glob("*.json"))) == 5
     batch_write_all(ddb_table.client, ddb_table.name, expected)
-    # moto keeps N text verbatim; dynalite (like real DynamoDB) normalizes it
-    assert_table_holds_exactly(
-        ddb_table.client,
-        ddb_table.name,
-        expected,
-        exact_numbers=ddb_table.server.name == "moto",
-    )
+    assert_table_holds_exactly(ddb_table.client, ddb_table.name, expected)
 
 
-def test_table_names_are_unique(moto_server: MotoServer, table_factory: Callable[..., TableHandle]) -> None:
-    a, b = table_factory(moto_server), table_factory(moto_server)
+def test_table_names_are_unique(ddblocal_server: DDBLocalServer,
+                                table_factory: Callable[..., TableHandle]) -> None:
+    a, b = table_factory(ddblocal_server), table_factory(ddblocal_server)
     assert a.name != b.name
     assert a.name.startswith("receipts-test-") and "dev" not in a.name
     assert set(a.client.list_tables()["TableNames"]) >= {a.name, b.name}
 
 
-def test_env_for_subprocess(fresh_table: TableHandle) -> None:
+def test_env_for_subprocess(ddblocal_table: TableHandle) -> None:
     base = {
         **os.environ,
         "AWS_PROFILE": "prod-admin",
@@ -239,18 +217,18 @@ def test_env_for_subprocess(fresh_table: TableHandle) -> None:
         "AWS_ACCESS_KEY_ID": "AKIAREALKEY",
         "AWS_ENDPOINT_URL": "https://example.invalid",
     }
-    env = env_for_subprocess(fresh_table.url, base=base)
+    env = env_for_subprocess(ddblocal_table.url, base=base)
     assert "AWS_PROFILE" not in env and "AWS_SESSION_TOKEN" not in env
     assert "AWS_ENDPOINT_URL" not in env
     assert env["AWS_ACCESS_KEY_ID"] == "testing"
     assert env["AWS_DEFAULT_REGION"] == "us-east-1"
-    assert env["AWS_ENDPOINT_URL_DYNAMODB"] == fresh_table.url
+    assert env["AWS_ENDPOINT_URL_DYNAMODB"] == ddblocal_table.url
     script = (
         "import boto3, json; c = boto3.client('dynamodb'); print(json.dumps(c.list_tables()['TableNames']))"
     )
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert fresh_table.name in json.loads(out.stdout)
+    assert ddblocal_table.name in json.loads(out.stdout)
 
 
 def test_conftest_scrubs_aws_environment() -> None:
@@ -262,17 +240,17 @@ def test_conftest_scrubs_aws_environment() -> None:
 
 
 def test_proxy_passthrough_is_transparent(
-    fresh_table: TableHandle, fault_proxy_factory: ProxyFactory
+    ddblocal_table: TableHandle, fault_proxy_factory: ProxyFactory
 ) -> None:
-    proxy = fault_proxy_factory(fresh_table.url, rate=0.0)
+    proxy = fault_proxy_factory(ddblocal_table.url, rate=0.0)
     client = make_client(proxy.url)
     crc = CrcRecorder(client)
     items = make_items(30)
-    batch_write_all(client, fresh_table.name, items)
-    got = client.get_item(TableName=fresh_table.name, Key=key_of(items[3]), ConsistentRead=True)
+    batch_write_all(client, ddblocal_table.name, items)
+    got = client.get_item(TableName=ddblocal_table.name, Key=key_of(items[3]), ConsistentRead=True)
     assert got["Item"] == items[3]
     assert got["ResponseMetadata"]["RetryAttempts"] == 0
-    assert_table_holds_exactly(fresh_table.client, fresh_table.name, items)
+    assert_table_holds_exactly(ddblocal_table.client, ddblocal_table.name, items)
     assert proxy.injected == {}
     assert proxy.calls == {"BatchWriteItem": 2, "GetItem": 1}
     assert proxy.forwarded == proxy.calls
@@ -281,12 +259,12 @@ def test_proxy_passthrough_is_transparent(
 
 @pytest.mark.parametrize("fault", [*DEFAULT_FAULTS, PARTIAL_BATCH_GET], ids=lambda f: str(f))
 def test_each_fault_is_injected_and_recovered(
-    fault: str, fresh_table: TableHandle, fault_proxy_factory: ProxyFactory, fast_retries: float
+    fault: str, ddblocal_table: TableHandle, fault_proxy_factory: ProxyFactory, fast_retries: float
 ) -> None:
-    proxy = fault_proxy_factory(fresh_table.url, seed=1234, rate=0.4, faults=(fault,))
+    proxy = fault_proxy_factory(ddblocal_table.url, seed=1234, rate=0.4, faults=(fault,))
     client = make_client(proxy.url, max_attempts=10)
     crc = CrcRecorder(client)
-    table = fresh_table.name
+    table = ddblocal_table.name
     items = make_items(120)
     batch_write_all(client, table, items[:100], batch_size=10)
     for item in items[100:]:
@@ -296,7 +274,7 @@ def test_each_fault_is_injected_and_recovered(
         got = client.get_item(TableName=table, Key=key_of(item), ConsistentRead=True)
         assert got["Item"] == item
     got_batch = batch_get_all(client, table, [key_of(it) for it in items])
-    assert items_by_key(got_batch) == items_by_key(items)
+    assert by_key(got_batch) == by_key(items)
     resp = client.query(
         TableName=table,
         KeyConditionExpression="PK = :p",
@@ -307,89 +285,92 @@ def test_each_fault_is_injected_and_recovered(
 
     assert proxy.injected.get(fault, 0) > 0, proxy.injected
     assert set(proxy.injected) == {fault}
-    assert_table_holds_exactly(fresh_table.client, table, items)
+    assert_table_holds_exactly(ddblocal_table.client, table, items)
     assert crc.checked and all(ok for _, ok in crc.checked), crc.checked
 
 
 def test_mixed_faults_concurrent_clients(
-    ddb_table: TableHandle, fault_proxy_factory: ProxyFactory, fast_retries: float
+    ddb_table: TableHandle, table_factory: Callable[..., TableHandle], fault_proxy_factory: ProxyFactory,
+    fast_retries: float,
 ) -> None:
-    """All default faults at 30% with 4 threads; works against moto and dynalite."""
-    proxy = fault_proxy_factory(ddb_table.url, seed=7, rate=0.3)
-    client = make_client(proxy.url, max_attempts=10)
+    """All default faults at 30% with 4 threads, on both engines; the table ends exact. Each
+    request's fault is decided from the request itself, so the same writes done again by one
+    thread into another table meet exactly the same faults."""
     items = make_items(400)
     chunks = [items[i : i + 50] for i in range(0, len(items), 50)]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        resent = list(pool.map(lambda c: batch_write_all(client, ddb_table.name, c), chunks))
-    assert sum(resent) > 0
-    injected = proxy.injected
-    assert set(injected) == set(DEFAULT_FAULTS), injected
-    assert_table_holds_exactly(
-        ddb_table.client,
-        ddb_table.name,
-        items,
-        exact_numbers=ddb_table.server.name == "moto",
-    )
+
+    def write(table: TableHandle, workers: int) -> Counter[tuple[str, str]]:
+        proxy = fault_proxy_factory(table.url, seed=7, rate=0.3)
+        client = make_client(proxy.url, max_attempts=10)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            resent = list(pool.map(lambda c: batch_write_all(client, table.name, c), chunks))
+        assert sum(resent) > 0
+        assert set(proxy.injected) == set(DEFAULT_FAULTS), proxy.injected
+        assert_table_holds_exactly(table.client, table.name, items)
+        return Counter(proxy.events)
+
+    concurrent = write(ddb_table, 4)
+    assert write(table_factory(ddb_table.server), 1) == concurrent
 
 
-def test_error_before_does_not_write(fresh_table: TableHandle, fault_proxy_factory: ProxyFactory) -> None:
-    proxy = fault_proxy_factory(fresh_table.url, rate=1.0, faults=(ERROR_BEFORE,))
+def test_error_before_does_not_write(ddblocal_table: TableHandle, fault_proxy_factory: ProxyFactory) -> None:
+    proxy = fault_proxy_factory(ddblocal_table.url, rate=1.0, faults=(ERROR_BEFORE,))
     client = make_client(proxy.url, total_max_attempts=1)
     item = make_items(1)[0]
     with pytest.raises(ClientError) as err:
-        client.put_item(TableName=fresh_table.name, Item=item)
+        client.put_item(TableName=ddblocal_table.name, Item=item)
     assert err.value.response["Error"]["Code"] == "InternalServerError"
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
-    assert scan_all(fresh_table.client, fresh_table.name) == []
+    assert scan_all(ddblocal_table.client, ddblocal_table.name) == []
     assert proxy.forwarded == {}
 
 
 @pytest.mark.parametrize("fault", [ERROR_AFTER, DROP_AFTER])
 def test_after_faults_write_but_fail(
-    fault: str, fresh_table: TableHandle, fault_proxy_factory: ProxyFactory
+    fault: str, ddblocal_table: TableHandle, fault_proxy_factory: ProxyFactory
 ) -> None:
-    proxy = fault_proxy_factory(fresh_table.url, rate=1.0, faults=(fault,))
+    proxy = fault_proxy_factory(ddblocal_table.url, rate=1.0, faults=(fault,))
     client = make_client(proxy.url, total_max_attempts=1)
     item = make_items(1)[0]
     expected_exc = ClientError if fault == ERROR_AFTER else ConnectionClosedError
     with pytest.raises(expected_exc):
-        client.put_item(TableName=fresh_table.name, Item=item)
-    assert scan_all(fresh_table.client, fresh_table.name) == [item]
+        client.put_item(TableName=ddblocal_table.name, Item=item)
+    assert scan_all(ddblocal_table.client, ddblocal_table.name) == [item]
     assert proxy.injected == {fault: 1}
     assert proxy.forwarded == {"PutItem": 1}
 
 
 def test_partial_batch_splits_and_reports_unprocessed(
-    fresh_table: TableHandle, fault_proxy_factory: ProxyFactory
+    ddblocal_table: TableHandle, fault_proxy_factory: ProxyFactory
 ) -> None:
-    proxy = fault_proxy_factory(fresh_table.url, seed=3, rate=1.0, faults=(PARTIAL_BATCH,))
+    proxy = fault_proxy_factory(ddblocal_table.url, seed=3, rate=1.0, faults=(PARTIAL_BATCH,))
     client = make_client(proxy.url, total_max_attempts=1)
     crc = CrcRecorder(client)
     items = make_items(20)
     resp = client.batch_write_item(
-        RequestItems={fresh_table.name: [{"PutRequest": {"Item": it}} for it in items]}
+        RequestItems={ddblocal_table.name: [{"PutRequest": {"Item": it}} for it in items]}
     )
     # botocore accepted the rewritten body's crc32 on the first attempt
     assert resp["ResponseMetadata"]["RetryAttempts"] == 0
     assert crc.checked == [(200, True)]
-    held = [r["PutRequest"]["Item"] for r in resp["UnprocessedItems"][fresh_table.name]]
-    written = scan_all(fresh_table.client, fresh_table.name)
+    held = [r["PutRequest"]["Item"] for r in resp["UnprocessedItems"][ddblocal_table.name]]
+    written = scan_all(ddblocal_table.client, ddblocal_table.name)
     assert 0 < len(held) < len(items) and 0 < len(written)
-    assert items_by_key(written + held) == items_by_key(items)
+    assert by_key(written + held) == by_key(items)
     # a single-request batch cannot be split: nothing is injected for it
     proxy.reset_counters()
-    resp = client.batch_write_item(RequestItems={fresh_table.name: [{"PutRequest": {"Item": held[0]}}]})
+    resp = client.batch_write_item(RequestItems={ddblocal_table.name: [{"PutRequest": {"Item": held[0]}}]})
     assert not resp.get("UnprocessedItems")
     assert proxy.injected == {}
 
 
 def test_partial_batch_keeps_per_table_grouping(
-    moto_server: MotoServer,
+    ddblocal_server: DDBLocalServer,
     table_factory: Callable[..., TableHandle],
     fault_proxy_factory: ProxyFactory,
 ) -> None:
-    t1, t2 = table_factory(moto_server), table_factory(moto_server)
-    proxy = fault_proxy_factory(moto_server.url, seed=5, rate=1.0, faults=(PARTIAL_BATCH,))
+    t1, t2 = table_factory(ddblocal_server), table_factory(ddblocal_server)
+    proxy = fault_proxy_factory(ddblocal_server.url, seed=5, rate=1.0, faults=(PARTIAL_BATCH,))
     client = make_client(proxy.url, total_max_attempts=1)
     a, b = make_items(8, prefix="A#"), make_items(8, prefix="B#")
     resp = client.batch_write_item(
@@ -402,7 +383,7 @@ def test_partial_batch_keeps_per_table_grouping(
     for table, items in ((t1, a), (t2, b)):
         held = [r["PutRequest"]["Item"] for r in unprocessed.get(table.name, [])]
         written = scan_all(table.client, table.name)
-        assert items_by_key(written + held) == items_by_key(items)
+        assert by_key(written + held) == by_key(items)
 
 
 @pytest.mark.parametrize(
@@ -414,77 +395,78 @@ def test_partial_batch_keeps_per_table_grouping(
     ],
 )
 def test_rate_one_exhausts_retries(
-    fault: str, code: str, fresh_table: TableHandle, fault_proxy_factory: ProxyFactory, fast_retries: float
+    fault: str, code: str, ddblocal_table: TableHandle, fault_proxy_factory: ProxyFactory, fast_retries: float
 ) -> None:
-    proxy = fault_proxy_factory(fresh_table.url, rate=1.0, faults=(fault,))
+    proxy = fault_proxy_factory(ddblocal_table.url, rate=1.0, faults=(fault,))
     client = make_client(proxy.url, max_attempts=2)  # botocore: 2 retries, 3 requests
     crc = CrcRecorder(client)
     items = make_items(3)
     with pytest.raises(ClientError) as err:
         client.batch_write_item(
-            RequestItems={fresh_table.name: [{"PutRequest": {"Item": it}} for it in items]}
+            RequestItems={ddblocal_table.name: [{"PutRequest": {"Item": it}} for it in items]}
         )
     assert err.value.response["Error"]["Code"] == code
     assert err.value.response["ResponseMetadata"]["RetryAttempts"] == 2
     assert proxy.injected == {fault: 3}
     # the proxy's own error answers carry a valid crc32 too
     assert [ok for _, ok in crc.checked] == [True, True, True]
-    assert scan_all(fresh_table.client, fresh_table.name) == []
+    assert scan_all(ddblocal_table.client, ddblocal_table.name) == []
 
 
 def test_targets_limit_which_operations_fail(
-    fresh_table: TableHandle, fault_proxy_factory: ProxyFactory
+    ddblocal_table: TableHandle, fault_proxy_factory: ProxyFactory
 ) -> None:
-    proxy = fault_proxy_factory(fresh_table.url, rate=1.0, faults=(THROTTLING,), targets=("GetItem",))
+    proxy = fault_proxy_factory(ddblocal_table.url, rate=1.0, faults=(THROTTLING,), targets=("GetItem",))
     client = make_client(proxy.url, total_max_attempts=1)
     item = make_items(1)[0]
-    client.put_item(TableName=fresh_table.name, Item=item)  # not targeted
+    client.put_item(TableName=ddblocal_table.name, Item=item)  # not targeted
     with pytest.raises(ClientError):
-        client.get_item(TableName=fresh_table.name, Key=key_of(item))
+        client.get_item(TableName=ddblocal_table.name, Key=key_of(item))
     proxy.disable()
-    assert client.get_item(TableName=fresh_table.name, Key=key_of(item))["Item"] == item
+    assert client.get_item(TableName=ddblocal_table.name, Key=key_of(item))["Item"] == item
     assert proxy.injected == {THROTTLING: 1}
 
 
 def test_max_faults_caps_injection(
-    fresh_table: TableHandle, fault_proxy_factory: ProxyFactory, fast_retries: float
+    ddblocal_table: TableHandle, fault_proxy_factory: ProxyFactory, fast_retries: float
 ) -> None:
-    proxy = fault_proxy_factory(fresh_table.url, rate=1.0, faults=(THROTTLING,), max_faults=3)
+    proxy = fault_proxy_factory(ddblocal_table.url, rate=1.0, faults=(THROTTLING,), max_faults=3)
     client = make_client(proxy.url, max_attempts=10)
     item = make_items(1)[0]
-    resp = client.put_item(TableName=fresh_table.name, Item=item)
+    resp = client.put_item(TableName=ddblocal_table.name, Item=item)
     assert resp["ResponseMetadata"]["RetryAttempts"] == 3
     assert proxy.total_injected() == 3
 
 
-def test_bad_crc_is_detected_by_botocore(fresh_table: TableHandle, fault_proxy_factory: ProxyFactory) -> None:
+def test_bad_crc_is_detected_by_botocore(ddblocal_table: TableHandle,
+                                         fault_proxy_factory: ProxyFactory) -> None:
     """Negative control: botocore really checks x-amz-crc32 (and retries on mismatch),
     so the RetryAttempts == 0 seen for rewritten bodies above means their crc is right."""
     item = make_items(1)[0]
-    fresh_table.client.put_item(TableName=fresh_table.name, Item=item)
-    proxy = fault_proxy_factory(fresh_table.url, rate=1.0, faults=(BAD_CRC,))
+    ddblocal_table.client.put_item(TableName=ddblocal_table.name, Item=item)
+    proxy = fault_proxy_factory(ddblocal_table.url, rate=1.0, faults=(BAD_CRC,))
     client = make_client(proxy.url, total_max_attempts=3)
     crc = CrcRecorder(client)
-    resp = client.get_item(TableName=fresh_table.name, Key=key_of(item))
+    resp = client.get_item(TableName=ddblocal_table.name, Key=key_of(item))
     assert resp["ResponseMetadata"]["RetryAttempts"] == 2
     assert [ok for _, ok in crc.checked] == [False, False, False]
     assert proxy.injected == {BAD_CRC: 3}
 
 
-def test_proxy_rejects_bad_config(moto_server: MotoServer) -> None:
+def test_proxy_rejects_bad_config(ddblocal_server: DDBLocalServer) -> None:
     with pytest.raises(ValueError):
-        FaultProxy(moto_server.url, faults=("nope",))
+        FaultProxy(ddblocal_server.url, faults=("nope",))
     with pytest.raises(ValueError):
-        FaultProxy(moto_server.url, rate=1.5)
+        FaultProxy(ddblocal_server.url, rate=1.5)
     with pytest.raises(ValueError):
         FaultProxy("https://dynamodb.us-east-1.amazonaws.com")
     assert set(DEFAULT_FAULTS) < set(ALL_FAULTS)
 
 
 def test_stopped_proxy_cuts_kept_alive_connections(
-    fresh_table: TableHandle, fault_proxy_factory: ProxyFactory
+    ddblocal_table: TableHandle, fault_proxy_factory: ProxyFactory
 ) -> None:
-    proxy = fault_proxy_factory(fresh_table.url, rate=0.0)
+    proxy = fault_proxy_factory(ddblocal_table.url, rate=0.0)
     client = make_client(proxy.url, total_max_attempts=1)
     client.list_tables()  # opens a pooled keep-alive connection
     proxy.stop()

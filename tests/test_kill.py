@@ -7,23 +7,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli import live_args, run_cli, tool_command
 from conftest import TableHandle
-from live_helpers import (
+from fault_proxy import FaultProxy
+from items import (
     GOLDEN_EXPORT,
-    TOOL,
-    all_items,
     assert_table_equals,
-    image_items_present,
+    images_in_table,
     incomplete_marked_images,
     item_count,
-    live_args,
     load_expected,
-    run_cli,
 )
 from servers import env_for_subprocess
 
@@ -33,11 +30,13 @@ RATE = 200  # items per second: the golden copy (756 items) then takes ~4 s
 
 def kill_when(table: TableHandle, threshold: int, tmp_path: Path) -> int:
     """Start a slowed live run; SIGKILL it once the table holds >= threshold items.
-    Returns the item count seen right after the kill."""
-    args = live_args(table.name, table.url, GOLDEN_EXPORT, "--max-items-per-second", str(RATE),
+    Returns the item count once every request the run had sent has reached the engine (the
+    run talks through a pass-through proxy, which knows when that is)."""
+    proxy = FaultProxy(table.url, rate=0.0)
+    args = live_args(table.name, proxy.url, GOLDEN_EXPORT, "--max-items-per-second", str(RATE),
                      "--max-workers", "2")
     log = (tmp_path / "run.log").open("w")
-    proc = subprocess.Popen([sys.executable, str(TOOL), *args], env=env_for_subprocess(),
+    proc = subprocess.Popen(tool_command(args), env=env_for_subprocess(),
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
@@ -47,64 +46,65 @@ def kill_when(table: TableHandle, threshold: int, tmp_path: Path) -> int:
                 break
             assert proc.poll() is None, "the run ended before it could be killed: " + \
                 (tmp_path / "run.log").read_text()
-            time.sleep(0.005)
+            time.sleep(0.02)
         else:
             raise AssertionError(f"fewer than {threshold} items after 60 s")
         assert proc.poll() is None, "the run ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         assert proc.returncode == -signal.SIGKILL
+        proxy.wait_idle()
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
-    time.sleep(0.2)  # requests already in flight at moto finish
-    return len(all_items(table.client, table.name))
+        proxy.stop()
+    return item_count(table.client, table.name)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 0.6, 0.9], ids=lambda f: f"at{int(f * 100)}pct")
 def test_kill_keeps_image_last_invariant_and_rerun_completes(
-    fresh_table: TableHandle, tmp_path: Path, fraction: float
+    ddblocal_table: TableHandle, tmp_path: Path, fraction: float
 ) -> None:
     threshold = max(1, int(len(EXPECTED) * fraction))
-    present = kill_when(fresh_table, threshold, tmp_path)
+    present = kill_when(ddblocal_table, threshold, tmp_path)
     assert threshold <= present < len(EXPECTED), f"kill did not land mid-run ({present} items)"
-    assert incomplete_marked_images(fresh_table.client, fresh_table.name) == [], \
+    assert incomplete_marked_images(ddblocal_table.client, ddblocal_table.name, EXPECTED) == [], \
         "an IMAGE item exists for an image that is not complete"
-    complete_before = image_items_present(fresh_table.client, fresh_table.name)
+    complete_before = images_in_table(ddblocal_table.client, ddblocal_table.name)
 
-    again = run_cli(live_args(fresh_table.name, fresh_table.url), report=tmp_path / "r.json")
+    again = run_cli(live_args(ddblocal_table.name, ddblocal_table.url), report=tmp_path / "r.json")
     assert again.returncode == 0, again.describe()
-    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
+    assert_table_equals(ddblocal_table.client, ddblocal_table.name, EXPECTED)
     report = again.report
     assert report is not None
     assert report["items"]["written"] == len(EXPECTED) - present
     assert report["images"]["skipped_existing"] == len(complete_before)
 
 
-def test_repeated_kills_then_rerun(fresh_table: TableHandle, tmp_path: Path) -> None:
+def test_repeated_kills_then_rerun(ddblocal_table: TableHandle, tmp_path: Path) -> None:
     """Kill, resume and kill again (the resumed run is interrupted too), then finish."""
-    first = kill_when(fresh_table, len(EXPECTED) // 4, tmp_path)
-    second = kill_when(fresh_table, first + len(EXPECTED) // 3, tmp_path)
+    first = kill_when(ddblocal_table, len(EXPECTED) // 4, tmp_path)
+    second = kill_when(ddblocal_table, first + len(EXPECTED) // 3, tmp_path)
     assert first < second < len(EXPECTED)
-    assert incomplete_marked_images(fresh_table.client, fresh_table.name) == []
-    again = run_cli(live_args(fresh_table.name, fresh_table.url), report=tmp_path / "r.json")
+    assert incomplete_marked_images(ddblocal_table.client, ddblocal_table.name, EXPECTED) == []
+    again = run_cli(live_args(ddblocal_table.name, ddblocal_table.url), report=tmp_path / "r.json")
     assert again.returncode == 0, again.describe()
-    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
+    assert_table_equals(ddblocal_table.client, ddblocal_table.name, EXPECTED)
 
 
-def test_ctrl_c_stops_cleanly_and_rerun_completes(fresh_table: TableHandle, tmp_path: Path) -> None:
+def test_ctrl_c_stops_cleanly_and_rerun_completes(ddblocal_table: TableHandle, tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) mid-run: exit 130, nothing reported as an internal error or a failure,
     no IMAGE item for an incomplete image, the report is written; the next run finishes."""
     report = tmp_path / "interrupted.json"
-    args = live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, "--max-items-per-second",
+    args = live_args(ddblocal_table.name, ddblocal_table.url, GOLDEN_EXPORT, "--max-items-per-second",
                      str(RATE), "--max-workers", "4", "--report", str(report))
-    proc = subprocess.Popen([sys.executable, str(TOOL), *args], env=env_for_subprocess(),
+    proc = subprocess.Popen(tool_command(args), env=env_for_subprocess(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 60
-    while item_count(fresh_table.client, fresh_table.name) < len(EXPECTED) // 3:
+    while item_count(ddblocal_table.client, ddblocal_table.name) < len(EXPECTED) // 3:
         assert time.monotonic() < deadline and proc.poll() is None, "run ended too early"
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
@@ -115,7 +115,7 @@ def test_ctrl_c_stops_cleanly_and_rerun_completes(fresh_table: TableHandle, tmp_
     data = json.loads(report.read_text(encoding="utf-8"))
     assert data["interrupted"] is True
     assert data["images"]["failed"] == 0 and data["errors"] == []
-    assert incomplete_marked_images(fresh_table.client, fresh_table.name, EXPECTED) == []
-    result = run_cli(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT))
+    assert incomplete_marked_images(ddblocal_table.client, ddblocal_table.name, EXPECTED) == []
+    result = run_cli(live_args(ddblocal_table.name, ddblocal_table.url, GOLDEN_EXPORT))
     assert result.returncode == 0, result.describe()
-    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
+    assert_table_equals(ddblocal_table.client, ddblocal_table.name, EXPECTED)

@@ -7,27 +7,15 @@ import pty
 import re
 import select
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cli import BUCKET_FLAGS, CliResult, live_args, run_cli, tool_command
 from conftest import TableHandle
-from fault_proxy import DEFAULT_FAULTS, THROTTLING
-from live_helpers import (
-    BUCKET_FLAGS,
-    GOLDEN_EXPORT,
-    TOOL,
-    RecordingProxy,
-    assert_table_equals,
-    golden_image_ids,
-    live_args,
-    load_expected,
-    run_cli,
-    table_items,
-)
-from servers import REGION, env_for_subprocess, free_port
+from fault_proxy import DEFAULT_FAULTS, THROTTLING, FaultProxy
+from items import GOLDEN_EXPORT, GOLDEN_IDS, assert_table_equals, load_expected, table_items
+from servers import REGION, DDBLocalServer, env_for_subprocess, free_port
 
 EXPECTED = load_expected()
 
@@ -40,14 +28,14 @@ def without_yes(args: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("via", ["flag", "env"])
-def test_refuses_the_configured_dev_table(fresh_table: TableHandle, tmp_path: Path, via: str) -> None:
-    proxy = RecordingProxy(fresh_table.url, rate=0.0)
+def test_refuses_the_configured_dev_table(ddblocal_table: TableHandle, tmp_path: Path, via: str) -> None:
+    proxy = FaultProxy(ddblocal_table.url, rate=0.0)
     env = env_for_subprocess()
-    args = live_args(fresh_table.name, proxy.url)
+    args = live_args(ddblocal_table.name, proxy.url)
     if via == "flag":
-        args += ["--dev-table", fresh_table.name]
+        args += ["--dev-table", ddblocal_table.name]
     else:
-        env["DEV_DYNAMODB_TABLE_NAME"] = fresh_table.name
+        env["DEV_DYNAMODB_TABLE_NAME"] = ddblocal_table.name
     try:
         result = run_cli(args, env=env, report=tmp_path / "r.json")
     finally:
@@ -55,21 +43,21 @@ def test_refuses_the_configured_dev_table(fresh_table: TableHandle, tmp_path: Pa
     assert result.returncode == 2, result.describe()
     assert "dev" in result.stderr.lower()
     assert proxy.calls == {}, f"a refused run contacted the endpoint: {proxy.calls}"
-    assert table_items(fresh_table.client, fresh_table.name) == {}
+    assert table_items(ddblocal_table.client, ddblocal_table.name) == {}
 
 
-def test_force_allows_the_configured_dev_table(fresh_table: TableHandle) -> None:
-    result = run_cli(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT,
-                               "--dev-table", fresh_table.name, "--force"))
+def test_force_allows_the_configured_dev_table(ddblocal_table: TableHandle) -> None:
+    result = run_cli(live_args(ddblocal_table.name, ddblocal_table.url, GOLDEN_EXPORT,
+                               "--dev-table", ddblocal_table.name, "--force"))
     assert result.returncode == 0, result.describe()
-    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
+    assert_table_equals(ddblocal_table.client, ddblocal_table.name, EXPECTED)
 
 
 @pytest.mark.parametrize("name", ["ReceiptsTable-dev-abc123", "receipts-dev", "dev-receipts",
                                   "ReceiptsTable-DEV-1a2b", "receipts_dev_table",
                                   "ReceiptsTable-development"])
-def test_refuses_a_dev_looking_table_name(moto_server: Any, tmp_path: Path, name: str) -> None:
-    proxy = RecordingProxy(moto_server.url, rate=0.0)
+def test_refuses_a_dev_looking_table_name(ddblocal_server: DDBLocalServer, tmp_path: Path, name: str) -> None:
+    proxy = FaultProxy(ddblocal_server.url, rate=0.0)
     try:
         result = run_cli(live_args(name, proxy.url), report=tmp_path / "r.json")
     finally:
@@ -79,11 +67,11 @@ def test_refuses_a_dev_looking_table_name(moto_server: Any, tmp_path: Path, name
     assert proxy.calls == {}, f"a refused run contacted the endpoint: {proxy.calls}"
 
 
-def test_force_passes_the_dev_name_check(moto_server: Any, tmp_path: Path) -> None:
+def test_force_passes_the_dev_name_check(ddblocal_server: DDBLocalServer, tmp_path: Path) -> None:
     """With --force the run goes on to the table (which does not exist here: the tests never
     create a table named like a dev table, so the run stops at the table check: exit 2, one line
     saying the table was not found, and not a refusal)."""
-    proxy = RecordingProxy(moto_server.url, rate=0.0)
+    proxy = FaultProxy(ddblocal_server.url, rate=0.0)
     try:
         result = run_cli(live_args("ReceiptsTable-dev-abc123", proxy.url, GOLDEN_EXPORT, "--force",
                                    "--max-retries", "0"))
@@ -101,26 +89,24 @@ def test_force_passes_the_dev_name_check(moto_server: Any, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("stdin_text", [None, "yes\n"], ids=["devnull", "piped-yes"])
 def test_live_run_without_yes_and_without_terminal_refuses(
-    fresh_table: TableHandle, stdin_text: str | None
+    ddblocal_table: TableHandle, stdin_text: str | None
 ) -> None:
-    proxy = RecordingProxy(fresh_table.url, rate=0.0)
-    cmd = [sys.executable, str(TOOL), *without_yes(live_args(fresh_table.name, proxy.url))]
+    proxy = FaultProxy(ddblocal_table.url, rate=0.0)
     try:
-        proc = subprocess.run(cmd, env=env_for_subprocess(), capture_output=True, text=True, timeout=60,
-                              input=stdin_text, stdin=subprocess.DEVNULL if stdin_text is None else None)
+        result = run_cli(without_yes(live_args(ddblocal_table.name, proxy.url)), input=stdin_text)
     finally:
         proxy.stop()
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "--yes" in proc.stderr
+    assert result.returncode == 2, result.describe()
+    assert "--yes" in result.stderr
     assert "BatchWriteItem" not in proxy.calls
-    assert table_items(fresh_table.client, fresh_table.name) == {}
+    assert table_items(ddblocal_table.client, ddblocal_table.name) == {}
 
 
 def run_on_pty(args: list[str], answer: str, timeout: float = 60) -> tuple[int, str, str]:
     """Run the tool with a pseudo-terminal as stdin/stdout/stderr; answer its prompt.
     Returns (exit code, output before the answer, whole output)."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, str(TOOL), *args], env=env_for_subprocess(),
+    proc = subprocess.Popen(tool_command(args), env=env_for_subprocess(),
                             stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
     out = b""
@@ -159,28 +145,28 @@ def check_prompt_details(before: str, table: str, url: str) -> None:
     assert table in before
     assert REGION in before
     assert url in before
-    n_images, n_items = len(golden_image_ids()), len(EXPECTED)
+    n_images, n_items = len(GOLDEN_IDS), len(EXPECTED)
     assert re.search(rf"\b{n_images}\s+images?\b", before), before
     assert re.search(rf"\b{n_items:,}\s+items?\b|\b{n_items}\s+items?\b", before), before
 
 
-def test_terminal_prompt_answered_no_writes_nothing(fresh_table: TableHandle) -> None:
-    proxy = RecordingProxy(fresh_table.url, rate=0.0)
+def test_terminal_prompt_answered_no_writes_nothing(ddblocal_table: TableHandle) -> None:
+    proxy = FaultProxy(ddblocal_table.url, rate=0.0)
     try:
-        code, before, whole = run_on_pty(without_yes(live_args(fresh_table.name, proxy.url)), "no")
+        code, before, whole = run_on_pty(without_yes(live_args(ddblocal_table.name, proxy.url)), "no")
     finally:
         proxy.stop()
-    check_prompt_details(before, fresh_table.name, proxy.url)
+    check_prompt_details(before, ddblocal_table.name, proxy.url)
     assert code != 0, whole
     assert "BatchWriteItem" not in proxy.calls
-    assert table_items(fresh_table.client, fresh_table.name) == {}
+    assert table_items(ddblocal_table.client, ddblocal_table.name) == {}
 
 
-def test_terminal_prompt_answered_yes_copies(fresh_table: TableHandle) -> None:
-    code, before, whole = run_on_pty(without_yes(live_args(fresh_table.name, fresh_table.url)), "yes")
-    check_prompt_details(before, fresh_table.name, fresh_table.url)
+def test_terminal_prompt_answered_yes_copies(ddblocal_table: TableHandle) -> None:
+    code, before, whole = run_on_pty(without_yes(live_args(ddblocal_table.name, ddblocal_table.url)), "yes")
+    check_prompt_details(before, ddblocal_table.name, ddblocal_table.url)
     assert code == 0, whole
-    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
+    assert_table_equals(ddblocal_table.client, ddblocal_table.name, EXPECTED)
 
 
 # --------------------------------------------------------------------------- credentials
@@ -206,7 +192,7 @@ def assert_no_secrets(*texts: str) -> None:
             assert s not in text.lower(), f"{s!r} appears in the output"
 
 
-def leak_check_run(args: list[str], tmp_path: Path) -> Any:
+def leak_check_run(args: list[str], tmp_path: Path) -> CliResult:
     report = tmp_path / "leak.json"
     result = run_cli([*args, "--verbose"], env=credential_env(), report=report)
     report_text = report.read_text(encoding="utf-8") if report.exists() else ""
@@ -214,23 +200,23 @@ def leak_check_run(args: list[str], tmp_path: Path) -> Any:
     return result
 
 
-def test_no_credentials_in_output_of_a_successful_run(fresh_table: TableHandle, tmp_path: Path) -> None:
+def test_no_credentials_in_output_of_a_successful_run(ddblocal_table: TableHandle, tmp_path: Path) -> None:
     dump = tmp_path / "items.jsonl"
-    result = leak_check_run(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT,
+    result = leak_check_run(live_args(ddblocal_table.name, ddblocal_table.url, GOLDEN_EXPORT,
                                       "--dump-items", str(dump)), tmp_path)
     assert result.returncode == 0, result.describe()
     assert_no_secrets(dump.read_text(encoding="utf-8"))
-    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
+    assert_table_equals(ddblocal_table.client, ddblocal_table.name, EXPECTED)
 
 
 @pytest.mark.parametrize("targets", [("BatchWriteItem",), None], ids=["writes-fail", "all-fail"])
 def test_no_credentials_in_output_when_requests_fail(
-    fresh_table: TableHandle, tmp_path: Path, targets: tuple[str, ...] | None
+    ddblocal_table: TableHandle, tmp_path: Path, targets: tuple[str, ...] | None
 ) -> None:
-    proxy = RecordingProxy(fresh_table.url, seed=3, rate=1.0, faults=DEFAULT_FAULTS, targets=targets)
+    proxy = FaultProxy(ddblocal_table.url, seed=3, rate=1.0, faults=DEFAULT_FAULTS, targets=targets)
     try:
-        result = leak_check_run(live_args(fresh_table.name, proxy.url, GOLDEN_EXPORT, "--max-retries", "1"),
-                                tmp_path)
+        args = live_args(ddblocal_table.name, proxy.url, GOLDEN_EXPORT, "--max-retries", "1")
+        result = leak_check_run(args, tmp_path)
     finally:
         proxy.stop()
     # With every call failing, the table check before the copy stops the run (exit 2).
@@ -245,8 +231,9 @@ def test_no_credentials_in_output_when_endpoint_is_unreachable(tmp_path: Path) -
     assert result.returncode == 2, result.describe()  # the table check before the copy
 
 
-def test_no_credentials_in_dry_run_or_usage_errors(fresh_table: TableHandle, tmp_path: Path) -> None:
-    dry = [a for a in live_args(fresh_table.name, fresh_table.url) if a not in ("--no-dry-run", "--yes")]
+def test_no_credentials_in_dry_run_or_usage_errors(ddblocal_table: TableHandle, tmp_path: Path) -> None:
+    args = live_args(ddblocal_table.name, ddblocal_table.url)
+    dry = [a for a in args if a not in ("--no-dry-run", "--yes")]
     result = leak_check_run(dry, tmp_path)
     assert result.returncode == 0, result.describe()
     bad = run_cli(["--no-dry-run", "--yes", "--table", "x", "--export-dir", str(GOLDEN_EXPORT), *BUCKET_FLAGS,
@@ -256,14 +243,14 @@ def test_no_credentials_in_dry_run_or_usage_errors(fresh_table: TableHandle, tmp
 
 
 def test_throttled_run_with_verbose_logs_retries_without_secrets(
-    fresh_table: TableHandle, tmp_path: Path
+    ddblocal_table: TableHandle, tmp_path: Path
 ) -> None:
-    proxy = RecordingProxy(fresh_table.url, seed=5, rate=0.5, faults=(THROTTLING,),
+    proxy = FaultProxy(ddblocal_table.url, seed=5, rate=0.5, faults=(THROTTLING,),
                            targets=("BatchWriteItem",))
     try:
-        result = leak_check_run(live_args(fresh_table.name, proxy.url, GOLDEN_EXPORT, "--max-retries", "10"),
-                                tmp_path)
+        args = live_args(ddblocal_table.name, proxy.url, GOLDEN_EXPORT, "--max-retries", "10")
+        result = leak_check_run(args, tmp_path)
     finally:
         proxy.stop()
     assert result.returncode == 0, result.describe()
-    assert_table_equals(fresh_table.client, fresh_table.name, EXPECTED)
+    assert_table_equals(ddblocal_table.client, ddblocal_table.name, EXPECTED)

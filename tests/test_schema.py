@@ -13,23 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from exports import (
-    CDN_BUCKETS,
+from cli import CDN_BUCKETS, RAW_BUCKETS
+from exports import drop_fields, load_export
+from items import (
     GOLDEN_IDS,
     IMG_LEGACY,
     IMG_META_AND_PLACE,
     IMG_PLACE_EMPTY_ID,
     IMG_VERBATIM,
-    RAW_BUCKETS,
     Item,
     Key,
     assert_items_equal,
     by_key,
-    drop_fields,
     entity_counts,
     expected_without_types,
     load_expected,
-    load_export,
 )
 
 import copy_dynamodb_dev_to_prod as tool

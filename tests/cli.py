@@ -1,0 +1,148 @@
+"""Running the tool the way users do: as a subprocess, with one runner for every test.
+
+* :func:`run_cli` runs ``copy_dynamodb_dev_to_prod.py`` with the given arguments and
+  returns a :class:`CliResult`: exit code, stdout, stderr, seconds, and the parsed JSON
+  report when ``report=`` names one;
+* :func:`live_args` is the argument list of a live copy of an export into a table;
+* :func:`summary_errors`, :func:`summary_counts`, :func:`summary_entities` read the summary.
+
+The environment comes from ``servers.env_for_subprocess`` (dummy credentials, nothing of the
+developer's AWS setup), unless a test passes its own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from items import GOLDEN_EXPORT, REPO_ROOT
+from servers import REGION, env_for_subprocess
+
+TOOL = REPO_ROOT / "copy_dynamodb_dev_to_prod.py"
+
+# The bucket names the golden vectors were generated with.
+BUCKET_FLAGS = (
+    "--dev-raw-bucket",
+    "dev-raw-bucket",
+    "--prod-raw-bucket",
+    "prod-raw-bucket",
+    "--dev-cdn-bucket",
+    "dev-cdn-bucket",
+    "--prod-cdn-bucket",
+    "prod-cdn-bucket",
+)
+RAW_BUCKETS = {"dev-raw-bucket": "prod-raw-bucket"}
+CDN_BUCKETS = {"dev-cdn-bucket": "prod-cdn-bucket"}
+
+
+@dataclass
+class CliResult:
+    """What one run of the tool left: exit code, output, and its report (if one was asked for
+    and written)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    report: dict[str, Any] | None
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def describe(self) -> str:
+        """For assertion messages."""
+        return (f"exit {self.returncode} after {self.seconds:.1f}s\n--- stdout ---\n{self.stdout[-4000:]}"
+                f"\n--- stderr ---\n{self.stderr[-4000:]}")
+
+
+def tool_command(args: Sequence[Any]) -> list[str]:
+    """The command line that runs the tool with ``args`` (for tests that need a Popen)."""
+    return [sys.executable, str(TOOL), *map(str, args)]
+
+
+def run_cli(
+    args: Sequence[Any],
+    *,
+    report: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    input: str | None = None,
+) -> CliResult:
+    """Run the tool as a subprocess and wait for it. ``report``: add ``--report PATH`` (an old
+    file there is removed first) and parse it afterwards. ``input``: text on stdin (default:
+    stdin is closed, so it is never a terminal)."""
+    cmd = tool_command(args)
+    if report is not None:
+        report.unlink(missing_ok=True)
+        cmd += ["--report", str(report)]
+    start = time.monotonic()
+    proc = subprocess.run(
+        cmd,
+        env=dict(env) if env is not None else env_for_subprocess(),
+        cwd=str(cwd or REPO_ROOT),
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+    )
+    seconds = time.monotonic() - start
+    data = json.loads(report.read_text(encoding="utf-8")) if report is not None and report.exists() else None
+    return CliResult(proc.returncode, proc.stdout, proc.stderr, seconds, data)
+
+
+def live_args(table: str, url: str, export_dir: Path = GOLDEN_EXPORT, *extra: str) -> list[str]:
+    """Arguments of a live, unattended copy of ``export_dir`` into ``table`` at ``url`` with the
+    golden bucket names."""
+    return ["--no-dry-run", "--yes", "--table", table, "--endpoint-url", url, "--region", REGION,
+            "--export-dir", str(export_dir), *BUCKET_FLAGS, "--no-progress", *extra]
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+def summary_errors(stdout: str) -> list[str]:
+    """The lines of the summary's ``Errors:`` section."""
+    lines = stdout.splitlines()
+    if "Errors:" not in lines:
+        return []
+    out = []
+    for line in lines[lines.index("Errors:") + 1 :]:
+        if not line.startswith("  "):
+            break
+        out.append(line.strip())
+    return out
+
+
+def summary_counts(stdout: str) -> dict[str, str]:
+    """``Label: value`` lines of the summary (value text as printed, e.g. ``1,050``)."""
+    out: dict[str, str] = {}
+    for line in stdout.splitlines():
+        if ":" in line and not line.startswith(" "):
+            label, _, value = line.partition(":")
+            if value.strip():
+                out[label.strip()] = value.strip()
+    return out
+
+
+def summary_entities(stdout: str) -> dict[str, str]:
+    """The ``Entity counts:`` section as {list name: printed count}."""
+    lines = stdout.splitlines()
+    assert "Entity counts:" in lines, stdout
+    out = {}
+    for line in lines[lines.index("Entity counts:") + 1 :]:
+        if not line.startswith("  "):
+            break
+        name, _, value = line.strip().partition(": ")
+        out[name] = value
+    return out
