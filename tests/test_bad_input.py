@@ -135,7 +135,7 @@ def two_images(d: dict[str, Any]) -> None:
 
 
 def never_copy(d: dict[str, Any]) -> None:
-    """Every never-copy kind (ITEMS.md, "Never copied"), as lists and as entries of known lists."""
+    """Every never-copy kind of ITEMS.md §7, as lists and as entries of known lists."""
     img = IMG_PLACE_EMPTY_ID
     run = {"PK": f"IMAGE#{img}", "SK": "RECEIPT#00001#COMPACTION_RUN#run-1", "TYPE": "COMPACTION_RUN",
            "GSI1PK": "RUNS", "GSI1SK": "CREATED_AT#2025-08-01T00:00:00"}
