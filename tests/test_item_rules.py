@@ -25,22 +25,20 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from cli import BUCKET_FLAGS, run_cli
 from conftest import TableHandle
-from exports import (
-    BUCKET_FLAGS,
+from exports import clone_export, copy_golden, fake_uuid, write_export
+from items import (
     IMG_META_AND_PLACE,
     IMG_VERBATIM,
     REPO_ROOT,
     by_key,
-    clone_export,
-    copy_golden,
+    canonical_item,
     expected_for_clone,
-    fake_uuid,
     load_expected,
-    run_tool,
-    write_export,
+    scan_all,
 )
-from servers import DDBLocalServer, LocalServer, canonical_item, env_for_subprocess, scan_all
+from servers import DDBLocalServer, LocalServer, env_for_subprocess
 
 import copy_dynamodb_dev_to_prod as tool
 
@@ -469,7 +467,7 @@ def test_mixed_export_on_ddblocal(tmp_path: Path, ddblocal_tables: tuple[TableHa
     table, scratch = ddblocal_tables
     ex = build_mixed_export(tmp_path, scratch)
     report_path = tmp_path / "report.json"
-    result = run_tool(live_args(ex.dir, table, report_path), env_for_subprocess(), timeout=300)
+    result = run_cli(live_args(ex.dir, table, report_path), env=env_for_subprocess(), timeout=300)
     assert result.returncode == 1, result.output
     assert "Traceback" not in result.output and "unexpected error" not in result.output, result.output
     report = json.loads(report_path.read_text(encoding="utf-8"))

@@ -19,10 +19,10 @@ from typing import Any
 
 import boto3
 import pytest
+from cli import TOOL, live_args
 from conftest import TableHandle
-from exports import DEV_EXPORT, GOLDEN_EXPORT, TOOL, load_expected, read_jsonl
 from fault_proxy import THROTTLING, FaultProxy
-from live_helpers import live_args, table_items
+from items import DEV_EXPORT, GOLDEN_EXPORT, load_expected, read_jsonl, table_items
 from servers import REGION, env_for_subprocess, free_port
 
 ROLE = "arn:aws:iam::123456789012:role/embedding"

@@ -24,9 +24,9 @@ import sys
 from pathlib import Path
 
 import boto3
+from cli import TOOL
 from conftest import TableHandle
-from exports import DEV_EXPORT, GOLDEN_EXPECTED, REPO_ROOT, TOOL, assert_items_equal, load_expected
-from live_helpers import table_items
+from items import DEV_EXPORT, GOLDEN_EXPECTED, REPO_ROOT, assert_items_equal, load_expected, table_items
 from servers import REGION, env_for_subprocess
 
 README = REPO_ROOT / "README.md"

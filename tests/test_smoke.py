@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli import BUCKET_FLAGS, TOOL
 from conftest import TableHandle
-from exports import BUCKET_FLAGS, DEV_EXPORT, GOLDEN_EXPECTED, TOOL, assert_items_equal, load_expected
-from live_helpers import table_items
+from items import DEV_EXPORT, GOLDEN_EXPECTED, assert_items_equal, load_expected, table_items
 from servers import env_for_subprocess
 
 pytestmark = pytest.mark.smoke

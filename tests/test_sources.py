@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from exports import (
-    BUCKET_FLAGS,
+from cli import BUCKET_FLAGS, TOOL, run_cli
+from exports import load_export
+from fault_proxy import FaultProxy
+from items import (
     GOLDEN_EXPORT,
     GOLDEN_IDS,
     IMG_LEGACY,
@@ -30,12 +32,12 @@ from exports import (
     IMG_PLACE_EMPTY_ID,
     IMG_ROUNDING,
     IMG_VERBATIM,
-    TOOL,
+    by_key,
+    canonical_item,
     load_expected,
-    load_export,
+    scan_all,
 )
-from live_helpers import RecordingProxy, run_cli
-from servers import REGION, canonical_item, env_for_subprocess, items_by_key, scan_all
+from servers import REGION, env_for_subprocess
 
 Item = dict[str, Any]
 Key = tuple[str, str]
@@ -211,12 +213,12 @@ def read_dump(path: Path) -> list[str]:
 
 
 def dump_items(path: Path) -> dict[Key, Item]:
-    return items_by_key([json.loads(line) for line in read_dump(path)])
+    return by_key([json.loads(line) for line in read_dump(path)])
 
 
 def assert_exact(actual: dict[Key, Item], expected: Sequence[Item], *, as_decimals: bool = False) -> None:
     """Same keys, identical items (N text exact unless the engine trims numbers)."""
-    wanted = items_by_key(list(expected))
+    wanted = by_key(list(expected))
     assert set(actual) == set(wanted), (sorted(set(wanted) - set(actual))[:5],
                                         sorted(set(actual) - set(wanted))[:5])
     norm = canonical_item if as_decimals else (lambda i: i)
@@ -224,7 +226,7 @@ def assert_exact(actual: dict[Key, Item], expected: Sequence[Item], *, as_decima
     assert not bad, f"{len(bad)} items differ, e.g. {bad[0]}: {actual[bad[0]]} != {wanted[bad[0]]}"
 
 
-def assert_only_reads(proxy: RecordingProxy, dev_table: str) -> None:
+def assert_only_reads(proxy: FaultProxy, dev_table: str) -> None:
     operations = {op for op, _ in proxy.requests}
     assert operations, "the proxy saw no request: the source was not read through it"
     assert operations <= {"Query", "Scan"}, operations
@@ -241,14 +243,14 @@ def test_source_table_copies_every_image_exactly_and_only_reads(engine: str, req
     dev, prod = table_factory(server), table_factory(server)
     items = golden_dev_table_items()
     put_items(dev.client, dev.name, items)
-    before = items_by_key(scan_all(dev.client, dev.name))
-    with RecordingProxy(server.url, rate=0.0) as proxy:
+    before = by_key(scan_all(dev.client, dev.name))
+    with FaultProxy(server.url, rate=0.0) as proxy:
         r = tool(*live_args(prod, "--source-table", dev.name, "--source-endpoint-url", proxy.url),
                  report=tmp_path / "r.json")
     assert r.returncode == 0, r.describe()
-    assert_exact(items_by_key(scan_all(prod.client, prod.name)), list(load_expected().values()),
+    assert_exact(by_key(scan_all(prod.client, prod.name)), list(load_expected().values()),
                  as_decimals=engine == "ddblocal")
-    after = items_by_key(scan_all(dev.client, dev.name))
+    after = by_key(scan_all(dev.client, dev.name))
     assert {k: canonical_item(v) for k, v in after.items()} == \
         {k: canonical_item(v) for k, v in before.items()}
     assert_only_reads(proxy, dev.name)
@@ -293,7 +295,7 @@ def test_source_table_without_gsitype_scans_for_images(engine: str, request: pyt
     client.create_table(**definition)
     wait_table_active(client, name)
     put_items(client, name, [i for image_id in (IMG_VERBATIM, IMG_LEGACY) for i in dev_items(image_id)])
-    with RecordingProxy(server.url, rate=0.0) as proxy:
+    with FaultProxy(server.url, rate=0.0) as proxy:
         r = tool(*dry_args("--source-table", name, "--source-endpoint-url", proxy.url,
                            dump=tmp_path / "d.jsonl"))
     assert r.returncode == 0, r.describe()
@@ -464,7 +466,7 @@ def test_source_table_image_ids_query_only_those_partitions(moto_server: Any, ta
                                                             tmp_path: Path) -> None:
     dev = table_factory(moto_server)
     put_items(dev.client, dev.name, golden_dev_table_items())
-    with RecordingProxy(moto_server.url, rate=0.0) as proxy:
+    with FaultProxy(moto_server.url, rate=0.0) as proxy:
         r = tool(*dry_args("--source-table", dev.name, "--source-endpoint-url", proxy.url,
                            "--image-id", IMG_LEGACY, dump=tmp_path / "d.jsonl"))
     assert r.returncode == 0, r.describe()
@@ -526,13 +528,13 @@ def test_done_when_unseen_images_from_the_dev_table_and_an_s3_export(ddblocal_se
                                     [c for n, c in enumerate(clones) if n % 3 == 0])
     dev, prod = table_factory(ddblocal_server), table_factory(ddblocal_server)
     put_items(dev.client, dev.name, items)
-    before = {k: canonical_item(v) for k, v in items_by_key(scan_all(dev.client, dev.name)).items()}
-    with RecordingProxy(ddblocal_server.url, rate=0.0) as proxy:
+    before = {k: canonical_item(v) for k, v in by_key(scan_all(dev.client, dev.name)).items()}
+    with FaultProxy(ddblocal_server.url, rate=0.0) as proxy:
         r = tool(*live_args(prod, "--source-table", dev.name, "--source-endpoint-url", proxy.url),
                  report=tmp_path / "table.json")
     assert r.returncode == 0, r.describe()
-    assert_exact(items_by_key(scan_all(prod.client, prod.name)), expected, as_decimals=True)
-    assert {k: canonical_item(v) for k, v in items_by_key(scan_all(dev.client, dev.name)).items()} == before
+    assert_exact(by_key(scan_all(prod.client, prod.name)), expected, as_decimals=True)
+    assert {k: canonical_item(v) for k, v in by_key(scan_all(dev.client, dev.name)).items()} == before
     assert_only_reads(proxy, dev.name)
     assert r.report is not None
     assert r.report["images"]["copied"] == len(clones)
@@ -542,8 +544,8 @@ def test_done_when_unseen_images_from_the_dev_table_and_an_s3_export(ddblocal_se
     prod2 = table_factory(ddblocal_server)
     r = tool(*live_args(prod2, "--source-items", folder), report=tmp_path / "items.json")
     assert r.returncode == 0, r.describe()
-    first = items_by_key(scan_all(prod.client, prod.name))
-    second = items_by_key(scan_all(prod2.client, prod2.name))
+    first = by_key(scan_all(prod.client, prod.name))
+    second = by_key(scan_all(prod2.client, prod2.name))
     assert second == first  # the same engine stores the same items the same way
     assert r.report is not None
     assert r.report["excluded"] == excluded and r.report["other_types"] == other
