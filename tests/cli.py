@@ -62,9 +62,10 @@ class CliResult:
                 f"\n--- stderr ---\n{self.stderr[-4000:]}")
 
 
-def tool_command(args: Sequence[Any]) -> list[str]:
-    """The command line that runs the tool with ``args`` (for tests that need a Popen)."""
-    return [sys.executable, str(TOOL), *map(str, args)]
+def tool_command(args: Sequence[Any], python: Sequence[str] | None = None) -> list[str]:
+    """The command line that runs the tool with ``args`` (for tests that need a Popen);
+    ``python``: the interpreter command (default: this one)."""
+    return [*(python or [sys.executable]), str(TOOL), *map(str, args)]
 
 
 def run_cli(
@@ -75,11 +76,12 @@ def run_cli(
     cwd: Path | None = None,
     timeout: float = 120,
     input: str | None = None,
+    python: Sequence[str] | None = None,
 ) -> CliResult:
     """Run the tool as a subprocess and wait for it. ``report``: add ``--report PATH`` (an old
     file there is removed first) and parse it afterwards. ``input``: text on stdin (default:
-    stdin is closed, so it is never a terminal)."""
-    cmd = tool_command(args)
+    stdin is closed, so it is never a terminal). ``python``: the interpreter command."""
+    cmd = tool_command(args, python)
     if report is not None:
         report.unlink(missing_ok=True)
         cmd += ["--report", str(report)]

@@ -19,7 +19,7 @@ from typing import Any
 
 import boto3
 import pytest
-from cli import TOOL, live_args
+from cli import TOOL, CliResult, live_args, run_cli
 from conftest import TableHandle
 from fault_proxy import THROTTLING, FaultProxy
 from items import DEV_EXPORT, GOLDEN_EXPORT, load_expected, read_jsonl, table_items
@@ -33,11 +33,9 @@ BUCKETS = {"raw_bucket_name": "{stage}-raw-bucket", "cdn_bucket_name": "{stage}-
 
 
 def run(args: list[Any], cwd: Path, *, env: dict[str, str] | None = None,
-        python: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+        python: list[str] | None = None) -> CliResult:
     """The CLI in ``cwd`` with dummy credentials and no terminal."""
-    return subprocess.run([*(python or [sys.executable]), str(TOOL), *map(str, args)], cwd=cwd,
-                          env=env or env_for_subprocess(), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return run_cli(args, cwd=cwd, env=env, python=python)
 
 
 def stack_outputs(stage: str, table: str | None, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:

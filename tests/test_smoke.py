@@ -7,30 +7,23 @@ checks every item of the table, and checks that running the same copy again writ
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from cli import BUCKET_FLAGS, TOOL
+from cli import BUCKET_FLAGS, run_cli
 from conftest import TableHandle
 from items import DEV_EXPORT, GOLDEN_EXPECTED, assert_items_equal, load_expected, table_items
-from servers import env_for_subprocess
 
 pytestmark = pytest.mark.smoke
 
 
 def copy(table: TableHandle, report: Path) -> dict:
-    proc = subprocess.run(
-        [sys.executable, str(TOOL), "--no-dry-run", "--yes", "--table", table.name,
-         "--endpoint-url", table.url, "--export-dir", str(DEV_EXPORT), *BUCKET_FLAGS,
-         "--no-progress", "--report", str(report)],
-        env=env_for_subprocess(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=120, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_cli(["--no-dry-run", "--yes", "--table", table.name, "--endpoint-url", table.url,
+                    "--export-dir", str(DEV_EXPORT), *BUCKET_FLAGS, "--no-progress"], report=report)
+    assert proc.returncode == 0, proc.describe()
     assert "Traceback" not in proc.stderr
-    return dict(json.loads(report.read_text(encoding="utf-8")))
+    assert proc.report is not None
+    return proc.report
 
 
 def test_smoke_copy_of_the_bundled_export(fresh_table: TableHandle, tmp_path: Path) -> None:
