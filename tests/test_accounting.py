@@ -24,20 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli import TOOL, live_args, run_cli
 from conftest import TableHandle
-from exports import (
-    GOLDEN_IDS,
-    IMG_LEGACY,
-    IMG_VERBATIM,
-    clone_export,
-    copy_golden,
-    fake_uuid,
-    load_expected,
-    write_export,
-)
+from exports import clone_export, copy_golden, fake_uuid, write_export
 from fault_proxy import THROTTLING, FaultProxy
-from live_helpers import TOOL, live_args, run_cli
-from servers import canonical_item, env_for_subprocess, item_key
+from items import GOLDEN_IDS, IMG_LEGACY, IMG_VERBATIM, canonical_item, item_key, load_expected
+from servers import env_for_subprocess
 
 Item = dict[str, Any]
 Key = tuple[str, str]

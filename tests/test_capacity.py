@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cli import live_args, run_cli
 from conftest import TableHandle
-from exports import GOLDEN_EXPORT, load_expected
-from live_helpers import live_args, run_cli
+from items import GOLDEN_EXPORT, load_expected
 from servers import LocalServer
 
 

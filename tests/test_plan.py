@@ -22,21 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli import BUCKET_FLAGS, live_args, run_cli
 from conftest import TableHandle
-from exports import (
+from exports import clone_export, fake_uuid, write_export
+from items import (
     IMG_LEGACY,
     IMG_META_AND_PLACE,
     IMG_PLACE_EMPTY_ID,
     IMG_ROUNDING,
     IMG_VERBATIM,
-    clone_export,
+    canonical_item,
     expected_for_clone,
-    fake_uuid,
+    item_key,
     read_jsonl,
-    write_export,
+    stream_records,
 )
-from live_helpers import BUCKET_FLAGS, live_args, run_cli, stream_records
-from servers import REGION, canonical_item, item_key
+from servers import REGION
 from test_safety import run_on_pty
 
 Item = dict[str, Any]

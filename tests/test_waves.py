@@ -33,9 +33,10 @@ from typing import Any
 
 import boto3
 import pytest
+from cli import BUCKET_FLAGS
 from conftest import TableHandle
-from exports import BUCKET_FLAGS, GOLDEN_IDS, clone_export, expected_for_clone, write_export
-from live_helpers import table_items
+from exports import clone_export, write_export
+from items import GOLDEN_IDS, expected_for_clone, table_items
 from servers import REGION, env_for_subprocess, free_port, wait_http
 
 import copy_dynamodb_dev_to_prod as tool
