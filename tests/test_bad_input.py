@@ -416,13 +416,8 @@ def test_engines_reject_items_over_400kb(ddb_table: TableHandle) -> None:
     assert table_items(ddb_table.client, ddb_table.name) == {}
 
 
-SIZE_BUG = pytest.mark.xfail(
-    strict=True, reason="tool bug (item rules, issue 14): item_size counts a RECEIPT_PLACE 3 bytes "
-    "smaller than DynamoDB Local does (nested maps/lists), so an item the tool accepts is refused")
-
-
 @pytest.mark.parametrize("item_type,attribute", [
-    ("WORD", "text"), ("RECEIPT_WORD", "text"), pytest.param("RECEIPT_PLACE", "reasoning", marks=SIZE_BUG),
+    ("WORD", "text"), ("RECEIPT_WORD", "text"), ("RECEIPT_PLACE", "reasoning"),
     ("IMAGE", "sha256"), ("OCR_JOB", "s3_key"),
 ])
 def test_item_size_check_is_never_looser_than_the_engine(ddblocal_table: TableHandle, item_type: str,
