@@ -2756,6 +2756,8 @@ class ImageJob:
     plan: ImagePlan
     held: int                      # ItemBudget units this job still holds
     in_prod: bool = False          # prod has its IMAGE item
+    prod: dict[str, dict[str, AttributeValue]] = dataclasses.field(default_factory=dict)
+    unread: int = 0                # keys of prod's versions not yet read
     image_item: dict[str, AttributeValue] | None = None  # still to write, after the rest
     unsettled: int = 0             # items handed to the batcher, not yet written or lost
     to_write: int = 0
@@ -2771,12 +2773,13 @@ Entry = tuple[ImageJob, dict[str, AttributeValue]]
 
 class Batcher:
     """Packs the items of any image into full batches of 25 (fewer requests than one
-    remainder batch per image). An open batch waits for more items while work is in
-    flight or the reader is still producing; once neither is true, waiting would only
-    stall, so it is sent as it is."""
+    remainder batch per image); with size=100, the keys of prod's versions into full
+    BatchGetItem requests the same way. An open batch waits for more entries while work
+    is in flight or the reader is still producing; once neither is true, waiting would
+    only stall, so it is sent as it is."""
 
-    def __init__(self, send: Callable[[list[Entry]], None]) -> None:
-        self.send = send
+    def __init__(self, send: Callable[[list[Entry]], None], size: int = BATCH_SIZE) -> None:
+        self.send, self.size = send, size
         self.lock = threading.Lock()
         self.open: list[Entry] = []
         self.keys: set[tuple[str, str]] = set()
@@ -2792,7 +2795,7 @@ class Batcher:
                     ready.append(self.cut())
                 self.open.append(entry)
                 self.keys.add(key)
-                if len(self.open) == BATCH_SIZE:
+                if len(self.open) == self.size:
                     ready.append(self.cut())
         for batch in ready:
             self.send(batch)
@@ -2849,6 +2852,9 @@ class Migration:
         self.progress: Progress | None = None
         self.pool: ThreadPoolExecutor | None = None
         self.batcher = Batcher(self.submit_batch)
+        # Reads of prod's versions are shared across images too: with images of ~110 items,
+        # one image alone needs two BatchGetItem requests, the second nearly empty.
+        self.reads = Batcher(self.submit_reads, GET_BATCH_SIZE)
 
     # --- selecting and reading images -------------------------------------------
 
@@ -2877,7 +2883,7 @@ class Migration:
         self.dump = DumpFile(self.cfg.dump_items, append=self.report.dump_started)
         self.report.dump_started = True
         self.progress = Progress(self.cfg.progress, len(sources))
-        self.batcher.set_producing(True)
+        self.set_producing(True)
         switch_interval = sys.getswitchinterval()
         try:
             if self.client is None:
@@ -2890,7 +2896,7 @@ class Migration:
                 self.pool = pool
                 try:
                     self.walk(sources, self.submit_image)
-                    self.batcher.set_producing(False)
+                    self.set_producing(False)
                     self.budget.wait_idle()  # tasks submit tasks: keep the pool open
                 except BaseException:
                     self.stopping = True
@@ -2959,40 +2965,71 @@ class Migration:
         if self.progress:
             self.progress.planned(len(job.plan.items))
         if not self.budget.try_acquire(job.held):
-            self.batcher.set_producing(False)  # blocked: let an open batch go
+            self.set_producing(False)  # blocked: let open batches go
             self.budget.acquire(job.held)
-            self.batcher.set_producing(True)
-        self.submit(job, self.read_and_decide, job)
+            self.set_producing(True)
+        job.unread = len(job.plan.items)
+        if not job.unread:
+            self.read_done(job)
+        self.reads.add((job, {"PK": i["PK"], "SK": i["SK"]}) for i in job.plan.items)
 
-    def submit(self, job: ImageJob, fn: Callable[..., None], *args: Any) -> None:
+    def set_producing(self, producing: bool) -> None:
+        """Reads first: a read batch sent now counts as in flight for the write batcher."""
+        self.reads.set_producing(producing)
+        self.batcher.set_producing(producing)
+
+    def submit_reads(self, batch: list[Entry]) -> None:
+        """The read batcher counted this batch as in flight; the write batcher counts it
+        too (what it reads decides what is written)."""
         assert self.pool is not None
         self.batcher.task_started()
         try:
-            self.pool.submit(self.guarded, job, fn, *args)
+            self.pool.submit(self.read_batch, batch)
         except RuntimeError:  # the pool is shut down: the run is being stopped
+            self.reads.task_done()
             self.batcher.task_done()
 
-    def guarded(self, job: ImageJob, fn: Callable[..., None], *args: Any) -> None:
-        """Run a task; an unexpected exception fails the image instead of vanishing."""
+    def read_batch(self, batch: list[Entry]) -> None:
+        """Read prod's versions of these keys (one BatchGetItem); an image whose keys are
+        all read is diffed and decided."""
         try:
-            fn(*args)
+            try:
+                request = {"Keys": [key for _, key in batch], "ConsistentRead": True}
+                found = batch_get_chunk(self.client, self.cfg.table or "", request, self.retrier)
+                error = None
+            except Exception as exc:
+                found, error = [], InputError(f"cannot read prod: {describe_error(exc)}")
+            by_key = {item_key(item): item for item in found}
+            by_job: dict[ImageJob, list[tuple[str, str]]] = {}
+            for job, key in batch:
+                by_job.setdefault(job, []).append(item_key(key))
+            for job, keys in by_job.items():
+                with job.lock:
+                    if error is not None and not job.errors:
+                        job.errors.append(error)
+                    job.prod.update((k[1], by_key[k]) for k in keys if k in by_key)
+                    job.unread -= len(keys)
+                    last = job.unread == 0
+                if last:
+                    self.read_done(job)
         except Exception as exc:
-            if not self.stopping:  # when stopping, unfinished images count as interrupted
-                log.debug("unexpected error", exc_info=True)
+            if self.stopping:
+                return
+            log.debug("unexpected error", exc_info=True)
+            for job in {job for job, _ in batch}:
                 with job.lock:
                     job.errors.append(InputError(f"internal error: {describe_error(exc)}"))
                 self.finish(job)
         finally:
+            self.reads.task_done()
             self.batcher.task_done()
 
-    def read_and_decide(self, job: ImageJob) -> None:
-        try:
-            prod = read_prod_versions(self.client, self.cfg.table or "", job.plan.items, self.retrier)
-        except Exception as exc:
-            job.errors.append(InputError(f"cannot read prod: {describe_error(exc)}"))
+    def read_done(self, job: ImageJob) -> None:
+        if job.errors:
             self.finish(job)
             return
-        job.in_prod = "IMAGE" in prod
+        job.in_prod = "IMAGE" in job.prod
+        prod, job.prod = job.prod, {}
         self.decide(job, prod)
 
     def decide(self, job: ImageJob, prod: Mapping[str, Mapping[str, AttributeValue]]) -> None:

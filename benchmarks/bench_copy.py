@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -127,6 +128,14 @@ class Server:
         except OSError:
             pass
         return None
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds (user + system, all threads) the engine process has used so far."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -387,7 +396,10 @@ class Bench:
 
     def floor(self, engine: str, table: str, items: list[dict[str, Any]]) -> dict[str, Any]:
         with self.fresh_server(engine, table) as (server, client):
+            engine_cpu, own_cpu = server.cpu_s(), time.process_time()
             res = floor_write(client, table, items, self.args.threads)
+            res["client_cpu_s"] = time.process_time() - own_cpu
+            res["engine_cpu_s"] = cpu_delta(server.cpu_s(), engine_cpu)
             res["table"] = table_digest(client, table)
             res["engine_rss_mb"] = server.rss_mb()
         return res
@@ -403,14 +415,20 @@ class Bench:
         counts = self.work / f"requests-{table}.json"
         log = self.log(table)
         cmd = self.live_cmd(export, table, server.url, report)
+        engine_cpu = server.cpu_s()
         if rss:
             res = run_peak_rss(cmd, log)
         else:
             # The tool under count_requests.py: every request it sends is counted.
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
             wall, rc = run_timed([self.py, str(COUNTER), str(counts), *cmd[1:]], log)
-            res = {"wall_s": wall, "returncode": rc}
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            res = {"wall_s": wall, "returncode": rc,
+                   "client_cpu_s": (after.ru_utime + after.ru_stime
+                                    - children.ru_utime - children.ru_stime)}
             with contextlib.suppress(OSError, ValueError):
                 res["requests"] = json.loads(counts.read_text())
+        res["engine_cpu_s"] = cpu_delta(server.cpu_s(), engine_cpu)
         res["table"] = table_digest(client, table)
         res["engine_rss_mb"] = server.rss_mb()
         if expect:
@@ -445,6 +463,10 @@ def summarize_report(path: Path) -> Any:
         return {k: v for k, v in data.items()
                 if not isinstance(v, (dict, list)) or k in ("capacity", "images", "items")}
     return data
+
+
+def cpu_delta(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
 
 
 def median(values: list[float]) -> float | None:
@@ -712,6 +734,11 @@ def print_table(res: dict[str, Any]) -> None:
                           f" | tool {fmt(tl.get('wall_s'))} s {fmt(tl.get('items_per_s'), ',.0f')}/s"
                           f" rc={tl['returncode']} | ratio "
                           f"{fmt(pair.get('ratio_tool_over_floor'), '.3f')}")))
+            rows.append(("    cpu s engine / client",
+                         (f"floor {fmt(fl.get('engine_cpu_s'), '.1f')} / "
+                          f"{fmt(fl.get('client_cpu_s'), '.1f')} | tool "
+                          f"{fmt(tl.get('engine_cpu_s'), '.1f')} / "
+                          f"{fmt(tl.get('client_cpu_s'), '.1f')}")))
         rows += [
             ("  tool/floor items/s", (f"median of pairs {fmt(s['ratio_median'], '.3f')}, "
                                      f"of medians {fmt(s['ratio_of_medians'], '.3f')}")),
