@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli import live_args, run_cli
 from conftest import TableHandle
-from exports import GOLDEN_EXPORT, GOLDEN_IDS, load_expected, read_jsonl
-from fault_proxy import PARTIAL_BATCH, PARTIAL_BATCH_GET, THROTTLING
-from live_helpers import RecordingProxy, check_write_requests, live_args, multiplied_export, run_cli
-from servers import canonical_item, item_key
+from exports import multiplied_export
+from fault_proxy import PARTIAL_BATCH, PARTIAL_BATCH_GET, THROTTLING, FaultProxy
+from items import (
+    GOLDEN_EXPORT,
+    GOLDEN_IDS,
+    canonical_item,
+    check_write_requests,
+    item_key,
+    load_expected,
+    read_jsonl,
+)
 
 import copy_dynamodb_dev_to_prod as tool
 
@@ -46,7 +54,7 @@ def put_items(table: TableHandle, items: list[Item]) -> None:
             pending = table.client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
 
 
-def requests_of(proxy: RecordingProxy, operation: str) -> list[dict[str, Any]]:
+def requests_of(proxy: FaultProxy, operation: str) -> list[dict[str, Any]]:
     return [payload for op, payload in proxy.requests if op == operation]
 
 
@@ -61,13 +69,13 @@ def sent_keys(payload: dict[str, Any]) -> list[Key]:
     return keys
 
 
-def key_sends(proxy: RecordingProxy, operation: str) -> Counter[Key]:
+def key_sends(proxy: FaultProxy, operation: str) -> Counter[Key]:
     return Counter(k for p in requests_of(proxy, operation) for k in sent_keys(p))
 
 
 def run_through(table: TableHandle, tmp_path: Path, *extra: str, faults: list[str], target: str,
-                live: bool = True, name: str = "r") -> tuple[Any, RecordingProxy]:
-    proxy = RecordingProxy(table.url, rate=1.0, faults=faults, targets=[target])
+                live: bool = True, name: str = "r") -> tuple[Any, FaultProxy]:
+    proxy = FaultProxy(table.url, rate=1.0, faults=faults, targets=[target])
     args = live_args(table.name, proxy.url, GOLDEN_EXPORT, *extra)
     if not live:
         args = [a for a in args if a not in ("--no-dry-run", "--yes")]
@@ -268,9 +276,10 @@ def test_rate_limiter_never_sleeps_holding_its_lock() -> None:
 
 def test_batches_are_shared_across_images_with_the_image_item_last(ddblocal_table: TableHandle,
                                                                    tmp_path: Path) -> None:
-    export_dir, expected = multiplied_export(tmp_path, 4)
+    export_dir = tmp_path / "export"
+    expected = list(multiplied_export(export_dir, 4).values())
     n_images = len(GOLDEN_IDS) * 4
-    proxy = RecordingProxy(ddblocal_table.url, rate=0.0)
+    proxy = FaultProxy(ddblocal_table.url, rate=0.0)
     try:
         result = run_cli(live_args(ddblocal_table.name, proxy.url, export_dir), report=tmp_path / "r.json")
     finally:
