@@ -15,6 +15,7 @@ answers).
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -136,6 +137,31 @@ def test_normal_run_limit_and_failures_account_for_every_image(ddblocal_table: T
     assert images["copied"] == len(GOLDEN_IDS) - 3 and images["skipped_existing"] == 3, images
     assert table_items(ddblocal_table) == {k: canonical_item(v) for k, v in expected.items()}
     assert "Interrupted" not in normal.stdout and "stopped" not in normal.stderr
+    # the summary's last lines (13.8): elapsed time and rate, and where the report is
+    assert re.search(r"^Elapsed [\d,.]+ s, [\d,]+ items/s written$", normal.stdout, re.M), normal.stdout
+    assert normal.stdout.rstrip().endswith(f"Report: {tmp_path / 'normal.json'}"), normal.stdout
+
+
+# --------------------------------------------------------------------------- the summary's words (13.8)
+
+
+def test_summary_of_a_run_that_copies_nothing_has_no_empty_sections(tmp_path: Path) -> None:
+    """One image, without receipts, in a shard of one: nothing to copy. No empty "Entity
+    counts:" header, one blank line between header and summary, no "1 images"/"1 files"."""
+    export = tmp_path / "export"
+    empty = clone_export(IMG_VERBATIM, EMPTY_ID)
+    for name in RECEIPT_LISTS:
+        empty[name] = []
+    write_export(export, empty, f"{EMPTY_ID}.json")
+    result = run_cli(["--export-dir", export, "--no-progress", "--shard", "0/1", "--limit", "1"],
+                     report=tmp_path / "r.json")
+    assert result.returncode == 0 and result.report is not None, result.describe()
+    assert result.report["images"]["skipped_empty"] == 1
+    assert "Entity counts:" not in result.stdout
+    assert "\n\n\n" not in result.stdout and not result.stdout.startswith("\n"), result.stdout
+    assert "\n\nImages found:" in result.stdout, result.stdout
+    assert not re.search(r"\b1 (images|files)\b", result.output), result.output
+    assert re.search(r"^Elapsed [\d,.]+ s, [\d,]+ items/s planned$", result.stdout, re.M), result.stdout
 
 
 # --------------------------------------------------------------------------- signals mid-copy
@@ -201,7 +227,7 @@ def test_interrupted_copy_counts_every_image_and_a_rerun_finishes(
     assert "Interrupted (no IMAGE item yet):" in out and "re-run the same command to finish them" in out, out
     line = next(line for line in out.splitlines() if line.startswith("Interrupted"))
     assert line.partition(":")[2].split()[0] == f"{n:,}", line
-    assert f"stopped: {n} image(s) not finished" in err and "re-run the same command" in err, err
+    assert re.search(rf"^stopped: {n:,} images? not finished\b.*re-run the same command", err, re.M), err
     assert "Traceback" not in err
 
     # the re-run finished them, and the table is exact

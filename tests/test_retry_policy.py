@@ -257,14 +257,16 @@ def test_rate_limiter_never_sleeps_holding_its_lock() -> None:
             assert wake.wait(30)
 
     limiter = tool.RateLimiter(10.0, clock=lambda: now[0], sleep=sleep)
-    first = threading.Thread(target=limiter.acquire, args=(25,), name="first")
+    first = threading.Thread(target=limiter.acquire, args=(25,), name="first", daemon=True)
     first.start()
     assert asleep.wait(30)
-    second = threading.Thread(target=limiter.acquire, args=(25,), name="second")
-    second.start()
-    second.join(30)
-    assert not second.is_alive(), "the second caller was blocked by the sleeping first one"
-    wake.set()
+    second = threading.Thread(target=limiter.acquire, args=(25,), name="second", daemon=True)
+    try:
+        second.start()
+        second.join(10)  # only turns a block into a failure
+        assert not second.is_alive(), "the second caller was blocked by the sleeping first one"
+    finally:
+        wake.set()
     first.join(30)
     assert [free for _, free in seen] == [True, True], seen
     # reservations queue: the second waits for its own tokens after the first one's
