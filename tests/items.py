@@ -5,7 +5,7 @@ set of items is a ``dict`` keyed by ``(PK, SK)``.
 
 * golden data: :func:`load_expected` (``tests/fixtures/golden/expected``), per image ids;
 * a table: :func:`table_items` / :func:`item_count` read it through the DynamoDB API (a
-  paginated, consistent Scan), on any engine;
+  paginated, consistent Scan), on any engine; :func:`put_items` prepares one;
 * comparison: :func:`assert_table_equals` / :func:`assert_items_equal` (numbers compared as
   decimals where the engine trims ``N`` text, as DynamoDB Local and real DynamoDB do);
 * invariants: :func:`incomplete_marked_images` (IMAGE-last), :func:`check_write_requests`;
@@ -160,6 +160,16 @@ def scan_all(client: Any, table: str, *, page_size: int | None = None) -> list[I
 def table_items(client: Any, table: str) -> dict[Key, Item]:
     """Every item of ``table``, keyed by (PK, SK), read through the API."""
     return by_key(scan_all(client, table))
+
+
+def put_items(client: Any, table: str, items: Iterable[Item]) -> None:
+    """Write ``items`` with plain BatchWriteItem calls (25 a request, unprocessed ones resent):
+    how tests prepare a prod table without the tool."""
+    items = list(items)
+    for start in range(0, len(items), 25):
+        pending: dict[str, Any] = {table: [{"PutRequest": {"Item": i}} for i in items[start:start + 25]]}
+        while pending:
+            pending = client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
 
 
 def item_count(client: Any, table: str) -> int:

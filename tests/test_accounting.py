@@ -29,7 +29,15 @@ from cli import TOOL, live_args, run_cli
 from conftest import TableHandle
 from exports import clone_export, copy_golden, fake_uuid, write_export
 from fault_proxy import THROTTLING, FaultProxy
-from items import GOLDEN_IDS, IMG_LEGACY, IMG_VERBATIM, canonical_item, item_key, load_expected
+from items import (
+    GOLDEN_IDS,
+    IMG_LEGACY,
+    IMG_VERBATIM,
+    canonical_item,
+    load_expected,
+    put_items,
+)
+from items import table_items as shared_table_items
 from servers import env_for_subprocess
 
 Item = dict[str, Any]
@@ -56,21 +64,8 @@ def mixed_export(dst: Path) -> dict[Key, Item]:
 
 
 def table_items(table: TableHandle) -> dict[Key, Item]:
-    items: list[Item] = []
-    kwargs: dict[str, Any] = {"TableName": table.name, "ConsistentRead": True}
-    while True:
-        page = table.client.scan(**kwargs)
-        items += page["Items"]
-        if "LastEvaluatedKey" not in page:
-            return {item_key(i): canonical_item(i) for i in items}
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def put_items(table: TableHandle, items: list[Item]) -> None:
-    for start in range(0, len(items), 25):
-        pending: dict[str, Any] = {table.name: [{"PutRequest": {"Item": i}} for i in items[start:start + 25]]}
-        while pending:
-            pending = table.client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+    """The table's items, numbers as decimals (DynamoDB Local trims N text)."""
+    return {k: canonical_item(v) for k, v in shared_table_items(table.client, table.name).items()}
 
 
 def assert_accounted(report: dict[str, Any], total: int) -> None:
@@ -100,7 +95,8 @@ def test_normal_run_limit_and_failures_account_for_every_image(ddblocal_table: T
     expected = mixed_export(export)
     total = len(GOLDEN_IDS) + 2
     first = GOLDEN_IDS[0]
-    put_items(ddblocal_table, [v for k, v in expected.items() if k[0] == f"IMAGE#{first}"])
+    put_items(ddblocal_table.client, ddblocal_table.name,
+              [v for k, v in expected.items() if k[0] == f"IMAGE#{first}"])
 
     limited = run_cli(live_args(ddblocal_table.name, ddblocal_table.url, export, "--limit", "2"),
                       report=tmp_path / "limit.json")

@@ -16,6 +16,7 @@ Also issue 13.5: the confirmation prompt states what the run will do, as the dry
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,11 @@ from items import (
     canonical_item,
     expected_for_clone,
     item_key,
+    put_items,
     read_jsonl,
     stream_records,
 )
+from items import table_items as shared_table_items
 from servers import REGION
 from test_safety import run_on_pty
 
@@ -62,13 +65,6 @@ class Messy:
     prod: dict[Key, Item]              # what the table holds before the runs
     changed_labels: set[Key]           # RECEIPT_WORD_LABEL items prod changed
     moved_words: set[Key]              # RECEIPT_WORD items prod moved to SUCCESS
-
-
-def put_items(client: Any, table: str, items: list[Item]) -> None:
-    for start in range(0, len(items), 25):
-        pending: dict[str, Any] = {table: [{"PutRequest": {"Item": i}} for i in items[start:start + 25]]}
-        while pending:
-            pending = client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
 
 
 def prepare_messy_prod(tmp_path: Path, table: TableHandle, salt: str) -> Messy:
@@ -121,14 +117,7 @@ def canonical(items: dict[Key, Item]) -> dict[Key, Item]:
 
 def table_items(table: TableHandle) -> dict[Key, Item]:
     """The table's items, numbers as decimals (DynamoDB Local trims N text)."""
-    items: list[Item] = []
-    kwargs: dict[str, Any] = {"TableName": table.name, "ConsistentRead": True}
-    while True:
-        page = table.client.scan(**kwargs)
-        items += page["Items"]
-        if "LastEvaluatedKey" not in page:
-            return {item_key(i): canonical_item(i) for i in items}
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return {k: canonical_item(v) for k, v in shared_table_items(table.client, table.name).items()}
 
 
 def oracle(messy: Messy, flags: list[str]) -> dict[str, Any]:
@@ -275,7 +264,7 @@ def test_conflicts_carry_both_values_cut_at_200_characters(ddblocal_table: Table
 
 
 def prompt_line(before: str) -> str:
-    lines = [line.strip() for line in before.splitlines() if "image(s) to copy" in line]
+    lines = [line.strip() for line in before.splitlines() if re.search(r"\bimages? to copy\b", line)]
     assert len(lines) == 1, before
     return lines[0]
 
@@ -309,7 +298,7 @@ def test_prompt_states_what_the_run_will_do(ddblocal_table: TableHandle,
     assert copies == 2
     items = dry.report["items"]["planned"]
     assert items == sum(1 for k in expected if k[0] != f"IMAGE#{ids[COMPLETE]}")
-    assert line.startswith(f"{copies:,} image(s) to copy"), line
+    assert line.startswith(f"{copies:,} images to copy"), line
     assert f"up to {items:,} items" in line, line
     assert "1 already in prod, skipped" in line and "1 without receipts, skipped" in line, line
     assert table_items(ddblocal_table) == {item_key(i): canonical_item(i) for i in in_prod}
@@ -326,7 +315,7 @@ def test_prompt_counts_no_images_beyond_the_limit(ddblocal_table: TableHandle, t
     assert dry.report is not None, dry.describe()
     _, before, _ = run_on_pty([*args, "--no-dry-run"], "no")
     line = prompt_line(before)
-    assert line.startswith("2 image(s) to copy"), line
+    assert line.startswith("2 images to copy"), line
     assert f"up to {dry.report['items']['planned']:,} items" in line, line
     assert "1 left for a later run (--limit)" in line, line
 

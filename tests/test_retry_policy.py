@@ -27,8 +27,10 @@ from items import (
     check_write_requests,
     item_key,
     load_expected,
+    put_items,
     read_jsonl,
 )
+from items import table_items as shared_table_items
 
 import copy_dynamodb_dev_to_prod as tool
 
@@ -37,21 +39,8 @@ Key = tuple[str, str]
 
 
 def table_items(table: TableHandle) -> dict[Key, Item]:
-    items: list[Item] = []
-    kwargs: dict[str, Any] = {"TableName": table.name, "ConsistentRead": True}
-    while True:
-        page = table.client.scan(**kwargs)
-        items += page["Items"]
-        if "LastEvaluatedKey" not in page:
-            return {item_key(i): canonical_item(i) for i in items}
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def put_items(table: TableHandle, items: list[Item]) -> None:
-    for start in range(0, len(items), 25):
-        pending: dict[str, Any] = {table.name: [{"PutRequest": {"Item": i}} for i in items[start:start + 25]]}
-        while pending:
-            pending = table.client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+    """The table's items, numbers as decimals (DynamoDB Local trims N text)."""
+    return {k: canonical_item(v) for k, v in shared_table_items(table.client, table.name).items()}
 
 
 def requests_of(proxy: FaultProxy, operation: str) -> list[dict[str, Any]]:
@@ -157,7 +146,7 @@ def prepare_prod(table: TableHandle) -> dict[Key, Item]:
     prod = {k: v for k, v in expected.items() if k[0] in (f"IMAGE#{ids[0]}", f"IMAGE#{ids[1]}")}
     partial = sorted(k for k in expected if k[0] == f"IMAGE#{ids[2]}" and k[1] != "IMAGE")
     prod.update({k: expected[k] for k in partial[::3]})
-    put_items(table, list(prod.values()))
+    put_items(table.client, table.name, prod.values())
     return prod
 
 
