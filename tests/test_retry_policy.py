@@ -107,6 +107,17 @@ def test_throttled_reads_are_sent_exactly_one_plus_max_retries_times(
     assert all("ThrottlingException" in e["message"] for e in result.report["errors"])
 
 
+def test_throttled_table_check_is_sent_one_plus_max_retries_times(ddblocal_table: TableHandle,
+                                                                  tmp_path: Path) -> None:
+    """The table check before the work (DescribeTable) follows the same policy, then gives
+    one line and exit 2."""
+    result, proxy = run_through(ddblocal_table, tmp_path, "--max-retries", "3",
+                                faults=[THROTTLING], target="DescribeTable")
+    assert result.returncode == 2, result.describe()
+    assert proxy.calls == {"DescribeTable": 4}, proxy.calls
+    assert len(result.stderr.strip().splitlines()) == 1 and "ThrottlingException" in result.stderr
+
+
 # --------------------------------------------------------------------------- unprocessed items and keys
 
 
