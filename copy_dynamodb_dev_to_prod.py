@@ -4074,6 +4074,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     signal.signal(signal.SIGTERM, raise_terminated)
+    # SIGINT always stops cleanly, also where the process started with it ignored (a
+    # background job of a script inherits SIG_IGN, and Python then keeps ignoring it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     report: Report | None = None
     try:
         cfg = resolve_config(args, os.environ, argv)
