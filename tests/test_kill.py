@@ -25,7 +25,7 @@ from items import (
 from servers import env_for_subprocess
 
 EXPECTED = load_expected()
-RATE = 200  # items per second: the golden copy (756 items) then takes ~4 s
+RATE = 100  # items per second: the golden copy (756 items) then takes ~8 s, time enough to kill it
 
 
 def kill_when(table: TableHandle, threshold: int, tmp_path: Path) -> int:
@@ -40,15 +40,11 @@ def kill_when(table: TableHandle, threshold: int, tmp_path: Path) -> int:
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if item_count(table.client, table.name) >= threshold:
-                break
+        # no time limit: however slow the machine, the run either reaches the threshold or ends
+        while item_count(table.client, table.name) < threshold:
             assert proc.poll() is None, "the run ended before it could be killed: " + \
                 (tmp_path / "run.log").read_text()
             time.sleep(0.02)
-        else:
-            raise AssertionError(f"fewer than {threshold} items after 60 s")
         assert proc.poll() is None, "the run ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -103,10 +99,9 @@ def test_ctrl_c_stops_cleanly_and_rerun_completes(ddblocal_table: TableHandle, t
     proc = subprocess.Popen(tool_command(args), env=env_for_subprocess(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + 60
     while item_count(ddblocal_table.client, ddblocal_table.name) < len(EXPECTED) // 3:
-        assert time.monotonic() < deadline and proc.poll() is None, "run ended too early"
-        time.sleep(0.01)
+        assert proc.poll() is None, "run ended too early"
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
