@@ -3431,6 +3431,7 @@ class WaveDriver:
         self.run_id = new_run_id(cfg, report.started)
         self.waves: list[dict[str, Any]] = report.extra.setdefault("waves", [])
         self.count = 0
+        self.unstarted = 0
         self.status = StatusLine(cfg.progress)
 
     def run(self, files: list[ImageSource]) -> None:
@@ -3441,13 +3442,20 @@ class WaveDriver:
                                           "dry_run": self.cfg.dry_run}
         if waves and not self.cfg.dry_run:
             self.connect()  # a missing state machine stops the run before anything is copied
-        for k, wave in enumerate(waves, 1):
-            entry: dict[str, Any] = {"index": k, "images": len(wave), "image_ids": [s.image_id for s in wave]}
-            if self.cfg.dry_run:
-                entry["would_start"] = [w.name for w in self.workflows]
-            self.waves.append(entry)
-            if not self.copy_wave(k, wave, entry):
-                return
+        self.unstarted = sum(len(w) for w in waves)  # images not yet handed to a Migration
+        try:
+            for k, wave in enumerate(waves, 1):
+                entry: dict[str, Any] = {"index": k, "images": len(wave),
+                                         "image_ids": [s.image_id for s in wave]}
+                if self.cfg.dry_run:
+                    entry["would_start"] = [w.name for w in self.workflows]
+                self.waves.append(entry)
+                if not self.copy_wave(k, wave, entry):
+                    return
+        finally:
+            # Images of waves a stop left uncopied are still found images: with no outcome,
+            # the report counts them as interrupted (re-running the same command copies them).
+            self.report.images["total"] += self.unstarted
 
     def plan(self, files: list[ImageSource]) -> list[list[ImageSource]]:
         """The images this run would copy: not in prod (one read-only BatchGetItem pass over their
@@ -3497,6 +3505,7 @@ class WaveDriver:
             self.wait_for_backlog(k, entry)
         planned, written = report.items["planned"], report.items["written"]
         copied, failed = report.images["copied"], report.images["failed"]
+        self.unstarted -= len(wave)  # from here on the Migration counts them
         self.migration.run(wave)
         entry.update(images_copied=report.images["copied"] - copied,
                      items_planned=report.items["planned"] - planned)

@@ -538,6 +538,9 @@ def test_failing_word_workflow_stops_the_run_and_a_rerun_finishes(
         assert len(report["waves"]) == 1 and report["waves"][0]["outcome"] == "workflow failed"
         assert [e["status"] for e in report["waves"][0]["executions"]] == ["SUCCEEDED", "FAILED"]
         assert report["waves"][0]["none_at_end"]["words"] > 0
+        # The second wave's images were found but not copied: counted, as interrupted.
+        images = report["images"]
+        assert images["total"] == 10 and images["copied"] == 5 and images["interrupted"] == 5
 
         # Fix the workflow; the same command continues with the other five images.
         s.sfn.update_state_machine(
