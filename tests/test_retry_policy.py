@@ -279,8 +279,8 @@ def test_rate_limiter_never_sleeps_holding_its_lock() -> None:
 def test_batches_are_shared_across_images_with_the_image_item_last(ddblocal_table: TableHandle,
                                                                    tmp_path: Path) -> None:
     export_dir = tmp_path / "export"
-    expected = list(multiplied_export(export_dir, 4).values())
-    n_images = len(GOLDEN_IDS) * 4
+    expected = list(multiplied_export(export_dir, 2).values())
+    n_images = len(GOLDEN_IDS) * 2
     proxy = FaultProxy(ddblocal_table.url, rate=0.0)
     try:
         result = run_cli(live_args(ddblocal_table.name, proxy.url, export_dir), report=tmp_path / "r.json")
@@ -292,12 +292,12 @@ def test_batches_are_shared_across_images_with_the_image_item_last(ddblocal_tabl
     assert sum(len(w) for w in writes) == len(expected), "an item was sent twice"
     others = sum(1 for i in expected if i["SK"]["S"] != "IMAGE")
     floor = math.ceil(others / 25) + math.ceil(n_images / 25)
-    # Slack 2 (measured here: 0 on DynamoDB Local, 122 requests for a floor of 122): batches
-    # are filled across images, so a short batch goes only when waiting could only stall --
-    # once after the reader has finished (the remainder of all images' other items), and
-    # once more for the IMAGE items that must follow that very batch (they cannot ride in
-    # it, and no other items are left to share theirs). Each costs at most one request
-    # beyond the floor.
+    # Slack 2 (measured on DynamoDB Local: 62 requests for a floor of 62 here, 122 of 122 at
+    # 20 images; one remainder batch per image, as before, gives 74 here). Batches are filled
+    # across images, so a short batch goes only when waiting could only stall: once after the
+    # reader has finished (the remainder of all images' other items), and once more for the
+    # IMAGE items that must follow that very batch (they cannot ride in it, and no other
+    # items are left to share theirs). Each costs at most one request beyond the floor.
     slack = 2
     assert len(writes) <= floor + slack, (len(writes), floor)
     mixed = sum(1 for w in writes if len({i["PK"]["S"] for i in w}) > 1)
