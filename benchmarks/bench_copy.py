@@ -1,25 +1,31 @@
-"""Benchmark copy_dynamodb_dev_to_prod.py against a local moto server.
+"""Benchmark copy_dynamodb_dev_to_prod.py against local DynamoDB engines: moto and AWS's
+DynamoDB Local.
 
-Developer tool (stdlib + boto3 + moto only).  It never talks to AWS: every boto3 client and
-every subprocess gets dummy credentials and a 127.0.0.1 endpoint.
+Developer tool (stdlib + boto3 + moto; Java and DynamoDB Local for that engine).  It never
+talks to AWS: every boto3 client and every subprocess gets dummy credentials and a 127.0.0.1
+endpoint.
 
-    python benchmarks/bench_copy.py --images 100 --threads 10 --repeats 3 --json bench.json
+    DDBLOCAL_DIR=.ddblocal python benchmarks/bench_copy.py --images 80 --threads 10 --repeats 3
 
-What it measures
+What it measures, per engine (--engines moto,ddblocal), each measurement on a fresh engine
+process (moto never gives memory back; DynamoDB Local slows down after a DeleteTable) after an
+untimed warm-up of 500 items into another table (the JVM's JIT):
   floor        the dry run's items (``--dump-items``) written with plain BatchWriteItem calls
-               of 25 from T threads sharing one client: what "just writing" costs here.
-  tool         the tool's live run (``--no-dry-run --yes``) into a fresh table, wall time
-               around the subprocess (python startup and imports included; measured apart).
-               Floor and tool alternate R times; medians and tool/floor ratios are reported.
+               of 25 from T threads sharing one client, ReturnConsumedCapacity=TOTAL.
+  tool         the tool's live run (``--no-dry-run --yes --max-workers T``) into a fresh
+               table, wall time around the subprocess (python startup included), run under
+               count_requests.py so every request it sends is counted by operation.
+  Floor and tool of one engine run one right after the other (a pair), which goes first
+  alternates; the ratio is the tool's items/s over the floor's in the same pair.  Both
+  tables are scanned afterwards and must hold the very same items.  Also reported: requests
+  per operation, capacity units per item (the floor's from its responses, the tool's from its
+  report), CPU seconds of the engine process and of the client (a loaded machine stretches
+  wall times; CPU seconds show where the work is).
   dry run      conversion throughput of ``--dry-run`` (no table, no AWS).
-  memory       peak RSS of a dry run and of a live run (each live run into its own fresh moto
-               process), for a small export of --memory-images M images and a big one of
-               --big-factor x M images, and the big/small ratios.  M is separate from --images
-               because moto holds every item in memory (~13 KB each, ~2,700 items per image).
+  memory       (unless --skip-memory) peak RSS of a dry run and of a live run on moto for a
+               small export of --memory-images M images and a big one of --big-factor x M.
 
-moto runs in its own process (``python -m moto.server``) so its CPU does not share the
-benchmark's GIL, but on a small machine the two still compete for cores: compare the tool with
-the floor measured here, not with absolute numbers.
+Compare the tool with the floor measured in the same run, never absolute numbers across runs.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -772,6 +779,10 @@ def print_table(res: dict[str, Any]) -> None:
         print(f"\nERROR: {err}")
 
 
+def interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -808,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.images, args.threads, args.repeats, args.big_factor, args.memory_images) < 1:
         p.error("--images, --threads, --repeats, --memory-images and --big-factor must be >= 1")
 
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every engine process is stopped.
+    signal.signal(signal.SIGTERM, interrupt)
     work = Path(tempfile.mkdtemp(prefix="bench_copy_"))
     try:
         res = run(args, work)
