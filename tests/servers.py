@@ -17,6 +17,7 @@ import atexit
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -154,6 +155,18 @@ def wait_started(proc: subprocess.Popen[bytes], url: str, timeout: float) -> Non
     raise TimeoutError(f"the server did not answer at {url} within {timeout}s")
 
 
+def die_with_parent() -> None:
+    """preexec_fn for server processes: on Linux the kernel kills the server when the test
+    process dies, even by SIGKILL or a CI timeout, so no engine outlives its tests."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: atexit still stops servers on a clean exit
+        pass
+
+
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -216,6 +229,7 @@ class DDBLocalServer:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
             url = f"http://127.0.0.1:{port}"
             try:

@@ -38,7 +38,7 @@ from cli import BUCKET_FLAGS
 from conftest import TableHandle
 from exports import clone_export, write_export
 from items import GOLDEN_IDS, expected_for_clone, table_items
-from servers import REGION, env_for_subprocess, free_port, wait_http
+from servers import REGION, die_with_parent, env_for_subprocess, free_port, wait_http
 
 import copy_dynamodb_dev_to_prod as tool
 
@@ -64,6 +64,7 @@ def sfn_url() -> Iterator[str]:
             env=env_for_subprocess(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         try:
             wait_http(f"http://127.0.0.1:{port}/moto-api/", timeout=30)
