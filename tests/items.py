@@ -162,6 +162,12 @@ def table_items(client: Any, table: str) -> dict[Key, Item]:
     return by_key(scan_all(client, table))
 
 
+def table_values(client: Any, table: str) -> dict[Key, dict[str, Any]]:
+    """Every item of ``table`` with its values made comparable across engines (numbers as
+    decimals: DynamoDB Local trims N text; sets unordered): compare with ``canonical_item``."""
+    return {k: canonical_item(v) for k, v in table_items(client, table).items()}
+
+
 def put_items(client: Any, table: str, items: Iterable[Item]) -> None:
     """Write ``items`` with plain BatchWriteItem calls (25 a request, unprocessed ones resent):
     how tests prepare a prod table without the tool."""

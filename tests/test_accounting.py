@@ -36,8 +36,8 @@ from items import (
     canonical_item,
     load_expected,
     put_items,
+    table_values,
 )
-from items import table_items as shared_table_items
 from servers import env_for_subprocess
 
 Item = dict[str, Any]
@@ -61,11 +61,6 @@ def mixed_export(dst: Path) -> dict[Key, Item]:
     bad["receipt_words"][0]["word_id"] = "seven"
     write_export(dst, bad, f"{BAD_ID}.json")
     return dict(load_expected())
-
-
-def table_items(table: TableHandle) -> dict[Key, Item]:
-    """The table's items, numbers as decimals (DynamoDB Local trims N text)."""
-    return {k: canonical_item(v) for k, v in shared_table_items(table.client, table.name).items()}
 
 
 def assert_accounted(report: dict[str, Any], total: int) -> None:
@@ -105,7 +100,7 @@ def test_normal_run_limit_and_failures_account_for_every_image(ddblocal_table: T
     images = limited.report["images"]
     assert images["copied"] == 2 and images["skipped_existing"] == 1, images
     assert images["not_reached_limit"] > 0 and images["interrupted"] == 0, images
-    copied = images_with_image_item(table_items(ddblocal_table)) - {first}
+    copied = images_with_image_item(table_values(ddblocal_table.client, ddblocal_table.name)) - {first}
     assert copied == set(sorted(GOLDEN_IDS)[1:3])
     assert "Left for later (--limit)" in limited.stdout and "run the same command again" in limited.stdout
 
@@ -131,7 +126,8 @@ def test_normal_run_limit_and_failures_account_for_every_image(ddblocal_table: T
     images = normal.report["images"]
     assert images["failed"] == 1 and images["skipped_empty"] == 1 and images["interrupted"] == 0, images
     assert images["copied"] == len(GOLDEN_IDS) - 3 and images["skipped_existing"] == 3, images
-    assert table_items(ddblocal_table) == {k: canonical_item(v) for k, v in expected.items()}
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == \
+        {k: canonical_item(v) for k, v in expected.items()}
     assert "Interrupted" not in normal.stdout and "stopped" not in normal.stderr
     # the summary's last lines (13.8): elapsed time and rate, and where the report is
     assert re.search(r"^Elapsed [\d,.]+ s, [\d,]+ items/s written$", normal.stdout, re.M), normal.stdout
@@ -201,7 +197,7 @@ def test_interrupted_copy_counts_every_image_and_a_rerun_finishes(
         wait_for(lambda: proxy.forwarded.get("BatchWriteItem", 0) >= 2, proc, "the first writes")
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
-        table = table_items(ddblocal_table)  # as the interrupted run left it
+        table = table_values(ddblocal_table.client, ddblocal_table.name)  # as the interrupted run left it
         # the same command (without the slowdown) finishes the interrupted images
         rerun = run_cli(args[:-2], report=tmp_path / "rerun.json")
     finally:
@@ -232,7 +228,8 @@ def test_interrupted_copy_counts_every_image_and_a_rerun_finishes(
     assert rerun.report["images"]["copied"] == n
     assert rerun.report["images"]["skipped_existing"] == len(done)
     assert rerun.report["images"]["interrupted"] == 0
-    assert table_items(ddblocal_table) == {k: canonical_item(v) for k, v in expected.items()}
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == \
+        {k: canonical_item(v) for k, v in expected.items()}
 
 
 def test_interruption_after_every_image_finished_says_nothing_is_left(
@@ -266,7 +263,8 @@ def test_interruption_after_every_image_finished_says_nothing_is_left(
     assert report["images"]["copied"] == len(GOLDEN_IDS) and report["images"]["interrupted"] == 0
     assert "Interrupted" not in out
     assert "not finished" not in err and "nothing is left to do" in err, err
-    assert table_items(ddblocal_table) == {k: canonical_item(v) for k, v in load_expected().items()}
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == \
+        {k: canonical_item(v) for k, v in load_expected().items()}
 
 
 # --------------------------------------------------------------------------- output paths (11.5)
@@ -301,5 +299,6 @@ def test_unwritable_output_path_is_exit_2_before_anything_is_touched(
     assert "Traceback" not in result.stderr
     assert result.stdout == "", result.stdout  # no header: nothing was started
     assert proxy.calls == {}, f"the table was contacted: {proxy.calls}"
-    assert table_items(ddblocal_table) == {}
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == \
+        {}
     assert not (path.exists() and path.is_file()), "the unwritable path was created"

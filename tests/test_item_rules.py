@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from cli import BUCKET_FLAGS, run_cli
+from cli import live_args, run_cli
 from conftest import TableHandle
 from exports import clone_export, copy_golden, fake_uuid, write_export
 from items import (
@@ -335,12 +335,6 @@ def test_every_entry_named_like_an_export_file_is_listed(tmp_path: Path) -> None
 # --------------------------------------------------------------------------- the CLI on a mixed export
 
 
-def live_args(export_dir: Path, table: TableHandle, report: Path) -> list[str]:
-    return ["--export-dir", str(export_dir), "--no-dry-run", "--yes", "--table", table.name,
-            "--endpoint-url", table.url, "--region", "us-east-1", *BUCKET_FLAGS,
-            "--no-progress", "--report", str(report)]
-
-
 def place_item(expected: dict[tuple[str, str], Any]) -> dict[str, Any]:
     return next(i for i in expected.values() if i["TYPE"]["S"] == "RECEIPT_PLACE")
 
@@ -467,7 +461,8 @@ def test_mixed_export_on_ddblocal(tmp_path: Path, ddblocal_tables: tuple[TableHa
     table, scratch = ddblocal_tables
     ex = build_mixed_export(tmp_path, scratch)
     report_path = tmp_path / "report.json"
-    result = run_cli(live_args(ex.dir, table, report_path), env=env_for_subprocess(), timeout=300)
+    args = live_args(table.name, table.url, ex.dir, "--report", str(report_path))
+    result = run_cli(args, env=env_for_subprocess(), timeout=300)
     assert result.returncode == 1, result.output
     assert "Traceback" not in result.output and "unexpected error" not in result.output, result.output
     report = json.loads(report_path.read_text(encoding="utf-8"))
@@ -516,7 +511,8 @@ def test_refused_batch_names_the_item(tmp_path: Path, ddblocal_table: TableHandl
     code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import copy_dynamodb_dev_to_prod as t; "
             "t.map_key = str; sys.exit(t.main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT),
-                           *live_args(export_dir, ddblocal_table, report_path)],
+                           *live_args(ddblocal_table.name, ddblocal_table.url, export_dir, "--report",
+                                      str(report_path))],
                           env=env_for_subprocess(), stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr

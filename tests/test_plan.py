@@ -38,8 +38,8 @@ from items import (
     put_items,
     read_jsonl,
     stream_records,
+    table_values,
 )
-from items import table_items as shared_table_items
 from servers import REGION
 from test_safety import run_on_pty
 
@@ -113,11 +113,6 @@ def prepare_messy_prod(tmp_path: Path, table: TableHandle, salt: str) -> Messy:
 
 def canonical(items: dict[Key, Item]) -> dict[Key, Item]:
     return {k: canonical_item(v) for k, v in items.items()}
-
-
-def table_items(table: TableHandle) -> dict[Key, Item]:
-    """The table's items, numbers as decimals (DynamoDB Local trims N text)."""
-    return {k: canonical_item(v) for k, v in shared_table_items(table.client, table.name).items()}
 
 
 def oracle(messy: Messy, flags: list[str]) -> dict[str, Any]:
@@ -197,7 +192,7 @@ def test_dry_run_with_a_table_is_the_exact_plan_of_the_live_run(
         assert dry.report["images"][key] == n, (key, dry.report["images"])
     assert stream_records(table.url, table.client, table.name) == records_before, \
         "the dry run wrote to the table"
-    assert table_items(table) == canonical(messy.prod)
+    assert table_values(table.client, table.name) == canonical(messy.prod)
     planned = {item_key(i): i for i in read_jsonl(tmp_path / "dry.jsonl")}
 
     # the plan is the oracle's, item for item (the N text exactly as the tool sends it)
@@ -224,7 +219,7 @@ def test_dry_run_with_a_table_is_the_exact_plan_of_the_live_run(
     assert live.report["items"]["written"] == live.report["items"]["to_write"] == len(planned)
 
     # the table: prod as prepared plus exactly the planned items; prod's labels and progress kept
-    after = table_items(table)
+    after = table_values(table.client, table.name)
     assert after == canonical({**messy.prod, **planned})
     for key in messy.changed_labels | messy.moved_words:
         assert after[key] == canonical_item(messy.prod[key])
@@ -305,7 +300,8 @@ def test_prompt_states_what_the_run_will_do(ddblocal_table: TableHandle,
     assert line.startswith(f"{copies:,} images to copy"), line
     assert f"up to {items:,} items" in line, line
     assert "1 already in prod, skipped" in line and "1 without receipts, skipped" in line, line
-    assert table_items(ddblocal_table) == {item_key(i): canonical_item(i) for i in in_prod}
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == \
+        {item_key(i): canonical_item(i) for i in in_prod}
 
 
 def test_prompt_counts_no_images_beyond_the_limit(ddblocal_table: TableHandle, tmp_path: Path) -> None:

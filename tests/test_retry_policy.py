@@ -29,18 +29,13 @@ from items import (
     load_expected,
     put_items,
     read_jsonl,
+    table_values,
 )
-from items import table_items as shared_table_items
 
 import copy_dynamodb_dev_to_prod as tool
 
 Item = dict[str, Any]
 Key = tuple[str, str]
-
-
-def table_items(table: TableHandle) -> dict[Key, Item]:
-    """The table's items, numbers as decimals (DynamoDB Local trims N text)."""
-    return {k: canonical_item(v) for k, v in shared_table_items(table.client, table.name).items()}
 
 
 def requests_of(proxy: FaultProxy, operation: str) -> list[dict[str, Any]]:
@@ -91,7 +86,8 @@ def test_throttled_writes_are_sent_exactly_one_plus_max_retries_times(
     assert set(sends) == {k for k in expected if k[1] != "IMAGE"}  # no IMAGE item after a failure
     assert set(sends.values()) == {retries + 1}
     assert result.report["images"]["failed"] == len(GOLDEN_IDS)
-    assert table_items(ddblocal_table) == {}
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == \
+        {}
 
 
 @pytest.mark.parametrize("retries", [0, 2])
@@ -133,7 +129,7 @@ def test_unprocessed_items_are_resent_and_count_as_retries(ddblocal_table: Table
     sends = key_sends(proxy, "BatchWriteItem")
     assert max(sends.values()) <= 3, sends.most_common(3)
     assert max(sends.values()) >= 2, "no unprocessed item was resent"
-    table = table_items(ddblocal_table)
+    table = table_values(ddblocal_table.client, ddblocal_table.name)
     written = {item_key(i) for i in read_jsonl(tmp_path / "written.jsonl")}
     assert written == set(table) and result.report["items"]["written"] == len(table)
     expected = load_expected()
@@ -183,7 +179,8 @@ def test_unprocessed_keys_on_reads_are_asked_again(ddblocal_table: TableHandle, 
     written = {item_key(i): i for i in read_jsonl(tmp_path / "written.jsonl")}
     planned = {item_key(i): i for i in read_jsonl(tmp_path / "plan.jsonl")}
     assert written == planned
-    assert table_items(ddblocal_table) == {k: canonical_item(v) for k, v in load_expected().items()}
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == \
+        {k: canonical_item(v) for k, v in load_expected().items()}
     assert not set(prod) & set(written), "an item prod held was written again"
 
 
@@ -302,4 +299,5 @@ def test_batches_are_shared_across_images_with_the_image_item_last(ddblocal_tabl
     assert len(writes) <= floor + slack, (len(writes), floor)
     mixed = sum(1 for w in writes if len({i["PK"]["S"] for i in w}) > 1)
     assert mixed > 0, "no batch holds items of two images"
-    assert table_items(ddblocal_table) == {item_key(i): canonical_item(i) for i in expected}
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == \
+        {item_key(i): canonical_item(i) for i in expected}
