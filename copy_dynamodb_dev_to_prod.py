@@ -108,6 +108,9 @@ examples (the usual migration; dev.json/prod.json are `pulumi stack output --jso
       receipt lines/words still waiting for embeddings
   .venv/bin/python %(prog)s --trigger-embeddings --no-dry-run --yes
       start the line and word embedding workflows
+  .venv/bin/python %(prog)s --no-dry-run --dev-config dev.json --prod-config prod.json \
+      --wave-size 100 --report copy-report.json
+      a big migration: 100 images, then the workflows, waiting until both end, and so on
   --dev-stack dev --prod-stack prod (with --pulumi-cwd DIR) instead of the files asks pulumi.
 
 exit codes:
@@ -499,8 +502,9 @@ def check_config(cfg: Config) -> list[str]:
     checked only for the values it uses, and messages say where a value came from."""
     warnings = []
     if cfg.trigger_embeddings and (cfg.status or cfg.verify):
-        raise UsageError("--trigger-embeddings goes with a copy or on its own, not with "
-                         "--status/--verify")
+        flag = "--wave-size" if cfg.wave_size else "--trigger-embeddings"
+        raise UsageError(f"{flag} goes with a copy" + ("" if cfg.wave_size else " or on its own")
+                         + ", not with --status/--verify (run those on their own)")
     check_source_config(cfg)
     if (cfg.copies or cfg.verify or cfg.export_dir_given) and not cfg.other_source \
             and not cfg.export_dir.is_dir():

@@ -776,6 +776,11 @@ def test_wave_flag_errors_are_usage_errors(flags: list[str], tmp_path: Path) -> 
         timeout=60,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    # the message names the wave flag the user typed (not one implied by it)
+    wave_flags = {"--wave-size", "--max-pending-embeddings", "--wave-timeout"}
+    assert any(flag in lines[0] for flag in flags if flag in wave_flags), lines[0]
 
 
 # --------------------------------------------------------------------------- in process
