@@ -1,7 +1,8 @@
 """Shared pytest fixtures: one per engine, fresh tables on each, fault proxies.
 
 * ``ddblocal_server`` / ``ddblocal_table``: DynamoDB Local, the reference engine of every
-  end-to-end test (one process per session; tables are never deleted on it);
+  end-to-end test (one session-wide handle; tables are never deleted on it, and a crowded
+  process is replaced by a fresh one between tests);
 * ``moto_server`` / ``fresh_table``: moto, where the receipt system's CI runs the tool, and
   for Step Functions;
 * ``ddb_table``: a table on each engine (parametrized), for tests of the harness itself.
@@ -104,7 +105,8 @@ def moto_server() -> Iterator[MotoServer]:
 
 @pytest.fixture(scope="session")
 def ddblocal_server() -> Iterator[DDBLocalServer]:
-    """AWS's DynamoDB Local, the reference engine; one process for the session."""
+    """AWS's DynamoDB Local, the reference engine: one handle for the session, whose process
+    _ddblocal_not_crowded renews between tests."""
     reason = ddblocal_unavailable_reason()
     if reason:
         if os.environ.get("REQUIRE_DDBLOCAL"):  # CI sets it: a missing install must not pass
@@ -113,6 +115,20 @@ def ddblocal_server() -> Iterator[DDBLocalServer]:
     server = start_ddblocal()
     yield server
     server.stop()
+
+
+# DynamoDB Local slows down as tables pile up in one process (a golden copy took 5 s on a
+# fresh process and 46 s on one holding 100 tables), so a test starts on a fresh process
+# once this many tables exist. Between tests only: a test's own tables stay where they are.
+DDBLOCAL_TABLES_PER_PROCESS = 8
+
+
+@pytest.fixture(autouse=True)
+def _ddblocal_not_crowded(request: pytest.FixtureRequest) -> None:
+    if "ddblocal_server" in request.fixturenames:
+        server: DDBLocalServer = request.getfixturevalue("ddblocal_server")
+        if server.table_count() >= DDBLOCAL_TABLES_PER_PROCESS:
+            server.restart()
 
 
 @pytest.fixture(params=["moto", "ddblocal"])

@@ -211,14 +211,19 @@ class DDBLocalServer:
         reason = ddblocal_unavailable_reason()
         if reason:
             raise RuntimeError(reason)
+        self.startup_timeout, self.attempts = startup_timeout, attempts
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.start()
+        atexit.register(self.stop)
+
+    def start(self) -> None:
         java = shutil.which("java")
         assert java is not None
         home = ddblocal_dir()
         self._log = tempfile.NamedTemporaryFile(prefix="ddblocal-", suffix=".log", delete=False)
         self.log_path = Path(self._log.name)
-        self._proc: subprocess.Popen[bytes] | None = None
         last_error = ""
-        for _ in range(attempts):  # the free port may be taken by the time java binds it
+        for _ in range(self.attempts):  # the free port may be taken by the time java binds it
             port = free_port()
             proc = subprocess.Popen(
                 [java, "-Xss4m", f"-Djava.library.path={home / 'DynamoDBLocal_lib'}",
@@ -233,18 +238,26 @@ class DDBLocalServer:
             )
             url = f"http://127.0.0.1:{port}"
             try:
-                wait_started(proc, url, startup_timeout)
+                wait_started(proc, url, self.startup_timeout)
             except Exception as exc:
                 last_error = repr(exc)
                 _terminate(proc)
                 continue
             self._proc = proc
             self.url = url
-            atexit.register(self.stop)
             return
         self._log.close()
         log = self.log_path.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"DynamoDB Local did not start: {last_error}\n--- log ---\n{log}")
+
+    def table_count(self) -> int:
+        return len(make_client(self.url).list_tables(Limit=100)["TableNames"])
+
+    def restart(self) -> None:
+        """A fresh, empty engine on a new port (``url`` changes): DynamoDB Local slows down
+        as tables pile up, and deleting them makes it slower still."""
+        self.stop()
+        self.start()
 
     def stop(self) -> None:
         if self._proc is not None:
