@@ -900,13 +900,16 @@ def table_sources(cfg: Config) -> list[ImageSource]:
             raise UsageError(f"cannot list the images of source table {cfg.source_table}: "
                              f"{describe_error(exc)}") from None
     return [ImageSource(i, f"{cfg.source_table}/IMAGE#{i}",
-                        functools.partial(read_table_image, table, i)) for i in ids]
+                        functools.partial(read_partition, table.partition, i, table.table))
+            for i in ids]
 
 
-def read_table_image(table: ReadOnlyTable, image_id: str) -> dict[str, Any]:
-    items = table.partition(image_id)
+def read_partition(fetch: Callable[[str], list[dict[str, AttributeValue]]], image_id: str,
+                   where: str) -> dict[str, Any]:
+    """One image of an item source (the dev table, an item export) in export form."""
+    items = fetch(image_id)
     if not items:
-        raise InputError(f"no items under PK IMAGE#{image_id} in {table.table}")
+        raise InputError(f"no items under PK IMAGE#{image_id} in {where}")
     return image_from_items(items)
 
 
@@ -1087,14 +1090,8 @@ def items_sources(cfg: Config) -> list[ImageSource]:
     spill = spilled_items(cfg.source_items)
     ids = cfg.image_ids if cfg.image_ids is not None else spill.image_ids()
     return [ImageSource(i, f"{cfg.source_items.name}/IMAGE#{i}",
-                        functools.partial(read_spilled_image, spill, i)) for i in ids]
-
-
-def read_spilled_image(spill: SpilledItems, image_id: str) -> dict[str, Any]:
-    items = spill.items(image_id)
-    if not items:
-        raise InputError(f"no items under PK IMAGE#{image_id} in the item export")
-    return image_from_items(items)
+                        functools.partial(read_partition, spill.items, i, "the item export"))
+            for i in ids]
 
 
 # =============================================================================
