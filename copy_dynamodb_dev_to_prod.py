@@ -2548,11 +2548,21 @@ def read_prod_versions(client: Any, table: str, items: Sequence[dict[str, Attrib
                        retrier: Retrier) -> dict[str, dict[str, AttributeValue]]:
     """What prod holds under the keys this image would write, by SK.
 
-    These keys are all the diff needs (nothing else of the partition is ever touched). A
-    key lookup costs the same on every DynamoDB implementation, while a Query of the
-    partition is a full-table scan on moto, which made large test copies quadratic."""
+    These keys are all the diff needs (nothing else of the partition is ever touched):
+    reading the whole partition would page through items the diff never looks at."""
     keys = [{"PK": i["PK"], "SK": i["SK"]} for i in items]
     return {item["SK"]["S"]: item for item in batch_get(client, table, keys, retrier)}
+
+
+def partition_is_empty(client: Any, table: str, pk: str, retrier: Retrier) -> bool:
+    """Whether prod holds no item at all under this partition key: one strongly consistent
+    Query that stops at the first item. It stands in for reading every key of an image
+    that prod does not have (the usual case of a copy): one request and one read unit
+    instead of one key lookup per item, each billed even when the key is absent."""
+    response = retrier.call(client.query, TableName=table, KeyConditionExpression="PK = :pk",
+                            ExpressionAttributeValues={":pk": {"S": pk}}, Limit=1,
+                            ConsistentRead=True, ProjectionExpression="PK")
+    return not response.get("Items")
 
 
 def existing_images(client: Any, table: str, image_ids: Sequence[str], retrier: Retrier) -> set[str]:
@@ -2831,7 +2841,8 @@ class Migration:
     """Reads the images one at a time and plans (dry run) or copies (live) each one.
 
     An image goes: check which images prod has (IMAGE items, 100 per request) -> convert
-    -> read prod's versions of its keys -> diff -> write what is missing in batches of 25
+    -> read prod's versions of its keys (for an image without its IMAGE item, only if a
+    Query finds anything in its partition) -> diff -> write what is missing in batches of 25
     shared with other images, on one pool (parallel across batches) -> its IMAGE item
     last, only when every other item of the image is confirmed. A dry run with a table
     makes the same reads and decisions and writes nothing; without one it reads nothing
@@ -2969,10 +2980,58 @@ class Migration:
             self.set_producing(False)  # blocked: let open batches go
             self.budget.acquire(job.held)
             self.set_producing(True)
+        if job.in_prod or not job.plan.items:
+            self.read_keys(job)
+        else:
+            self.submit_probe(job)
+
+    def read_keys(self, job: ImageJob) -> None:
+        """Read prod's version of every key of the image, in requests shared with others."""
         job.unread = len(job.plan.items)
         if not job.unread:
             self.read_done(job)
         self.reads.add((job, {"PK": i["PK"], "SK": i["SK"]}) for i in job.plan.items)
+
+    def submit_probe(self, job: ImageJob) -> None:
+        """Prod lacks the image's IMAGE item: first ask whether it has anything of the
+        image. Counted in flight by both batchers (its outcome may add keys or items)."""
+        assert self.pool is not None
+        self.reads.task_started()
+        self.batcher.task_started()
+        try:
+            self.pool.submit(self.probe, job)
+        except RuntimeError:  # the pool is shut down: the run is being stopped
+            self.reads.task_done()
+            self.batcher.task_done()
+
+    def probe(self, job: ImageJob) -> None:
+        """An empty partition means prod holds none of the image's keys: diff with nothing.
+        Anything there (an earlier copy stopped before its IMAGE item, items made in prod)
+        and every key is read, so nothing in prod is overwritten unseen."""
+        try:
+            pks = dict.fromkeys(i["PK"]["S"] for i in job.plan.items)
+            try:
+                empty = all(partition_is_empty(self.client, self.cfg.table or "", pk, self.retrier)
+                            for pk in pks)
+            except Exception as exc:
+                with job.lock:
+                    job.errors.append(InputError(f"cannot read prod: {describe_error(exc)}"))
+                self.finish(job)
+                return
+            if empty:
+                self.read_done(job)
+            else:
+                self.read_keys(job)
+        except Exception as exc:
+            if self.stopping:
+                return
+            log.debug("unexpected error", exc_info=True)
+            with job.lock:
+                job.errors.append(InputError(f"internal error: {describe_error(exc)}"))
+            self.finish(job)
+        finally:
+            self.reads.task_done()
+            self.batcher.task_done()
 
     def set_producing(self, producing: bool) -> None:
         """Reads first: a read batch sent now counts as in flight for the write batcher."""

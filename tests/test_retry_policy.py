@@ -103,6 +103,22 @@ def test_throttled_reads_are_sent_exactly_one_plus_max_retries_times(
     assert all("ThrottlingException" in e["message"] for e in result.report["errors"])
 
 
+@pytest.mark.parametrize("retries", [0, 2])
+def test_throttled_partition_probes_are_sent_exactly_one_plus_max_retries_times(
+        ddblocal_table: TableHandle, tmp_path: Path, retries: int) -> None:
+    """The Query asking whether prod holds anything of an image: a probe that never got
+    an answer fails its image; it never counts as an empty partition."""
+    result, proxy = run_through(ddblocal_table, tmp_path, "--max-retries", str(retries),
+                                faults=[THROTTLING], target="Query")
+    assert result.returncode == 1 and result.report is not None, result.describe()
+    bodies = Counter(json.dumps(p, sort_keys=True) for p in requests_of(proxy, "Query"))
+    assert len(bodies) == len(GOLDEN_IDS) and set(bodies.values()) == {retries + 1}, bodies
+    images = result.report["images"]
+    assert images["failed"] == images["total"] == len(GOLDEN_IDS), images
+    assert all("ThrottlingException" in e["message"] for e in result.report["errors"])
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == {}
+
+
 def test_throttled_table_check_is_sent_one_plus_max_retries_times(ddblocal_table: TableHandle,
                                                                   tmp_path: Path) -> None:
     """The table check before the work (DescribeTable) follows the same policy, then gives
