@@ -2335,7 +2335,8 @@ class PlainJsonBodies:
                 request: dict[str, Any] = self.inner.serialize_to_request({}, operation_model)
                 request["body"] = body
                 return request
-        return dict(self.inner.serialize_to_request(parameters, operation_model))
+        result: dict[str, Any] = self.inner.serialize_to_request(parameters, operation_model)
+        return result
 
 
 class CapacityMeter:
@@ -3051,21 +3052,14 @@ class Migration:
                 empty = all(partition_is_empty(self.client, self.cfg.table or "", pk, self.retrier)
                             for pk in pks)
             except Exception as exc:
-                with job.lock:
-                    job.errors.append(InputError(f"cannot read prod: {describe_error(exc)}"))
-                self.finish(job)
+                self.fail([job], InputError(f"cannot read prod: {describe_error(exc)}"))
                 return
             if empty:
                 self.read_done(job)
             else:
                 self.read_keys(job)
         except Exception as exc:
-            if self.stopping:
-                return
-            log.debug("unexpected error", exc_info=True)
-            with job.lock:
-                job.errors.append(InputError(f"internal error: {describe_error(exc)}"))
-            self.finish(job)
+            self.internal_error([job], exc)
         finally:
             self.reads.task_done()
             self.batcher.task_done()
@@ -3110,13 +3104,7 @@ class Migration:
                 if last:
                     self.read_done(job)
         except Exception as exc:
-            if self.stopping:
-                return
-            log.debug("unexpected error", exc_info=True)
-            for job in {job for job, _ in batch}:
-                with job.lock:
-                    job.errors.append(InputError(f"internal error: {describe_error(exc)}"))
-                self.finish(job)
+            self.internal_error({job for job, _ in batch}, exc)
         finally:
             self.reads.task_done()
             self.batcher.task_done()
@@ -3178,13 +3166,7 @@ class Migration:
             for job, items in by_job.items():
                 self.settle(job, items, lost, error)
         except Exception as exc:
-            if self.stopping:
-                return
-            log.debug("unexpected error", exc_info=True)
-            for job in {job for job, _ in batch}:
-                with job.lock:
-                    job.errors.append(InputError(f"internal error: {describe_error(exc)}"))
-                self.finish(job)
+            self.internal_error({job for job, _ in batch}, exc)
         finally:
             self.batcher.task_done()
 
@@ -3227,6 +3209,21 @@ class Migration:
             n = min(n, job.held)
             job.held -= n
         self.budget.release(n)
+
+    def fail(self, jobs: Iterable[ImageJob], error: InputError) -> None:
+        """These images fail with this error (each gets its one outcome in finish)."""
+        for job in jobs:
+            with job.lock:
+                job.errors.append(error)
+            self.finish(job)
+
+    def internal_error(self, jobs: Iterable[ImageJob], exc: Exception) -> None:
+        """A case no check foresaw (called from its except clause): only these images
+        fail, and the run goes on; while the run is being stopped, it is the stop."""
+        if self.stopping:
+            return
+        log.debug("unexpected error", exc_info=True)
+        self.fail(jobs, InputError(f"internal error: {describe_error(exc)}"))
 
     def finish(self, job: ImageJob) -> None:
         """The image's one outcome: failed, skipped (nothing to write) or copied."""

@@ -6,7 +6,8 @@ strongly consistent Query of its partition that stops at the first item. Nothing
 none of its keys is read, every item is to be written. Anything there (an earlier copy
 stopped before its IMAGE item, an item made in prod): every key is read and diffed as
 before, so nothing prod holds is overwritten unseen. Judged on DynamoDB Local, from what
-the tool sent through the fault proxy (no faults injected here).
+the tool sent through the fault proxy (no faults injected here). Also: an unforeseen error
+on the way from reading to writing fails that one image.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import TableHandle
 from items import GOLDEN_IDS, canonical_item, load_expected, put_items, table_values
+from test_live import in_process_config
 from test_retry_policy import key_sends, requests_of, run_through
+
+import copy_dynamodb_dev_to_prod as tool
 
 Item = dict[str, Any]
 
@@ -70,3 +75,30 @@ def test_anything_in_the_partition_and_every_key_is_read(ddblocal_table: TableHa
     want[(f"IMAGE#{b}", "PROD_ONLY#1")] = canonical_item(foreign)
     assert table_values(ddblocal_table.client, ddblocal_table.name) == want
     assert result.report["items"]["written"] == len(expected) - len(partial)
+
+
+def test_an_unforeseen_error_fails_that_image_alone(ddblocal_table: TableHandle,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug met while deciding one image (here: the diff raising) fails that image by
+    name with "internal error", writes nothing of it, and every other image is copied."""
+    victim = GOLDEN_IDS[1]
+    real_diff = tool.diff_with_prod
+
+    def diff(items: Any, prod: Any, overwrite_changed: bool) -> Any:
+        if items and items[0]["PK"]["S"] == f"IMAGE#{victim}":
+            raise RuntimeError("unforeseen")
+        return real_diff(items, prod, overwrite_changed)
+
+    monkeypatch.setattr(tool, "diff_with_prod", diff)
+    cfg = in_process_config(ddblocal_table.name, ddblocal_table.url)
+    report = tool.Report(cfg)
+    client = tool.make_client(cfg)
+    tool.Migration(cfg, tool.Rules.from_config(cfg), report, client).run(tool.select_sources(cfg))
+
+    assert report.failed_images == [victim]
+    messages = [e["message"] for e in report.errors]
+    assert messages == ["internal error: RuntimeError: unforeseen"], report.errors
+    assert report.image_counts()["copied"] == len(GOLDEN_IDS) - 1
+    expected = load_expected([i for i in GOLDEN_IDS if i != victim])
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == \
+        {k: canonical_item(v) for k, v in expected.items()}
