@@ -1,7 +1,8 @@
 """A fault-injecting reverse proxy for the DynamoDB JSON protocol (stdlib only).
 
 ``FaultProxy(upstream_url)`` listens on ``127.0.0.1:<free port>``, forwards every request to
-``upstream_url`` and records it (:attr:`FaultProxy.requests`, :meth:`FaultProxy.batch_writes`).
+``upstream_url`` and records it (:attr:`FaultProxy.requests`; read back by operation with
+:meth:`FaultProxy.payloads`, :meth:`FaultProxy.batch_writes` and :meth:`FaultProxy.key_sends`).
 For calls whose operation (from the ``X-Amz-Target`` header, e.g.
 ``DynamoDB_20120810.BatchWriteItem``) is in ``targets``, it injects, with probability ``rate``,
 one fault picked uniformly from those in ``faults`` that apply to the call:
@@ -231,11 +232,28 @@ class FaultProxy:
             received = list(self._requests)
         return [(operation, json.loads(body) if body else {}) for operation, body in received]
 
+    def payloads(self, operation: str) -> list[dict[str, Any]]:
+        """The parsed bodies of every ``operation`` request received, in arrival order."""
+        return [payload for op, payload in self.requests if op == operation]
+
     def batch_writes(self) -> list[list[dict[str, Any]]]:
         """The put items of every BatchWriteItem received (all tables), in arrival order."""
         return [[req["PutRequest"]["Item"] for reqs in payload["RequestItems"].values() for req in reqs
                  if "PutRequest" in req]
-                for operation, payload in self.requests if operation == "BatchWriteItem"]
+                for payload in self.payloads("BatchWriteItem")]
+
+    def key_sends(self, operation: str) -> Counter[tuple[str, str]]:
+        """How often each item key (PK, SK) was sent in BatchWriteItem or BatchGetItem
+        requests, resends included."""
+        sends: Counter[tuple[str, str]] = Counter()
+        for payload in self.payloads(operation):
+            for spec in payload["RequestItems"].values():
+                if isinstance(spec, dict):  # BatchGetItem: {"Keys": [...]}
+                    keys = spec["Keys"]
+                else:  # BatchWriteItem: [{"PutRequest": {"Item": ...}}]
+                    keys = [r["PutRequest"]["Item"] for r in spec]
+                sends.update((k["PK"]["S"], k["SK"]["S"]) for k in keys)
+        return sends
 
     def total_injected(self) -> int:
         with self._lock:

@@ -19,7 +19,7 @@ import pytest
 from conftest import TableHandle
 from items import GOLDEN_IDS, canonical_item, load_expected, put_items, table_values
 from test_live import in_process_config
-from test_retry_policy import key_sends, requests_of, run_through
+from test_retry_policy import run_through
 
 import copy_dynamodb_dev_to_prod as tool
 
@@ -27,7 +27,7 @@ Item = dict[str, Any]
 
 
 def probed_partitions(proxy: Any) -> list[str]:
-    queries = requests_of(proxy, "Query")
+    queries = proxy.payloads("Query")
     assert all(q["Limit"] == 1 and q["ConsistentRead"] is True for q in queries), queries
     return sorted(q["ExpressionAttributeValues"][":pk"]["S"] for q in queries)
 
@@ -38,7 +38,7 @@ def test_an_image_prod_lacks_costs_one_query_and_no_key_reads(ddblocal_table: Ta
     assert result.returncode == 0 and result.report is not None, result.describe()
     assert probed_partitions(proxy) == sorted(f"IMAGE#{i}" for i in GOLDEN_IDS)
     # the only keys read are the IMAGE items (which images prod has), none per item
-    assert set(key_sends(proxy, "BatchGetItem")) == {(f"IMAGE#{i}", "IMAGE") for i in GOLDEN_IDS}
+    assert set(proxy.key_sends("BatchGetItem")) == {(f"IMAGE#{i}", "IMAGE") for i in GOLDEN_IDS}
     assert table_values(ddblocal_table.client, ddblocal_table.name) == \
         {k: canonical_item(v) for k, v in load_expected().items()}
 
@@ -60,7 +60,7 @@ def test_anything_in_the_partition_and_every_key_is_read(ddblocal_table: TableHa
     result, proxy = run_through(ddblocal_table, tmp_path, faults=[], target="Query")
     assert result.returncode == 0 and result.report is not None, result.describe()
     assert probed_partitions(proxy) == sorted(f"IMAGE#{i}" for i in GOLDEN_IDS)
-    read = set(key_sends(proxy, "BatchGetItem"))
+    read = set(proxy.key_sends("BatchGetItem"))
     for image_id in GOLDEN_IDS:
         keys = {k for k in expected if k[0] == f"IMAGE#{image_id}"}
         if image_id in (a, b):

@@ -38,25 +38,6 @@ Item = dict[str, Any]
 Key = tuple[str, str]
 
 
-def requests_of(proxy: FaultProxy, operation: str) -> list[dict[str, Any]]:
-    return [payload for op, payload in proxy.requests if op == operation]
-
-
-def sent_keys(payload: dict[str, Any]) -> list[Key]:
-    """The item keys a BatchWriteItem or BatchGetItem request carries."""
-    keys = []
-    for spec in payload["RequestItems"].values():
-        if isinstance(spec, dict):  # BatchGetItem
-            keys += [(k["PK"]["S"], k["SK"]["S"]) for k in spec["Keys"]]
-        else:
-            keys += [item_key(r["PutRequest"]["Item"]) for r in spec]
-    return keys
-
-
-def key_sends(proxy: FaultProxy, operation: str) -> Counter[Key]:
-    return Counter(k for p in requests_of(proxy, operation) for k in sent_keys(p))
-
-
 def run_through(table: TableHandle, tmp_path: Path, *extra: str, faults: list[str], target: str,
                 live: bool = True, name: str = "r") -> tuple[Any, FaultProxy]:
     proxy = FaultProxy(table.url, rate=1.0, faults=faults, targets=[target])
@@ -79,9 +60,9 @@ def test_throttled_writes_are_sent_exactly_one_plus_max_retries_times(
     result, proxy = run_through(ddblocal_table, tmp_path, "--max-retries", str(retries),
                                 faults=[THROTTLING], target="BatchWriteItem")
     assert result.returncode == 1 and result.report is not None, result.describe()
-    bodies = Counter(json.dumps(p, sort_keys=True) for p in requests_of(proxy, "BatchWriteItem"))
+    bodies = Counter(json.dumps(p, sort_keys=True) for p in proxy.payloads("BatchWriteItem"))
     assert bodies and set(bodies.values()) == {retries + 1}, bodies.values()
-    sends = key_sends(proxy, "BatchWriteItem")
+    sends = proxy.key_sends("BatchWriteItem")
     expected = load_expected()
     assert set(sends) == {k for k in expected if k[1] != "IMAGE"}  # no IMAGE item after a failure
     assert set(sends.values()) == {retries + 1}
@@ -96,7 +77,7 @@ def test_throttled_reads_are_sent_exactly_one_plus_max_retries_times(
     result, proxy = run_through(ddblocal_table, tmp_path, "--max-retries", str(retries),
                                 faults=[THROTTLING], target="BatchGetItem", live=False)
     assert result.returncode == 1 and result.report is not None, result.describe()
-    bodies = Counter(json.dumps(p, sort_keys=True) for p in requests_of(proxy, "BatchGetItem"))
+    bodies = Counter(json.dumps(p, sort_keys=True) for p in proxy.payloads("BatchGetItem"))
     assert bodies and set(bodies.values()) == {retries + 1}, bodies.values()
     images = result.report["images"]
     assert images["failed"] == images["total"] == len(GOLDEN_IDS), images
@@ -111,7 +92,7 @@ def test_throttled_partition_probes_are_sent_exactly_one_plus_max_retries_times(
     result, proxy = run_through(ddblocal_table, tmp_path, "--max-retries", str(retries),
                                 faults=[THROTTLING], target="Query")
     assert result.returncode == 1 and result.report is not None, result.describe()
-    bodies = Counter(json.dumps(p, sort_keys=True) for p in requests_of(proxy, "Query"))
+    bodies = Counter(json.dumps(p, sort_keys=True) for p in proxy.payloads("Query"))
     assert len(bodies) == len(GOLDEN_IDS) and set(bodies.values()) == {retries + 1}, bodies
     images = result.report["images"]
     assert images["failed"] == images["total"] == len(GOLDEN_IDS), images
@@ -142,7 +123,7 @@ def test_unprocessed_items_are_resent_and_count_as_retries(ddblocal_table: Table
                                 str(tmp_path / "written.jsonl"), faults=[PARTIAL_BATCH],
                                 target="BatchWriteItem")
     assert result.report is not None, result.describe()
-    sends = key_sends(proxy, "BatchWriteItem")
+    sends = proxy.key_sends("BatchWriteItem")
     assert max(sends.values()) <= 3, sends.most_common(3)
     assert max(sends.values()) >= 2, "no unprocessed item was resent"
     table = table_values(ddblocal_table.client, ddblocal_table.name)
@@ -187,7 +168,7 @@ def test_unprocessed_keys_on_reads_are_asked_again(ddblocal_table: TableHandle, 
                                 target="BatchGetItem")
     assert result.returncode == 0 and result.report is not None, result.describe()
     assert proxy.injected.get(PARTIAL_BATCH_GET, 0) >= 2
-    assert max(key_sends(proxy, "BatchGetItem").values()) >= 2, "no unprocessed key was asked again"
+    assert max(proxy.key_sends("BatchGetItem").values()) >= 2, "no unprocessed key was asked again"
     for key in ("copied", "skipped_existing", "failed"):
         assert result.report["images"][key] == baseline.report["images"][key], key
     for key in ("to_write", "unchanged"):
@@ -207,7 +188,7 @@ def test_unprocessed_keys_count_as_retries(ddblocal_table: TableHandle, tmp_path
     result, proxy = run_through(ddblocal_table, tmp_path, "--max-retries", "1", faults=[PARTIAL_BATCH_GET],
                                 target="BatchGetItem", live=False)
     assert result.report is not None, result.describe()
-    sends = key_sends(proxy, "BatchGetItem")
+    sends = proxy.key_sends("BatchGetItem")
     assert max(sends.values()) == 2, sends.most_common(3)
     images = result.report["images"]
     assert sum(images[k] for k in ("copied", "skipped_existing", "failed", "skipped_empty",
