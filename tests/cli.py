@@ -4,6 +4,9 @@
   returns a :class:`CliResult`: exit code, stdout, stderr, seconds, and the parsed JSON
   report when ``report=`` names one;
 * :func:`live_args` is the argument list of a live copy of an export into a table;
+* :func:`run_through` runs that copy through a fault proxy, :func:`run_on_pty` with a
+  terminal that answers the confirmation prompt, :func:`in_process_config` is its
+  configuration for tests that drive the tool's classes in-process;
 * :func:`summary_errors`, :func:`summary_counts`, :func:`summary_entities` read the summary.
 
 The environment comes from ``servers.env_for_subprocess`` (dummy credentials, nothing of the
@@ -13,16 +16,23 @@ developer's AWS setup), unless a test passes its own.
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import select
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from fault_proxy import FaultProxy
 from items import GOLDEN_EXPORT, REPO_ROOT
 from servers import REGION, env_for_subprocess
+
+import copy_dynamodb_dev_to_prod as tool
 
 TOOL = REPO_ROOT / "copy_dynamodb_dev_to_prod.py"
 
@@ -108,6 +118,74 @@ def live_args(table: str, url: str, export_dir: Path = GOLDEN_EXPORT, *extra: st
     golden bucket names."""
     return ["--no-dry-run", "--yes", "--table", table, "--endpoint-url", url, "--region", REGION,
             "--export-dir", str(export_dir), *BUCKET_FLAGS, "--no-progress", *extra]
+
+
+class Endpoint(Protocol):
+    """A table on a local engine (conftest's ``TableHandle``)."""
+
+    name: str
+    url: str
+
+
+def run_through(table: Endpoint, tmp_path: Path, *extra: str, faults: list[str], target: str,
+                live: bool = True, name: str = "r") -> tuple[CliResult, FaultProxy]:
+    """A copy of the golden export into ``table`` through a fault proxy that injects ``faults``
+    into every ``target`` request (``live=False``: a dry run reading the table)."""
+    proxy = FaultProxy(table.url, rate=1.0, faults=faults, targets=[target])
+    args = live_args(table.name, proxy.url, GOLDEN_EXPORT, *extra)
+    if not live:
+        args = [a for a in args if a not in ("--no-dry-run", "--yes")]
+    try:
+        result = run_cli(args, report=tmp_path / f"{name}.json")
+    finally:
+        proxy.stop()
+    return result, proxy
+
+
+def run_on_pty(args: list[str], answer: str, timeout: float = 60) -> tuple[int, str, str]:
+    """Run the tool with a pseudo-terminal as stdin/stdout/stderr; answer its prompt.
+    Returns (exit code, output before the answer, whole output)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(tool_command(args), env=env_for_subprocess(),
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    before = ""
+    answered = False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if not answered and re.search(rb"(?i)type 'yes'|continue\?|\[y/n\]|confirm", out):
+                before = out.decode("utf-8", "replace")
+                time.sleep(0.1)
+                os.write(master, answer.encode() + b"\n")
+                answered = True
+            if proc.poll() is not None and not ready:
+                break
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert answered, f"no confirmation prompt seen:\n{out.decode('utf-8', 'replace')}"
+    return proc.returncode, before, out.decode("utf-8", "replace")
+
+
+def in_process_config(table: str, url: str, *extra: str) -> tool.Config:
+    """The configuration a live copy of the golden export into ``table`` at ``url`` runs
+    with, for tests that run the tool's classes in-process."""
+    args = tool.build_parser().parse_args(live_args(table, url, GOLDEN_EXPORT, *extra))
+    return tool.resolve_config(args, {})
 
 
 # --------------------------------------------------------------------------- the summary

@@ -7,9 +7,11 @@
   for Step Functions;
 * ``ddb_table``: a table on each engine (parametrized), for tests of the harness itself.
 
-The helpers are plain modules (``tests/`` is on ``sys.path``): ``servers`` (engines, clients,
-the CLI's environment), ``cli`` (running the tool), ``items`` (golden and table items,
-comparison), ``exports`` (building export dirs), ``fault_proxy``.
+The helpers are plain modules (``tests/`` is on ``sys.path``), and test modules import only
+from them, never from each other: ``servers`` (engines, clients, moto's Step Functions
+machines, the CLI's environment), ``cli`` (running the tool: as a subprocess, through a fault
+proxy, on a terminal, or its configuration for in-process tests), ``items`` (golden and table
+items, comparison), ``exports`` (building export dirs), ``fault_proxy``.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ here talks to ``127.0.0.1`` only and uses dummy credentials (``testing``/``testi
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import shutil
@@ -327,7 +328,7 @@ def make_client(
         retries["max_attempts"] = max_attempts
     session = _session()
     config = Config(
-        retries=retries,  # type: ignore[arg-type]
+        retries=retries,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         max_pool_connections=max_pool_connections,
@@ -387,6 +388,38 @@ def make_streams_client(url: str) -> Any:
     session = _session()
     with _session_lock:  # Session.client() is not thread-safe
         return session.client("dynamodbstreams", endpoint_url=url)
+
+
+def make_service_client(url: str, service: str) -> Any:
+    """A client of another service at ``url`` (moto's ``stepfunctions``, ``sqs``), dummy
+    credentials."""
+    session = _session()
+    with _session_lock:  # Session.client() is not thread-safe
+        return session.client(service, endpoint_url=url)
+
+
+# --------------------------------------------------------------------------- Step Functions (moto)
+
+EMBEDDING_ROLE = "arn:aws:iam::123456789012:role/embedding"
+PASS_DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
+#: The embedding workflows' names the README's commands use by default.
+README_MACHINES = ("embedding-infra-prod-line-workflow", "embedding-infra-prod-word-workflow")
+
+
+def create_pass_machines(url: str, names: tuple[str, ...] = README_MACHINES) -> tuple[str, ...]:
+    """State machines named ``names`` that succeed at once, none of them running. Names are
+    global on a moto server shared by the session's tests, and moto keeps every execution
+    RUNNING: a machine an earlier test made is kept, its running executions stopped."""
+    sfn = make_service_client(url, "stepfunctions")
+    existing = {m["name"]: m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]}
+    for name in names:
+        if name not in existing:
+            sfn.create_state_machine(name=name, definition=PASS_DEFINITION, roleArn=EMBEDDING_ROLE)
+            continue
+        running = sfn.list_executions(stateMachineArn=existing[name], statusFilter="RUNNING")
+        for execution in running["executions"]:
+            sfn.stop_execution(executionArn=execution["executionArn"])
+    return names
 
 
 # --------------------------------------------------------------------------- tables

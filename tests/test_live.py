@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import CliResult, live_args, run_cli
+from cli import CliResult, in_process_config, live_args, run_cli
 from conftest import TableHandle
 from fault_proxy import FaultProxy
 from items import (
@@ -252,11 +252,6 @@ class RecordingClient:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
-
-
-def in_process_config(table: str, url: str, *extra: str) -> tool.Config:
-    args = tool.build_parser().parse_args(live_args(table, url, GOLDEN_EXPORT, *extra))
-    return tool.resolve_config(args, {})
 
 
 def test_in_process_image_item_written_after_every_other_item_confirmed(ddblocal_table: TableHandle) -> None:

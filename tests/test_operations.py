@@ -4,14 +4,12 @@ and so runs on moto (DynamoDB and Step Functions on one endpoint)."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 import zlib
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from cli import BUCKET_FLAGS, CliResult, live_args, run_cli
 from conftest import TableHandle
@@ -29,31 +27,29 @@ from items import (
     read_jsonl,
     table_items,
 )
-from servers import REGION, DDBLocalServer, MotoServer, env_for_subprocess
+from servers import (
+    README_MACHINES,
+    REGION,
+    DDBLocalServer,
+    MotoServer,
+    create_pass_machines,
+    env_for_subprocess,
+    make_service_client,
+)
 
-ROLE = "arn:aws:iam::123456789012:role/embedding"
-PASS_DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
 LINES = 81  # golden RECEIPT_LINE items
 WORDS = 205  # golden RECEIPT_WORD items
 
 
 def sfn_client(url: str) -> Any:
-    return boto3.client(
-        "stepfunctions",
-        endpoint_url=url,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return make_service_client(url, "stepfunctions")
 
 
 def make_machines(url: str) -> tuple[str, str]:
     """Two fresh state machines (names are global on the shared moto server)."""
-    sfn, suffix = sfn_client(url), uuid.uuid4().hex[:8]
-    names = (f"embedding-infra-prod-line-workflow-{suffix}", f"embedding-infra-prod-word-workflow-{suffix}")
-    for name in names:
-        sfn.create_state_machine(name=name, definition=PASS_DEFINITION, roleArn=ROLE)
-    return names
+    suffix = uuid.uuid4().hex[:8]
+    line, word = create_pass_machines(url, tuple(f"{name}-{suffix}" for name in README_MACHINES))
+    return line, word
 
 
 def executions(url: str, name: str) -> list[dict[str, Any]]:
@@ -78,6 +74,7 @@ def test_trigger_embeddings_after_copy_starts_both_once(fresh_table: TableHandle
     line, word = make_machines(fresh_table.url)
     machines = ["--line-state-machine", line, "--word-state-machine", word]
     first = copy_golden_into(fresh_table, tmp_path, "--trigger-embeddings", *machines)
+    assert first.report is not None
     started = first.report["embeddings"]
     assert [e["started"] for e in started] == [True, True]
     for name, entry in zip((line, word), started):
@@ -89,6 +86,7 @@ def test_trigger_embeddings_after_copy_starts_both_once(fresh_table: TableHandle
 
     # moto keeps executions RUNNING: a second trigger must not start another one.
     again = copy_golden_into(fresh_table, tmp_path, "--trigger-embeddings", *machines)
+    assert again.report is not None
     assert [e["started"] for e in again.report["embeddings"]] == [False, False]
     assert "still running" in again.stdout
     assert len(executions(fresh_table.url, line)) == 1
@@ -160,7 +158,7 @@ def status(table: TableHandle, tmp_path: Path, *extra: str) -> dict[str, Any]:
         ["--status", "--table", table.name, "--endpoint-url", table.url, "--region", REGION, *extra],
         report=tmp_path / "status.json",
     )
-    assert result.returncode == 0, result.describe()
+    assert result.returncode == 0 and result.report is not None, result.describe()
     report = result.report["status"]
     assert f"receipt lines waiting: {report['lines_none']:,}" in result.stdout
     assert f"receipt words waiting: {report['words_none']:,}" in result.stdout
@@ -280,7 +278,7 @@ def test_limit_copies_slices_until_everything_is_there(ddblocal_table: TableHand
             live_args(ddblocal_table.name, ddblocal_table.url, GOLDEN_EXPORT, "--limit", "2"),
             report=tmp_path / "limit.json",
         )
-        assert result.returncode == 0, result.describe()
+        assert result.returncode == 0 and result.report is not None, result.describe()
         copied.append(result.report["images"]["copied"])
     assert copied == [2, 2, 1]
     assert_table_equals(ddblocal_table.client, ddblocal_table.name, load_expected())
@@ -385,7 +383,7 @@ def test_rate_cap_holds(ddblocal_table: TableHandle, tmp_path: Path, rate: float
         timeout=120,
     )
     elapsed = time.monotonic() - start
-    assert result.returncode == 0, result.describe()
+    assert result.returncode == 0 and result.report is not None, result.describe()
     written = result.report["items"]["written"]
     assert written == len(load_expected())
     # The bucket starts empty and holds at most one second's worth (or one batch).

@@ -17,16 +17,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from cli import TOOL, CliResult, live_args, run_cli
 from conftest import TableHandle
 from fault_proxy import THROTTLING, FaultProxy
 from items import DEV_EXPORT, GOLDEN_EXPORT, load_expected, read_jsonl, table_items
-from servers import REGION, env_for_subprocess, free_port
+from servers import create_pass_machines, env_for_subprocess, free_port, make_client
 
-ROLE = "arn:aws:iam::123456789012:role/embedding"
-PASS_DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
 BUCKET_ARGS = ["--dev-raw-bucket", "dev-raw-bucket", "--prod-raw-bucket", "prod-raw-bucket",
                "--dev-cdn-bucket", "dev-cdn-bucket", "--prod-cdn-bucket", "prod-cdn-bucket"]
 BUCKETS = {"raw_bucket_name": "{stage}-raw-bucket", "cdn_bucket_name": "{stage}-cdn-bucket"}
@@ -54,21 +51,11 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
     return Path(path.name)
 
 
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+def one_error_line(proc: CliResult | subprocess.CompletedProcess[str]) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     return lines[0]
-
-
-def make_default_machines(url: str) -> None:
-    """The README's default state machine names, once per moto server."""
-    sfn = boto3.client("stepfunctions", endpoint_url=url, region_name=REGION,
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
-    names = {m["name"] for m in sfn.list_state_machines()["stateMachines"]}
-    for name in ("embedding-infra-prod-line-workflow", "embedding-infra-prod-word-workflow"):
-        if name not in names:
-            sfn.create_state_machine(name=name, definition=PASS_DEFINITION, roleArn=ROLE)
 
 
 # --- 1. each operation asks only for what it uses; messages name where a value came from ---------
@@ -85,7 +72,7 @@ def test_status_with_prod_config_needs_no_dev_buckets(fresh_table: TableHandle, 
 
 def test_trigger_embeddings_with_prod_config_needs_no_dev_buckets(fresh_table: TableHandle,
                                                                   tmp_path: Path) -> None:
-    make_default_machines(fresh_table.url)
+    create_pass_machines(fresh_table.url)
     prod = write_config(tmp_path / "prod.json", stack_outputs("prod", fresh_table.name))
     proc = run(["--trigger-embeddings", "--no-dry-run", "--yes", "--prod-config", prod,
                 "--endpoint-url", fresh_table.url], tmp_path)
@@ -228,8 +215,7 @@ def test_unreachable_endpoint_is_one_line(tmp_path: Path) -> None:
 
 
 def test_table_with_other_keys_is_refused(moto_server: Any, tmp_path: Path) -> None:
-    client = boto3.client("dynamodb", endpoint_url=moto_server.url, region_name=REGION,
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = make_client(moto_server.url)
     name = f"other-shape-{uuid.uuid4().hex[:8]}"
     client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
                         KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import BUCKET_FLAGS, live_args, run_cli
+from cli import BUCKET_FLAGS, live_args, run_cli, run_on_pty
 from conftest import TableHandle
 from exports import clone_export, fake_uuid, write_export
 from items import (
@@ -41,7 +41,6 @@ from items import (
     table_values,
 )
 from servers import REGION
-from test_safety import run_on_pty
 
 Item = dict[str, Any]
 Key = tuple[str, str]

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli import in_process_config, run_through
 from conftest import TableHandle
 from items import GOLDEN_IDS, canonical_item, load_expected, put_items, table_values
-from test_live import in_process_config
-from test_retry_policy import run_through
 
 import copy_dynamodb_dev_to_prod as tool
 

@@ -23,11 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 from cli import TOOL
 from conftest import TableHandle
 from items import DEV_EXPORT, GOLDEN_EXPECTED, REPO_ROOT, assert_items_equal, load_expected, table_items
-from servers import REGION, env_for_subprocess
+from servers import create_pass_machines, env_for_subprocess
 
 README = REPO_ROOT / "README.md"
 SUBSTITUTIONS = {"/data/dev.export": "dev.export"}
@@ -38,7 +37,6 @@ NOT_RUN_HERE = (  # installs (need the network), the test suite itself, the benc
     re.compile(r"^\.venv/bin/python -m pytest( .*)?$"),
     re.compile(r"^\.venv/bin/python benchmarks/bench_copy\.py( .*)?$"),
 )
-PASS_DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
 
 
 def readme_commands() -> list[str]:
@@ -92,20 +90,10 @@ def run_on_a_terminal(command: str, cwd: Path, env: dict[str, str]) -> subproces
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
-def make_default_machines(url: str) -> None:
-    sfn = boto3.client("stepfunctions", endpoint_url=url, region_name=REGION,
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
-    names = {m["name"] for m in sfn.list_state_machines()["stateMachines"]}
-    for name in ("embedding-infra-prod-line-workflow", "embedding-infra-prod-word-workflow"):
-        if name not in names:
-            sfn.create_state_machine(name=name, definition=PASS_DEFINITION,
-                                     roleArn="arn:aws:iam::123456789012:role/embedding")
-
-
 def test_readme_commands_run_as_written(fresh_table: TableHandle, tmp_path: Path) -> None:
     commands = tool_commands()
     assert len(commands) >= 8, commands
-    make_default_machines(fresh_table.url)
+    create_pass_machines(fresh_table.url)
     clone = scratch_clone(tmp_path / "clone", fresh_table.name)
     env = env_for_subprocess(fresh_table.url)
     env.update(AWS_ENDPOINT_URL_SFN=fresh_table.url, AWS_BATCH_JOB_ARRAY_INDEX="0", N="1")

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import live_args, run_cli
+from cli import live_args, run_cli, run_through
 from conftest import TableHandle
 from exports import multiplied_export
 from fault_proxy import PARTIAL_BATCH, PARTIAL_BATCH_GET, THROTTLING, FaultProxy
 from items import (
-    GOLDEN_EXPORT,
     GOLDEN_IDS,
     canonical_item,
     check_write_requests,
@@ -36,19 +35,6 @@ import copy_dynamodb_dev_to_prod as tool
 
 Item = dict[str, Any]
 Key = tuple[str, str]
-
-
-def run_through(table: TableHandle, tmp_path: Path, *extra: str, faults: list[str], target: str,
-                live: bool = True, name: str = "r") -> tuple[Any, FaultProxy]:
-    proxy = FaultProxy(table.url, rate=1.0, faults=faults, targets=[target])
-    args = live_args(table.name, proxy.url, GOLDEN_EXPORT, *extra)
-    if not live:
-        args = [a for a in args if a not in ("--no-dry-run", "--yes")]
-    try:
-        result = run_cli(args, report=tmp_path / f"{name}.json")
-    finally:
-        proxy.stop()
-    return result, proxy
 
 
 # --------------------------------------------------------------------------- errors: exactly 1 + N sends
@@ -211,7 +197,7 @@ def test_retrier_sends_at_most_one_plus_max_retries_times() -> None:
                            "ResponseMetadata": {"HTTPStatusCode": 400}}, "BatchGetItem")
     for retries in (0, 1, 3):
         for outcome in ("undone", throttled):
-            calls = []
+            calls: list[int] = []
 
             def attempt(outcome: Any = outcome, calls: list[int] = calls) -> str | None:
                 calls.append(1)

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import pty
 import re
-import select
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from cli import BUCKET_FLAGS, CliResult, live_args, run_cli, tool_command
+from cli import BUCKET_FLAGS, CliResult, live_args, run_cli, run_on_pty
 from conftest import TableHandle
 from fault_proxy import DEFAULT_FAULTS, THROTTLING, FaultProxy
 from items import GOLDEN_EXPORT, GOLDEN_IDS, assert_table_equals, load_expected, table_items
@@ -100,45 +95,6 @@ def test_live_run_without_yes_and_without_terminal_refuses(
     assert "--yes" in result.stderr
     assert "BatchWriteItem" not in proxy.calls
     assert table_items(ddblocal_table.client, ddblocal_table.name) == {}
-
-
-def run_on_pty(args: list[str], answer: str, timeout: float = 60) -> tuple[int, str, str]:
-    """Run the tool with a pseudo-terminal as stdin/stdout/stderr; answer its prompt.
-    Returns (exit code, output before the answer, whole output)."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(tool_command(args), env=env_for_subprocess(),
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    os.close(slave)
-    out = b""
-    before = ""
-    answered = False
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            if not answered and re.search(rb"(?i)type 'yes'|continue\?|\[y/n\]|confirm", out):
-                before = out.decode("utf-8", "replace")
-                time.sleep(0.1)
-                os.write(master, answer.encode() + b"\n")
-                answered = True
-            if proc.poll() is not None and not ready:
-                break
-        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    assert answered, f"no confirmation prompt seen:\n{out.decode('utf-8', 'replace')}"
-    return proc.returncode, before, out.decode("utf-8", "replace")
 
 
 def check_prompt_details(before: str, table: str, url: str) -> None:

@@ -71,7 +71,7 @@ def dev_items(image_id: str, new_id: str | None = None) -> list[Item]:
     items = []
     for item in load_expected([image_id]).values():
         item = json.loads(json.dumps(item))
-        e = dev_values.get(item["SK"]["S"])
+        e = dev_values.get(item["SK"]["S"], {})
         if item["TYPE"]["S"] in ("IMAGE", "RECEIPT"):
             item["raw_s3_bucket"] = {"S": e["raw_s3_bucket"]}
             item["cdn_s3_bucket"] = {"S": e["cdn_s3_bucket"]} if e.get("cdn_s3_bucket") else {"NULL": True}
@@ -437,7 +437,7 @@ def test_image_id_and_ids_file_select_exactly_those_images(tmp_path: Path) -> No
     jsonl = write_jsonl_gz(tmp_path / "items.jsonl.gz", golden_dev_table_items())
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text(f"{IMG_LEGACY}\n\n{IMG_VERBATIM}\n", encoding="utf-8")
-    cases = {
+    cases: dict[str, tuple[list[Any], list[str]]] = {
         "one": (["--image-id", IMG_ROUNDING], [IMG_ROUNDING]),
         "two": (["--image-id", IMG_ROUNDING, "--image-id", IMG_META_AND_PLACE],
                 [IMG_ROUNDING, IMG_META_AND_PLACE]),
@@ -524,8 +524,8 @@ def test_done_when_unseen_images_from_the_dev_table_and_an_s3_export(ddblocal_se
         if n % 3 == 0:
             items += other_type_items(new_id)
     items += outside_items()
-    excluded, other = extras_counts([c for n, c in enumerate(clones) if n % 4 == 0],
-                                    [c for n, c in enumerate(clones) if n % 3 == 0])
+    excluded, other = extras_counts([c for n, (_, c) in enumerate(clones) if n % 4 == 0],
+                                    [c for n, (_, c) in enumerate(clones) if n % 3 == 0])
     dev, prod = table_factory(ddblocal_server), table_factory(ddblocal_server)
     put_items(dev.client, dev.name, items)
     before = {k: canonical_item(v) for k, v in by_key(scan_all(dev.client, dev.name)).items()}
