@@ -108,7 +108,7 @@ examples (the usual migration; dev.json/prod.json are `pulumi stack output --jso
       receipt lines/words still waiting for embeddings
   .venv/bin/python %(prog)s --trigger-embeddings --no-dry-run --yes
       start the line and word embedding workflows
-  .venv/bin/python %(prog)s --no-dry-run --dev-config dev.json --prod-config prod.json \
+  .venv/bin/python %(prog)s --no-dry-run --dev-config dev.json --prod-config prod.json \\
       --wave-size 100 --report copy-report.json
       a big migration: 100 images, then the workflows, waiting until both end, and so on
   --dev-stack dev --prod-stack prod (with --pulumi-cwd DIR) instead of the files asks pulumi.
@@ -451,8 +451,8 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
         raise UsageError("--max-workers must be at least 1")
     if args.max_retries < 0:
         raise UsageError("--max-retries must be at least 0")
-    if args.limit is not None and args.limit < 0:
-        raise UsageError("--limit must be >= 0")
+    if args.limit is not None and args.limit < 1:  # 0 would leave every image "for later", forever
+        raise UsageError("--limit must be at least 1 (a dry run shows the plan without copying)")
     if args.max_items_per_second is not None and not args.max_items_per_second > 0:
         raise UsageError("--max-items-per-second must be > 0")
     stages = {stage: load_stage(args, stage, environ) for stage in ("dev", "prod")}
@@ -508,7 +508,8 @@ def check_config(cfg: Config) -> list[str]:
     check_source_config(cfg)
     if (cfg.copies or cfg.verify or cfg.export_dir_given) and not cfg.other_source \
             and not cfg.export_dir.is_dir():
-        raise UsageError(f"export directory not found: {cfg.export_dir}")
+        raise UsageError(f"export directory not found: {cfg.export_dir}" if not cfg.export_dir.exists()
+                         else f"--export-dir {cfg.export_dir}: is a file, not a directory of exports")
     needed = cfg.needed_values()
     for name in sorted(needed):
         if getattr(cfg, name) is None and name in cfg.missing:
@@ -586,10 +587,11 @@ def describe_source(cfg: Config) -> str:
 
 def check_output_paths(cfg: Config) -> None:
     """--report and --dump-items must be writable before anything is read or written:
-    finding out after an hour of copying would lose the record of what was done."""
-    for flag, path in (("--report", cfg.report), ("--dump-items", cfg.dump_items)):
-        if path is None:
-            continue
+    finding out after an hour of copying would lose the record of what was done. Neither
+    may overwrite an input or the other output."""
+    outputs = [(flag, path) for flag, path in (("--report", cfg.report), ("--dump-items", cfg.dump_items))
+               if path is not None]
+    for flag, path in outputs:
         parent = path.parent if str(path.parent) else Path(".")
         if path.is_dir():
             raise UsageError(f"{flag} {path}: is a directory")
@@ -597,6 +599,21 @@ def check_output_paths(cfg: Config) -> None:
             raise UsageError(f"{flag} {path}: directory {parent} does not exist")
         if not os.access(path if path.exists() else parent, os.W_OK):
             raise UsageError(f"{flag} {path}: not writable")
+        check_not_an_input(cfg, flag, path)
+    if len(outputs) == 2 and outputs[0][1].resolve() == outputs[1][1].resolve():
+        raise UsageError(f"--report and --dump-items both name {cfg.report}: each needs a file of its own")
+
+
+def check_not_an_input(cfg: Config, flag: str, path: Path) -> None:
+    """Writing over the data being migrated would destroy it; a file written into the export
+    directory would be read as an image by the next run."""
+    target = path.resolve()
+    if cfg.source_items is not None and target == cfg.source_items.resolve():
+        raise UsageError(f"{flag} {path}: is the --source-items file, the input of this run")
+    export = cfg.export_dir.resolve()
+    if target == export or export in target.parents:
+        raise UsageError(f"{flag} {path}: is inside the export directory {cfg.export_dir} "
+                         "(every file there is read as an image); write it elsewhere")
 
 
 def looks_like_dev_table(name: str) -> bool:
@@ -2934,11 +2951,20 @@ class Migration:
         self.report.dump_started = True
         self.progress = Progress(self.cfg.progress, len(sources))
         self.set_producing(True)
-        switch_interval = sys.getswitchinterval()
         try:
             if self.client is None:
                 self.walk(sources, self.plan_offline)
-                return
+            else:
+                self.walk_with_pool(sources)
+        finally:
+            self.progress.close()
+            self.dump.close()
+        self.dump.check()  # the dump's last lines failed to reach the disk
+
+    def walk_with_pool(self, sources: list[ImageSource]) -> None:
+        """The live run and the dry run with a table: reads and writes on a pool."""
+        switch_interval = sys.getswitchinterval()
+        try:
             # Conversion on this thread must not hold the GIL for long while workers
             # wait to hand the next request to the table.
             sys.setswitchinterval(0.0005)
@@ -2955,8 +2981,6 @@ class Migration:
                     raise
         finally:
             sys.setswitchinterval(switch_interval)
-            self.progress.close()
-            self.dump.close()
 
     def walk(self, sources: list[ImageSource], handle: Callable[[ImageJob], None]) -> None:
         """Check (per 100 images, read-only) which images prod has, then plan each image.
@@ -2975,6 +2999,7 @@ class Migration:
                     self.progress_image()
                 continue
             for offset, source in enumerate(chunk):
+                self.dump.check()
                 if source.image_id in in_prod and self.cfg.skip_existing:
                     self.report.image_skipped("skipped_existing")
                     self.progress_image()
@@ -3261,21 +3286,40 @@ class FatalError(Exception):
 
 
 class DumpFile:
-    """--dump-items: one item per line, DynamoDB low-level JSON, keys sorted."""
+    """--dump-items: one item per line, DynamoDB low-level JSON, keys sorted.
+
+    A failed write (disk full, the file's directory removed) is kept, not raised: the items
+    it was called for are already in prod or planned, so their image has not failed. The
+    run stops starting images (``check``) and says why; the dump stays what it was."""
 
     def __init__(self, path: Path | None, append: bool = False) -> None:
+        self.path = path
         self.lock = threading.Lock()
+        self.error: OSError | None = None
         self.file = path.open("a" if append else "w", encoding="utf-8") if path else None
 
     def write(self, items: Iterable[dict[str, AttributeValue]]) -> None:
         if self.file:
             lines = "".join(json.dumps(i, sort_keys=True, ensure_ascii=False) + "\n" for i in items)
             with self.lock:
-                self.file.write(lines)
+                if self.error is None:
+                    try:
+                        self.file.write(lines)
+                    except OSError as exc:
+                        self.error = exc
+
+    def check(self) -> None:
+        """Raise FatalError once a write has failed (called before each new image)."""
+        if self.error is not None:
+            raise FatalError(f"--dump-items {self.path}: cannot write: {describe_error(self.error)}; "
+                             "stopped before the next image")
 
     def close(self) -> None:
         if self.file:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError as exc:  # the last buffered lines did not reach the disk
+                self.error = self.error or exc
 
 
 # =============================================================================
@@ -3867,6 +3911,7 @@ class Report:
         self.prod_checked = False
         self.copy_started = False
         self.dump_started = False
+        self.report_error: str | None = None  # why --report could not be written
         self.summary_printed = False
         self.capacity = CapacityMeter()
         self.extra: dict[str, Any] = {}
@@ -4001,7 +4046,7 @@ class Report:
         lines.append(f"Elapsed {elapsed:,.1f} s, {done / elapsed if elapsed else 0:,.0f} items/s "
                      f"{'planned' if dry else 'written'}")
         if self.cfg.report:
-            lines.append(f"Report: {self.cfg.report}")
+            lines.append(f"Report: {self.cfg.report}" + (" (NOT written)" if self.report_error else ""))
         return lines
 
     def entity_lines(self) -> list[str]:
@@ -4259,9 +4304,18 @@ def botocore_setup_error(exc: Exception) -> bool:
 
 
 def finish_report(cfg: Config, report: Report) -> int:
+    """Write the report, then print the summary. A report that cannot be written (disk full,
+    its directory removed during the run) costs the file, never the summary, and exits 1."""
     if cfg.report:
-        report.write_json(cfg.report)
+        try:
+            report.write_json(cfg.report)
+        except OSError as exc:
+            report.report_error = describe_error(exc)
     report.print_summary()
+    if report.report_error:
+        print(f"error: --report {cfg.report}: cannot write: {report.report_error}; "
+              "the summary above is this run's record", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_FAILED if report.failed or report.extra.get("operations_failed") else EXIT_OK
 
 

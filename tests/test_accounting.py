@@ -1,5 +1,6 @@
 """Every image accounted for (issue 11.3), the words after an interruption (13.3), and output
-paths checked before anything is read or written (11.5).
+paths checked before anything is read or written (11.5), and outputs that fail during the run
+(the copy's record is never lost for a file that cannot be written).
 
 In every ending, copied + skipped_existing + skipped_empty + failed + not_reached_limit +
 interrupted == total, and the counts are the table's truth: the images with an IMAGE item are
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import TOOL, live_args, run_cli
+from cli import BUCKET_FLAGS, TOOL, live_args, run_cli, summary_counts
 from conftest import TableHandle
 from exports import clone_export, copy_golden, fake_uuid, write_export
 from fault_proxy import THROTTLING, FaultProxy
@@ -302,3 +303,87 @@ def test_unwritable_output_path_is_exit_2_before_anything_is_touched(
     assert table_values(ddblocal_table.client, ddblocal_table.name) == \
         {}
     assert not (path.exists() and path.is_file()), "the unwritable path was created"
+
+
+def no_table_dry_run(export: Path, *extra: Any) -> list[Any]:
+    return ["--export-dir", export, *BUCKET_FLAGS, "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("case", ["report in the export dir", "dump over an export file",
+                                  "report and dump the same file", "dump over --source-items"])
+def test_output_path_over_an_input_or_the_other_output_is_exit_2(tmp_path: Path, case: str) -> None:
+    """Nothing is read, written or truncated: the inputs are byte for byte as they were."""
+    export = copy_golden(tmp_path / "export")[0].parent
+    items = tmp_path / "items.jsonl"
+    items.write_text("")
+    export_file = export / f"{GOLDEN_IDS[0]}.json"
+    args = {
+        "report in the export dir": no_table_dry_run(export, "--report", export / "report.json"),
+        "dump over an export file": no_table_dry_run(export, "--dump-items", export_file),
+        "report and dump the same file": no_table_dry_run(
+            export, "--report", tmp_path / "out", "--dump-items", tmp_path / "." / "out"),
+        "dump over --source-items": ["--source-items", items, *BUCKET_FLAGS, "--dump-items", items],
+    }[case]
+    before = {p: p.read_bytes() for p in [*export.iterdir(), items]}
+    result = run_cli(args)
+    assert result.returncode == 2, result.describe()
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert result.stdout == "", result.stdout
+    assert {p: p.read_bytes() for p in [*export.iterdir(), items]} == before
+    assert not (tmp_path / "out").exists()
+
+
+needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (a full disk)")
+
+
+@needs_dev_full
+def test_report_that_cannot_be_written_still_prints_the_summary(
+        ddblocal_table: TableHandle, tmp_path: Path) -> None:
+    """/dev/full passes the checks up front (it exists and is writable) and fails on write,
+    as a disk that filled up during the copy does. The copy itself is complete."""
+    export = copy_golden(tmp_path / "export")[0].parent
+    result = run_cli(live_args(ddblocal_table.name, ddblocal_table.url, export, "--report", "/dev/full"))
+    assert result.returncode == 1, result.describe()
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --report /dev/full: cannot write: "), result.stderr
+    assert summary_counts(result.stdout)["Copied"] == str(len(GOLDEN_IDS)), result.stdout
+    assert "Report: /dev/full (NOT written)" in result.stdout
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == \
+        {k: canonical_item(v) for k, v in load_expected().items()}
+
+
+@needs_dev_full
+@pytest.mark.parametrize("mode", ["live", "dry run"])
+def test_dump_that_cannot_be_written_stops_the_run_and_fails_no_image(
+        ddblocal_table: TableHandle, tmp_path: Path, mode: str) -> None:
+    """The first failed write of --dump-items stops the run before its next image: no image
+    is failed for it (its items are in prod), every image is accounted for, the summary and
+    the report are written, and the error says why, once."""
+    # More items than the copy holds in flight (5,000): the walk must wait for writes to
+    # settle, so the first failed dump write is seen before the last image is started.
+    export, total = tmp_path / "export", 60
+    for n in range(total):
+        new_id = fake_uuid(n, "d0")
+        write_export(export, clone_export(GOLDEN_IDS[n % len(GOLDEN_IDS)], new_id), f"{new_id}.json")
+    report_path = tmp_path / "report.json"
+    if mode == "live":
+        args = live_args(ddblocal_table.name, ddblocal_table.url, export, "--dump-items", "/dev/full",
+                         "--max-workers", "2")
+    else:
+        args = no_table_dry_run(export, "--dump-items", "/dev/full")
+    result = run_cli(args, report=report_path)
+    assert result.returncode == 1, result.describe()
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: --dump-items /dev/full: cannot write: "), \
+        result.stderr
+    assert "internal error" not in result.output
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    assert_accounted(report, total)
+    assert report["images"]["failed"] == 0 and report["images"]["interrupted"] > 0, report["images"]
+    assert "Images found" in result.stdout  # the summary
+    if mode == "live":  # images with an IMAGE item are the copied ones, complete
+        items = table_values(ddblocal_table.client, ddblocal_table.name)
+        assert len(images_with_image_item(items)) == report["images"]["copied"]

@@ -256,8 +256,9 @@ def test_one_bad_image_exit_1_others_counted(golden_export: Path, home: Path, tm
     (["--export-dir", "{golden}", "--dev-raw-bucket", "dev-raw-bucket"], "bucket"),
     (["--export-dir", "{golden}", "--dev-config", "{tmp}/missing.json"], "missing.json"),
     (["--export-dir", "{golden}", "--dry-run", "--no-dry-run"], "not allowed"),
+    (["--export-dir", "{golden}", *BUCKET_FLAGS, "--limit", "0"], "--limit must be at least 1"),
 ], ids=["unknown_flag", "missing_export_dir", "live_without_table", "live_without_table_or_yes",
-        "half_a_bucket_pair", "missing_config_file", "dry_and_live"])
+        "half_a_bucket_pair", "missing_config_file", "dry_and_live", "limit_0"])
 def test_usage_errors_exit_2(args: list[str], message: str, golden_export: Path, home: Path,
                              tmp_path: Path) -> None:
     args = [a.format(tmp=tmp_path, golden=golden_export) for a in args]
@@ -268,9 +269,20 @@ def test_usage_errors_exit_2(args: list[str], message: str, golden_export: Path,
     assert "Mode: LIVE" not in result.stdout
 
 
+def test_help_examples_are_one_command_per_line_or_continued(home: Path) -> None:
+    """A lone backslash in the epilog's source joins two example lines into one garbled line."""
+    result = run_cli(["--help"])
+    assert result.returncode == 0, result.describe()
+    commands = [line for line in result.stdout.splitlines() if line.startswith("  .venv/bin/python")]
+    assert len(commands) >= 5, result.stdout
+    joined = [line for line in commands if re.search(r"\S {2,}--\w", line)]
+    assert not joined, joined
+
+
 def test_export_dir_is_a_file_exit_2(golden_export: Path, home: Path) -> None:
     result = dry(["--export-dir", golden_export / f"{IMG_LEGACY}.json"], home)
     assert result.returncode == 2, result.output
+    assert "is a file, not a directory" in result.stderr, result.stderr
 
 
 def test_empty_export_dir(home: Path, tmp_path: Path) -> None:
