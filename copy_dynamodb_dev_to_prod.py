@@ -374,9 +374,14 @@ def load_pulumi_outputs(path: Path | None) -> dict[str, str]:
 
 
 def stack_values(data: Any, where: str) -> dict[str, str]:
+    """The outputs this tool uses. One that is there but no name (a number, null, "") is an
+    error of its own: "has no ..." would send the operator looking for a missing key."""
     if not isinstance(data, dict):
         raise UsageError(f"{where}: expected a JSON object of stack outputs")
-    return {name: data[key] for name, key in PULUMI_KEYS.items() if isinstance(data.get(key), str)}
+    for key in PULUMI_KEYS.values():
+        if key in data and not (isinstance(data[key], str) and data[key].strip()):
+            raise UsageError(f"{where}: {key!r} is {json.dumps(data[key])}, not a name")
+    return {name: data[key] for name, key in PULUMI_KEYS.items() if key in data}
 
 
 def read_pulumi_stack(stage: str, stack: str, cwd: Path | None,

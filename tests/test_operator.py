@@ -132,6 +132,15 @@ def test_dry_run_with_config_without_table_key_names_it(tmp_path: Path) -> None:
     assert "Prod table: not checked (prod.json has no 'dynamodb_table_name')" in proc.stdout
 
 
+@pytest.mark.parametrize("value,shown", [(123, "123"), (None, "null"), ("", '""'), ({"a": 1}, '{"a": 1}')])
+def test_config_value_that_is_not_a_name_is_named_as_such(tmp_path: Path, value: Any, shown: str) -> None:
+    """Present but not a name is its own error, not "has no ..." (the key is there)."""
+    prod = write_config(tmp_path / "prod.json", {**stack_outputs("prod", "t"), "dynamodb_table_name": value})
+    proc = run(["--status", "--prod-config", prod], tmp_path)
+    assert proc.returncode == 2
+    assert f"config file prod.json: 'dynamodb_table_name' is {shown}, not a name" in one_error_line(proc)
+
+
 def test_config_without_bucket_key_is_named(tmp_path: Path) -> None:
     prod = write_config(tmp_path / "prod.json", stack_outputs("prod", "receipts-prod",
                                                               drop=("cdn_bucket_name",)))
