@@ -193,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", dest="dry_run", action="store_true", default=True,
                       help="show what would be copied, write nothing (default); without a prod "
-                           "table (--table, --prod-config, --prod-stack) nothing is contacted, "
-                           "with one prod is only read")
+                           "table (--table, --prod-config, --prod-stack or PROD_DYNAMODB_TABLE_NAME) "
+                           "nothing is contacted, with one prod is only read")
     mode.add_argument("--no-dry-run", dest="dry_run", action="store_false",
                       help="actually copy")
     run.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -2282,10 +2282,11 @@ class WriteError(Exception):
     `refused` is the item the server refused as invalid, when one was singled out."""
 
     def __init__(self, message: str, unwritten: Sequence[dict[str, AttributeValue]] = (),
-                 refused: dict[str, AttributeValue] | None = None) -> None:
+                 refused: dict[str, AttributeValue] | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.unwritten = list(unwritten)
         self.refused = refused
+        self.reason = reason or message  # the cause without this request's item count
         # every item refused in the request, each as its own error (one batch may mix images)
         self.refusals: list[WriteError] = [self] if refused is not None else []
 
@@ -2527,12 +2528,14 @@ class BatchWriter:
         try:
             self.retrier.run(attempt)
         except RetriesExhausted as exc:
-            raise WriteError(f"not written: {exc}", [p["PutRequest"]["Item"] for p in pending]) from None
+            raise WriteError(f"not written: {exc}", [p["PutRequest"]["Item"] for p in pending],
+                             reason=f"still unprocessed after {self.retrier.max_retries} retries "
+                                    "(table throttled?)") from None
         except Exception as exc:
             unwritten = [p["PutRequest"]["Item"] for p in pending]
             if not is_refusal(exc):
                 raise WriteError(f"{len(unwritten)} item(s) not written: {describe_error(exc)}",
-                                 unwritten) from None
+                                 unwritten, reason=describe_error(exc)) from None
             if len(unwritten) == 1:
                 raise refusal_error(unwritten[0], describe_error(exc)) from None
             self.write_one_by_one(unwritten)
@@ -2835,6 +2838,8 @@ class ImageJob:
     written: int = 0
     image_sent: bool = False       # the IMAGE item went to the batcher
     errors: list[InputError] = dataclasses.field(default_factory=list)
+    lost: int = 0                  # items a write lost for a cause other than a refusal
+    lost_reasons: list[str] = dataclasses.field(default_factory=list)
     finished: bool = False
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -3215,7 +3220,7 @@ class Migration:
                 self.progress.items_done(len(written))
         with job.lock:
             if failed and error is not None:
-                job.errors.append(write_error(error, failed))
+                add_write_error(job, error, failed)
             job.unsettled -= len(items)
             last = job.unsettled == 0
         self.release(job, len(items))  # memory is bounded by items not yet settled
@@ -3227,7 +3232,7 @@ class Migration:
 
     def write_image_item(self, job: ImageJob) -> None:
         """Every other item is settled: the IMAGE item marks the image complete."""
-        if job.errors or job.image_item is None:
+        if job.errors or job.lost or job.image_item is None:
             self.finish(job)
             return
         job.unsettled, job.image_sent = 1, True
@@ -3262,6 +3267,8 @@ class Migration:
                 return
             job.finished = True
         plan = job.plan
+        if job.lost:
+            job.errors.append(InputError(f"{job.lost} item(s) not written: {'; '.join(job.lost_reasons)}"))
         try:
             if job.errors:
                 for error in job.errors:
@@ -3276,14 +3283,19 @@ class Migration:
             self.release(job, job.held)
 
 
-def write_error(exc: WriteError, lost: Sequence[dict[str, AttributeValue]]) -> InputError:
-    """The error entry of an image whose items a write lost: the server's refusal of one of
-    its own items (kind, key and reason), else the request's failure."""
+def add_write_error(job: ImageJob, exc: WriteError, lost: Sequence[dict[str, AttributeValue]]) -> None:
+    """Record items of the job a write lost (the caller holds job.lock): the server's refusal
+    of one of its own items is an error of its own (kind, key and reason); any other cause is
+    counted, so an endpoint that died under every batch of an image is one line for the
+    image ("N item(s) not written: cause"), not one per batch."""
     keys = {item_key(i) for i in lost}
     for refusal in exc.refusals:
         if refusal.refused is not None and item_key(refusal.refused) in keys:
-            return refusal.input_error()
-    return InputError(str(exc))
+            job.errors.append(refusal.input_error())
+            return
+    job.lost += len(lost)
+    if exc.reason not in job.lost_reasons:
+        job.lost_reasons.append(exc.reason)
 
 
 class FatalError(Exception):

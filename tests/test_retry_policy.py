@@ -55,6 +55,13 @@ def test_throttled_writes_are_sent_exactly_one_plus_max_retries_times(
     assert result.report["images"]["failed"] == len(GOLDEN_IDS)
     assert table_values(ddblocal_table.client, ddblocal_table.name) == \
         {}
+    # One error per image, whatever number of its batches failed, counting its own items.
+    errors = {e["file"]: e["message"] for e in result.report["errors"]}
+    assert len(result.report["errors"]) == len(errors) == len(GOLDEN_IDS), result.report["errors"]
+    for image_id in GOLDEN_IDS:
+        lost = sum(1 for k in expected if k[0] == f"IMAGE#{image_id}" and k[1] != "IMAGE")
+        assert errors[f"{image_id}.json"].startswith(f"{lost} item(s) not written: "), errors
+        assert "ThrottlingException" in errors[f"{image_id}.json"]
 
 
 @pytest.mark.parametrize("retries", [0, 2])
