@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                             '{"Item": ...}, a line) or a downloaded export-to-S3 folder '
                             "(manifest-summary.json and data/*.json.gz)")
     other.add_argument("--image-id", action="append", metavar="ID",
-                       help="only this image (repeatable; with any source)")
+                       help="only this image (repeatable; with any source; ids match in any "
+                            "case)")
     other.add_argument("--image-ids-file", type=Path, metavar="FILE",
                        help="only the images listed in FILE, one id a line")
 
@@ -687,6 +688,30 @@ class ImageSource:
     def from_file(cls, path: Path) -> ImageSource:
         return cls(path.stem, path.name, functools.partial(read_export_file, path))
 
+    @classmethod
+    def missing(cls, image_id: str, why: str) -> ImageSource:
+        """An id --image-id/--image-ids-file names that the source does not hold: it fails
+        as an image, so the operator sees it by name and the rest goes on."""
+        return cls(image_id, image_id, functools.partial(raise_input_error, why))
+
+
+def raise_input_error(message: str) -> dict[str, Any]:
+    raise InputError(message)
+
+
+def sources_by_id(wanted: Sequence[str], held: Iterable[ImageSource], where: str) -> list[ImageSource]:
+    """The sources of the wanted ids, matched in any case (like the shard hash: a UUID is the
+    same id in any case), in the order asked. A source keeps its own spelling, the key its
+    items have in prod. An id the source lacks fails as an image, named as missing."""
+    by_id: dict[str, list[ImageSource]] = {}
+    for held_source in held:
+        by_id.setdefault(held_source.image_id.lower(), []).append(held_source)
+    sources: list[ImageSource] = []
+    for w in wanted:
+        found = by_id.get(w.lower())
+        sources += found or [ImageSource.missing(w, f"not in {where}")]
+    return sources
+
 
 # Export lists that hold kinds prod must never receive from a migration (ITEMS.md §7),
 # and lists of entities that no longer exist (exports from before 2025-07-03).
@@ -818,7 +843,8 @@ def json_type(value: Any) -> str:
 # path of an export file: same checks, rules, diff and writes, byte-identical items.
 
 def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, ...] | None:
-    """--image-id (repeatable) and --image-ids-file (one id a line), in order, deduplicated."""
+    """--image-id (repeatable) and --image-ids-file (one id a line), in order, deduplicated in
+    any case."""
     if not ids and path is None:
         return None
     found = [(i, "--image-id") for i in ids or ()]
@@ -829,10 +855,12 @@ def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, .
             raise UsageError(f"cannot read --image-ids-file {path}: {exc}") from None
         found += [(line.strip(), f"{path} line {n}") for n, line in enumerate(lines, 1)
                   if line.strip()]
+    first: dict[str, str] = {}  # an id listed again in another case is the same image
     for image_id, where in found:
         if not UUID_RE.match(image_id):
             raise UsageError(f"{where}: {image_id!r} is not an image id (a version 4/5 UUID)")
-    return tuple(dict.fromkeys(i for i, _ in found))
+        first.setdefault(image_id.lower(), image_id)
+    return tuple(first.values())
 
 
 class ReadOnlyTable:
@@ -875,6 +903,21 @@ class ReadOnlyTable:
                if item.get("SK", {}).get("S") == "IMAGE" and item["PK"]["S"].startswith("IMAGE#")}
         return sorted(ids)
 
+    def spelling(self, image_id: str) -> str:
+        """The spelling the table files an id under (its PK is case-sensitive). Ids are written
+        in lower case (str(uuid4())), so a lower-case id is taken as it is, with no request;
+        any other is looked up lower-cased, then as given (one Limit=1 Query each)."""
+        lower = image_id.lower()
+        if image_id == lower:
+            return image_id
+        for candidate in (lower, image_id):
+            page = self.retrier.call(self.client.query, TableName=self.table, Limit=1,
+                                     KeyConditionExpression="PK = :pk", ProjectionExpression="PK",
+                                     ExpressionAttributeValues={":pk": {"S": f"IMAGE#{candidate}"}})
+            if page.get("Items"):
+                return candidate
+        return lower
+
     def partition(self, image_id: str) -> list[dict[str, AttributeValue]]:
         """Every item of one image: one paginated, strongly consistent Query of its PK."""
         return [item for page in self.pages("query", KeyConditionExpression="PK = :pk",
@@ -890,15 +933,14 @@ def table_sources(cfg: Config) -> list[ImageSource]:
                                      profile=cfg.source_profile or cfg.profile,
                                      endpoint_url=cfg.source_endpoint_url or cfg.endpoint_url)
     table = ReadOnlyTable(make_client(connection), cfg.source_table, Retrier(cfg.max_retries))
-    ids = cfg.image_ids
-    if ids is None:
-        try:
-            ids = tuple(table.image_ids())
-        except Exception as exc:
-            if botocore_setup_error(exc):
-                raise
-            raise UsageError(f"cannot list the images of source table {cfg.source_table}: "
-                             f"{describe_error(exc)}") from None
+    try:
+        ids = (tuple(table.image_ids()) if cfg.image_ids is None
+               else tuple(dict.fromkeys(map(table.spelling, cfg.image_ids))))
+    except Exception as exc:
+        if botocore_setup_error(exc):
+            raise
+        raise UsageError(f"cannot list the images of source table {cfg.source_table}: "
+                         f"{describe_error(exc)}") from None
     return [ImageSource(i, f"{cfg.source_table}/IMAGE#{i}",
                         functools.partial(read_partition, table.partition, i, table.table))
             for i in ids]
@@ -1088,10 +1130,12 @@ def items_sources(cfg: Config) -> list[ImageSource]:
     """--source-items: the given images, or every image partition of the export."""
     assert cfg.source_items
     spill = spilled_items(cfg.source_items)
-    ids = cfg.image_ids if cfg.image_ids is not None else spill.image_ids()
-    return [ImageSource(i, f"{cfg.source_items.name}/IMAGE#{i}",
-                        functools.partial(read_partition, spill.items, i, "the item export"))
-            for i in ids]
+    sources = [ImageSource(i, f"{cfg.source_items.name}/IMAGE#{i}",
+                           functools.partial(read_partition, spill.items, i, "the item export"))
+               for i in spill.image_ids()]
+    if cfg.image_ids is None:
+        return sources
+    return sources_by_id(cfg.image_ids, sources, f"the item export {cfg.source_items}")
 
 
 # =============================================================================
@@ -2711,11 +2755,11 @@ def select_sources(cfg: Config) -> list[ImageSource]:
         sources = table_sources(cfg)
     elif cfg.source_items:
         sources = items_sources(cfg)
-    elif cfg.image_ids is not None:
-        sources = [ImageSource.from_file(cfg.export_dir / f"{i}.json") for i in cfg.image_ids]
     else:
         files = list_export_files(cfg.export_dir) if cfg.export_dir.is_dir() else []
         sources = [ImageSource.from_file(f) for f in files]
+        if cfg.image_ids is not None:  # export files are named <image_id>.json, in its spelling
+            sources = sources_by_id(cfg.image_ids, sources, f"the export {cfg.export_dir}")
     if cfg.shard:
         k, n = cfg.shard
         sources = [s for s in sources if shard_of(s.image_id, n) == k]
