@@ -240,9 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--sfn-endpoint-url",
                      help="Step Functions endpoint (default: --endpoint-url, e.g. one moto server)")
     emb.add_argument("--wave-size", type=int, metavar="N",
-                     help="copy in waves of N images; after each wave start the line and word "
-                          "workflows and wait until both ended before the next (implies "
-                          "--trigger-embeddings)")
+                     help="copy in waves of N images; after each wave that wrote something start "
+                          "the line and word workflows and wait until both ended before the next "
+                          "(implies --trigger-embeddings; a dry run prints this plan per wave)")
     emb.add_argument("--max-pending-embeddings", type=int, metavar="M",
                      help="with --wave-size: before each wave also wait until at most M receipt "
                           "lines/words are NONE in the whole table")
@@ -3585,8 +3585,6 @@ class WaveDriver:
             for k, wave in enumerate(waves, 1):
                 entry: dict[str, Any] = {"index": k, "images": len(wave),
                                          "image_ids": [s.image_id for s in wave]}
-                if self.cfg.dry_run:
-                    entry["would_start"] = [w.name for w in self.workflows]
                 self.waves.append(entry)
                 if not self.copy_wave(k, wave, entry):
                     return
@@ -3641,25 +3639,32 @@ class WaveDriver:
         report = self.report
         if self.cfg.max_pending_embeddings is not None and not self.cfg.dry_run:
             self.wait_for_backlog(k, entry)
-        planned, written = report.items["planned"], report.items["written"]
-        copied, failed = report.images["copied"], report.images["failed"]
+        items, copied, failed = dict(report.items), report.images["copied"], report.images["failed"]
         self.unstarted -= len(wave)  # from here on the Migration counts them
         self.migration.run(wave)
         entry.update(images_copied=report.images["copied"] - copied,
-                     items_planned=report.items["planned"] - planned)
-        if self.cfg.dry_run:
-            entry["outcome"] = "planned"
-            return True
-        entry["items_written"] = report.items["written"] - written
-        if report.images["failed"] > failed:
-            entry["outcome"] = "images failed"
-            print(f"Wave {k} of {self.count}: {report.images['failed'] - failed:,} image(s) failed: no "
+                     items_planned=report.items["planned"] - items["planned"],
+                     items_to_write=report.items["to_write"] - items["to_write"])
+        if not self.cfg.dry_run:
+            entry["items_written"] = report.items["written"] - items["written"]
+        # One decision for the plan and the live run: the plan is what the live run will do.
+        failed = report.images["failed"] - failed
+        if failed:
+            entry.update(outcome="images failed", images_failed=failed)
+            if self.cfg.dry_run:  # planned on, so the plan shows every image that would fail
+                return True
+            print(f"Wave {k} of {self.count}: {failed:,} image(s) failed: no "
                   "workflows started, no further wave copied. Fix them and re-run the same command "
                   "(copied images are skipped).")
             return False
-        if entry["items_written"] == 0:
-            entry["outcome"] = "nothing written"
-            print(f"Wave {k} of {self.count}: nothing written (already in prod), no workflows started")
+        if entry["items_to_write" if self.cfg.dry_run else "items_written"] == 0:
+            entry["outcome"] = "nothing to write" if self.cfg.dry_run else "nothing written"
+            if not self.cfg.dry_run:
+                print(f"Wave {k} of {self.count}: nothing written (already in prod or no receipts), "
+                      "no workflows started")
+            return True
+        if self.cfg.dry_run:
+            entry.update(outcome="planned", would_start=[w.name for w in self.workflows])
             return True
         try:
             self.run_workflows(k, entry)
@@ -3820,9 +3825,9 @@ class WaveDriver:
 
 def wave_preview(cfg: Config) -> str:
     """For the confirmation: a wave run also starts workflows and waits for them."""
-    return (f"in waves of {plural(cfg.wave_size or 0, 'image')}: after each wave the line and word "
-            f"workflows ({cfg.line_state_machine}, {cfg.word_state_machine}) start with input {{}} "
-            "and the next wave waits until both have ended")
+    return (f"in waves of {plural(cfg.wave_size or 0, 'image')}: after each wave that wrote something "
+            f"the line and word workflows ({cfg.line_state_machine}, {cfg.word_state_machine}) start "
+            "with input {} and the next wave waits until both have ended")
 
 
 def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -3833,11 +3838,12 @@ def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[s
              + ("planned" if plan["dry_run"] else "run")
              + (f" ({plan['images'] - sum(w['images'] for w in waves):,} images in the waves not run)"
                 if len(waves) < plan["waves"] else "")]
+    stops_at = 0
     for w in waves:
         text = f"  wave {w['index']} of {plan['waves']}: {plural(w['images'], 'image')}"
-        if "would_start" in w:
-            text += (f", {w.get('items_planned', 0):,} items to write; would start "
-                     + " and ".join(w["would_start"]) + " with input {}")
+        if plan["dry_run"]:
+            text += planned_wave_text(w, stops_at)
+            stops_at = stops_at or (w["index"] if w.get("outcome") == "images failed" else 0)
         else:
             text += f", {w.get('images_copied', 0):,} copied, {w.get('items_written', 0):,} items written"
             if w.get("executions"):
@@ -3851,6 +3857,20 @@ def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[s
                 text += f" [{w['outcome']}]"
         lines.append(text)
     return lines
+
+
+def planned_wave_text(w: Mapping[str, Any], stops_at: int) -> str:
+    """What the live run will do in this wave, decided as it decides (WaveDriver.copy_wave)."""
+    if w.get("outcome") == "images failed":
+        text = f", {w['images_failed']:,} failed: would start no workflows and stop the run here"
+    elif w.get("would_start"):
+        text = (f", {w['items_to_write']:,} items to write; would start "
+                + " and ".join(w["would_start"]) + " with input {}")
+    else:
+        text = ", nothing to write: would start no workflows"
+    if stops_at:
+        text += f" (not reached while wave {stops_at} fails)"
+    return text
 
 
 def run_operations(cfg: Config, report: Report) -> None:
