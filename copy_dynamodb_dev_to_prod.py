@@ -119,7 +119,8 @@ exit codes:
   2    usage or configuration error: bad flag, missing value or config key, table not found
        or unreachable, dev table as target, no confirmation, missing Python package
   130  interrupted with Ctrl-C, 143 stopped with SIGTERM: in-flight batches finish, the report is
-       written, and running the same command again finishes the images
+       written, and running the same command again finishes the images (stopped at the
+       confirmation prompt or in --verify, nothing was written)
 """
 
 
@@ -2476,15 +2477,19 @@ class Retrier:
     connection) and for the items or keys the server left unprocessed, each time after
     exponential backoff with full jitter; a non-retryable error is raised at once."""
 
-    def __init__(self, max_retries: int, sleep: Callable[[float], None] = time.sleep) -> None:
-        self.max_retries, self.sleep = max_retries, sleep
+    def __init__(self, max_retries: int, sleep: Callable[[float], None] = time.sleep,
+                 stop: threading.Event | None = None) -> None:
+        self.max_retries, self.sleep, self.stop = max_retries, sleep, stop
         self.rng = random.Random()
         self.lock = threading.Lock()
 
     def wait(self, retry: int) -> None:
         with self.lock:
             delay = self.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** retry))
-        self.sleep(delay)
+        if self.stop is None:
+            self.sleep(delay)
+        elif self.stop.wait(delay):  # a read-only operation being stopped: no more retries
+            raise RetriesExhausted("stopped")
 
     def run(self, attempt: Callable[[], str | None]) -> None:
         """Call `attempt` until it returns None (all done). It returns what it left undone
@@ -2856,6 +2861,7 @@ class ImageJob:
     to_write: int = 0
     written: int = 0
     image_sent: bool = False       # the IMAGE item went to the batcher
+    diffed: bool = False           # its items were counted as to write, unchanged, kept or conflicts
     errors: list[InputError] = dataclasses.field(default_factory=list)
     finished: bool = False
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -3166,6 +3172,7 @@ class Migration:
         plan = job.plan
         diff = diff_with_prod(plan.items, prod, self.cfg.overwrite_changed)
         self.report.diffed(plan, diff)
+        job.diffed = True
         job.to_write = len(diff.to_write)
         settled = len(plan.items) - job.to_write
         plan.items = []  # from here on only the batches hold the items still to write
@@ -3278,6 +3285,8 @@ class Migration:
         plan = job.plan
         try:
             if job.errors:
+                if not job.diffed:  # e.g. prod could not be read: its items were never decided
+                    self.report.count("failed_before_diff", len(plan.items))
                 for error in job.errors:
                     self.report.image_failed(plan.source, error)
             elif job.in_prod and job.to_write == 0:
@@ -3366,7 +3375,8 @@ def run_status(cfg: Config, client: Any, report: Report) -> None:
                               "words_none": counts["words"]}
 
 
-def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource) -> dict[str, Any]:
+def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource,
+                 stop: threading.Event | None = None) -> dict[str, Any]:
     """Compare one exported image with prod; prod-owned embedding fields excepted."""
     name = source.name
     try:
@@ -3379,7 +3389,7 @@ def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource) ->
     if not plan.has_receipts and not cfg.include_empty:
         return {"file": name, "image_id": plan.image_id, "skipped": "no receipts"}
     try:
-        prod = read_prod_versions(client, cfg.table or "", plan.items, Retrier(cfg.max_retries))
+        prod = read_prod_versions(client, cfg.table or "", plan.items, Retrier(cfg.max_retries, stop=stop))
     except Exception as exc:
         return {"file": name, "image_id": plan.image_id,
                 "invalid": f"{name}: cannot read prod: {describe_error(exc)}"}
@@ -3399,10 +3409,20 @@ def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource) ->
 def run_verify(cfg: Config, client: Any, report: Report) -> None:
     files = select_sources(cfg)
     rules = Rules.from_config(cfg)
-    results = []
-    with ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="verify") as pool:
-        for result in pool.map(lambda p: verify_image(cfg, client, rules, p), files):
+    results: list[dict[str, Any]] = []
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="verify")
+    try:
+        for result in pool.map(lambda p: verify_image(cfg, client, rules, p, stop), files):
             results.append(result)
+    except KeyboardInterrupt as exc:  # verify writes nothing: in-flight reads need not finish
+        stop.set()
+        compared = sum("items" in r for r in results)
+        report.extra["verify"] = {"images_checked": compared, "interrupted": True}
+        raise type(exc)(f"verify interrupted: {compared:,} of {plural(len(files), 'image')} checked "
+                        "(--verify writes nothing; run it again to check every image)") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     bad = [r for r in results if r.get("missing") or r.get("different") or r.get("invalid")]
     checked = [r for r in results if "items" in r]
     print(f"Verify: {len(checked):,} images checked against {cfg.table}, {len(bad):,} with problems")
@@ -3918,7 +3938,7 @@ class Report:
                        "failed": 0}
         self.entities: Counter[str] = Counter()
         self.items = {"planned": 0, "to_write": 0, "written": 0, "unchanged": 0,
-                      "prod_progress_kept": 0, "conflicts": 0}
+                      "prod_progress_kept": 0, "conflicts": 0, "failed_before_diff": 0}
         self.excluded: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         self.other_types: Counter[str] = Counter()  # by TYPE, never written
@@ -3984,6 +4004,16 @@ class Report:
         counts["interrupted"] = counts["total"] - sum(counts[k] for k in self.OUTCOMES[:-1])
         return counts
 
+    def item_counts(self) -> dict[str, int]:
+        """Every planned item is decided once (to write, unchanged, prod's progress kept, or a
+        conflict prod keeps) or was never decided: its image failed before the diff, or the
+        run was stopped before it (what is left, like the images' "interrupted")."""
+        counts = dict(self.items)
+        kept = 0 if self.cfg.overwrite_changed else counts["conflicts"]  # else they are to_write
+        decided = counts["to_write"] + counts["unchanged"] + counts["prod_progress_kept"] + kept
+        counts["interrupted_before_diff"] = counts["planned"] - decided - counts["failed_before_diff"]
+        return counts
+
     @property
     def failed(self) -> bool:
         return self.images["failed"] > 0 or self.interrupted
@@ -4003,7 +4033,7 @@ class Report:
             "elapsed_seconds": round(time.time() - self.started, 3),
             "images": self.image_counts(),
             "entities": dict(self.entities),
-            "items": dict(self.items),
+            "items": self.item_counts(),
             "capacity": self.capacity.to_json(),
             "excluded": dict(self.excluded),
             "ignored": dict(self.ignored),
@@ -4027,7 +4057,7 @@ class Report:
 
     def summary_lines(self) -> list[str]:
         dry = self.mode == "dry-run"
-        im, it = self.image_counts(), self.items
+        im, it = self.image_counts(), self.item_counts()
 
         def line(label: str, n: float, note: str = "") -> str:
             return f"{label + ':':<44}{n:>10,}" + (f"  {note}" if note else "")
@@ -4053,6 +4083,13 @@ class Report:
             lines += [line("Items unchanged", it["unchanged"]),
                       line("Items kept (prod's embedding progress)", it["prod_progress_kept"]),
                       line("Conflicts", it["conflicts"], f"({decision})" if it["conflicts"] else "")]
+        # Items planned but never diffed: with these the item lines add up to "Items planned".
+        if it["failed_before_diff"]:
+            lines.append(line("Items not decided (image failed first)", it["failed_before_diff"]))
+        if it["interrupted_before_diff"]:
+            lines.append(line("Items not decided (stopped first)", it["interrupted_before_diff"],
+                              "their images are interrupted"))
+        if self.prod_checked:
             capacity = self.capacity
             lines.append(f"{'Capacity used:':<44}{capacity.write_units:>10,.1f} write units, "
                          f"{capacity.read_units:,.1f} read units")
@@ -4170,7 +4207,11 @@ def confirm_live_run(cfg: Config, files: list[ImageSource], client: Any) -> None
     print("  " + preview_copy(cfg, files, client))
     if cfg.wave_size:
         print("  " + wave_preview(cfg))
-    answer = input("Type 'yes' to continue: ")
+    try:
+        answer = input("Type 'yes' to continue: ")
+    except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM) instead of an answer
+        print()
+        raise type(exc)("stopped at the confirmation prompt: nothing was written") from None
     if answer.strip().lower() not in ("y", "yes"):
         raise UsageError("aborted: not confirmed")
 
@@ -4228,8 +4269,10 @@ def raise_terminated(signum: int, frame: Any) -> None:
 
 
 def stop_message(report: Report | None) -> str:
-    unfinished = report.image_counts()["interrupted"] if report else 0
-    if report and report.copy_started and not unfinished:
+    if report is None or not report.copy_started:
+        return "stopped: nothing was written"
+    unfinished = report.image_counts()["interrupted"]
+    if not unfinished:
         return "stopped after every image was finished: nothing is left to do"
     return (f"stopped: {plural(unfinished, 'image')} not finished (no IMAGE item yet); "
             "re-run the same command to finish them")
