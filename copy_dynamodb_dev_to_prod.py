@@ -119,7 +119,8 @@ exit codes:
   2    usage or configuration error: bad flag, missing value or config key, table not found
        or unreachable, dev table as target, no confirmation, missing Python package
   130  interrupted with Ctrl-C, 143 stopped with SIGTERM: in-flight batches finish, the report is
-       written, and running the same command again finishes the images
+       written, and running the same command again finishes the images (stopped at the
+       confirmation prompt or in --verify, nothing was written)
 """
 
 
@@ -158,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                             '{"Item": ...}, a line) or a downloaded export-to-S3 folder '
                             "(manifest-summary.json and data/*.json.gz)")
     other.add_argument("--image-id", action="append", metavar="ID",
-                       help="only this image (repeatable; with any source)")
+                       help="only this image (repeatable; with any source; ids match in any "
+                            "case)")
     other.add_argument("--image-ids-file", type=Path, metavar="FILE",
                        help="only the images listed in FILE, one id a line")
 
@@ -239,9 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--sfn-endpoint-url",
                      help="Step Functions endpoint (default: --endpoint-url, e.g. one moto server)")
     emb.add_argument("--wave-size", type=int, metavar="N",
-                     help="copy in waves of N images; after each wave start the line and word "
-                          "workflows and wait until both ended before the next (implies "
-                          "--trigger-embeddings)")
+                     help="copy in waves of N images; after each wave that wrote something start "
+                          "the line and word workflows and wait until both ended before the next "
+                          "(implies --trigger-embeddings; a dry run prints this plan per wave)")
     emb.add_argument("--max-pending-embeddings", type=int, metavar="M",
                      help="with --wave-size: before each wave also wait until at most M receipt "
                           "lines/words are NONE in the whole table")
@@ -709,6 +711,30 @@ class ImageSource:
     def from_file(cls, path: Path) -> ImageSource:
         return cls(path.stem, path.name, functools.partial(read_export_file, path))
 
+    @classmethod
+    def missing(cls, image_id: str, why: str) -> ImageSource:
+        """An id --image-id/--image-ids-file names that the source does not hold: it fails
+        as an image, so the operator sees it by name and the rest goes on."""
+        return cls(image_id, image_id, functools.partial(raise_input_error, why))
+
+
+def raise_input_error(message: str) -> dict[str, Any]:
+    raise InputError(message)
+
+
+def sources_by_id(wanted: Sequence[str], held: Iterable[ImageSource], where: str) -> list[ImageSource]:
+    """The sources of the wanted ids, matched in any case (like the shard hash: a UUID is the
+    same id in any case), in the order asked. A source keeps its own spelling, the key its
+    items have in prod. An id the source lacks fails as an image, named as missing."""
+    by_id: dict[str, list[ImageSource]] = {}
+    for held_source in held:
+        by_id.setdefault(held_source.image_id.lower(), []).append(held_source)
+    sources: list[ImageSource] = []
+    for w in wanted:
+        found = by_id.get(w.lower())
+        sources += found or [ImageSource.missing(w, f"not in {where}")]
+    return sources
+
 
 # Export lists that hold kinds prod must never receive from a migration (ITEMS.md §7),
 # and lists of entities that no longer exist (exports from before 2025-07-03).
@@ -840,7 +866,8 @@ def json_type(value: Any) -> str:
 # path of an export file: same checks, rules, diff and writes, byte-identical items.
 
 def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, ...] | None:
-    """--image-id (repeatable) and --image-ids-file (one id a line), in order, deduplicated."""
+    """--image-id (repeatable) and --image-ids-file (one id a line), in order, deduplicated in
+    any case."""
     if not ids and path is None:
         return None
     found = [(i, "--image-id") for i in ids or ()]
@@ -851,10 +878,12 @@ def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, .
             raise UsageError(f"cannot read --image-ids-file {path}: {exc}") from None
         found += [(line.strip(), f"{path} line {n}") for n, line in enumerate(lines, 1)
                   if line.strip()]
+    first: dict[str, str] = {}  # an id listed again in another case is the same image
     for image_id, where in found:
         if not UUID_RE.match(image_id):
             raise UsageError(f"{where}: {image_id!r} is not an image id (a version 4/5 UUID)")
-    return tuple(dict.fromkeys(i for i, _ in found))
+        first.setdefault(image_id.lower(), image_id)
+    return tuple(first.values())
 
 
 class ReadOnlyTable:
@@ -897,6 +926,21 @@ class ReadOnlyTable:
                if item.get("SK", {}).get("S") == "IMAGE" and item["PK"]["S"].startswith("IMAGE#")}
         return sorted(ids)
 
+    def spelling(self, image_id: str) -> str:
+        """The spelling the table files an id under (its PK is case-sensitive). Ids are written
+        in lower case (str(uuid4())), so a lower-case id is taken as it is, with no request;
+        any other is looked up lower-cased, then as given (one Limit=1 Query each)."""
+        lower = image_id.lower()
+        if image_id == lower:
+            return image_id
+        for candidate in (lower, image_id):
+            page = self.retrier.call(self.client.query, TableName=self.table, Limit=1,
+                                     KeyConditionExpression="PK = :pk", ProjectionExpression="PK",
+                                     ExpressionAttributeValues={":pk": {"S": f"IMAGE#{candidate}"}})
+            if page.get("Items"):
+                return candidate
+        return lower
+
     def partition(self, image_id: str) -> list[dict[str, AttributeValue]]:
         """Every item of one image: one paginated, strongly consistent Query of its PK."""
         return [item for page in self.pages("query", KeyConditionExpression="PK = :pk",
@@ -912,15 +956,14 @@ def table_sources(cfg: Config) -> list[ImageSource]:
                                      profile=cfg.source_profile or cfg.profile,
                                      endpoint_url=cfg.source_endpoint_url or cfg.endpoint_url)
     table = ReadOnlyTable(make_client(connection), cfg.source_table, Retrier(cfg.max_retries))
-    ids = cfg.image_ids
-    if ids is None:
-        try:
-            ids = tuple(table.image_ids())
-        except Exception as exc:
-            if botocore_setup_error(exc):
-                raise
-            raise UsageError(f"cannot list the images of source table {cfg.source_table}: "
-                             f"{describe_error(exc)}") from None
+    try:
+        ids = (tuple(table.image_ids()) if cfg.image_ids is None
+               else tuple(dict.fromkeys(map(table.spelling, cfg.image_ids))))
+    except Exception as exc:
+        if botocore_setup_error(exc):
+            raise
+        raise UsageError(f"cannot list the images of source table {cfg.source_table}: "
+                         f"{describe_error(exc)}") from None
     return [ImageSource(i, f"{cfg.source_table}/IMAGE#{i}",
                         functools.partial(read_partition, table.partition, i, table.table))
             for i in ids]
@@ -1110,10 +1153,12 @@ def items_sources(cfg: Config) -> list[ImageSource]:
     """--source-items: the given images, or every image partition of the export."""
     assert cfg.source_items
     spill = spilled_items(cfg.source_items)
-    ids = cfg.image_ids if cfg.image_ids is not None else spill.image_ids()
-    return [ImageSource(i, f"{cfg.source_items.name}/IMAGE#{i}",
-                        functools.partial(read_partition, spill.items, i, "the item export"))
-            for i in ids]
+    sources = [ImageSource(i, f"{cfg.source_items.name}/IMAGE#{i}",
+                           functools.partial(read_partition, spill.items, i, "the item export"))
+               for i in spill.image_ids()]
+    if cfg.image_ids is None:
+        return sources
+    return sources_by_id(cfg.image_ids, sources, f"the item export {cfg.source_items}")
 
 
 # =============================================================================
@@ -2455,15 +2500,19 @@ class Retrier:
     connection) and for the items or keys the server left unprocessed, each time after
     exponential backoff with full jitter; a non-retryable error is raised at once."""
 
-    def __init__(self, max_retries: int, sleep: Callable[[float], None] = time.sleep) -> None:
-        self.max_retries, self.sleep = max_retries, sleep
+    def __init__(self, max_retries: int, sleep: Callable[[float], None] = time.sleep,
+                 stop: threading.Event | None = None) -> None:
+        self.max_retries, self.sleep, self.stop = max_retries, sleep, stop
         self.rng = random.Random()
         self.lock = threading.Lock()
 
     def wait(self, retry: int) -> None:
         with self.lock:
             delay = self.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** retry))
-        self.sleep(delay)
+        if self.stop is None:
+            self.sleep(delay)
+        elif self.stop.wait(delay):  # a read-only operation being stopped: no more retries
+            raise RetriesExhausted("stopped")
 
     def run(self, attempt: Callable[[], str | None]) -> None:
         """Call `attempt` until it returns None (all done). It returns what it left undone
@@ -2736,11 +2785,11 @@ def select_sources(cfg: Config) -> list[ImageSource]:
         sources = table_sources(cfg)
     elif cfg.source_items:
         sources = items_sources(cfg)
-    elif cfg.image_ids is not None:
-        sources = [ImageSource.from_file(cfg.export_dir / f"{i}.json") for i in cfg.image_ids]
     else:
         files = list_export_files(cfg.export_dir) if cfg.export_dir.is_dir() else []
         sources = [ImageSource.from_file(f) for f in files]
+        if cfg.image_ids is not None:  # export files are named <image_id>.json, in its spelling
+            sources = sources_by_id(cfg.image_ids, sources, f"the export {cfg.export_dir}")
     if cfg.shard:
         k, n = cfg.shard
         sources = [s for s in sources if shard_of(s.image_id, n) == k]
@@ -2837,6 +2886,7 @@ class ImageJob:
     to_write: int = 0
     written: int = 0
     image_sent: bool = False       # the IMAGE item went to the batcher
+    diffed: bool = False           # its items were counted as to write, unchanged, kept or conflicts
     errors: list[InputError] = dataclasses.field(default_factory=list)
     lost: int = 0                  # items a write lost for a cause other than a refusal
     lost_reasons: list[str] = dataclasses.field(default_factory=list)
@@ -3157,6 +3207,7 @@ class Migration:
         plan = job.plan
         diff = diff_with_prod(plan.items, prod, self.cfg.overwrite_changed)
         self.report.diffed(plan, diff)
+        job.diffed = True
         job.to_write = len(diff.to_write)
         settled = len(plan.items) - job.to_write
         plan.items = []  # from here on only the batches hold the items still to write
@@ -3271,6 +3322,8 @@ class Migration:
             job.errors.append(InputError(f"{job.lost} item(s) not written: {'; '.join(job.lost_reasons)}"))
         try:
             if job.errors:
+                if not job.diffed:  # e.g. prod could not be read: its items were never decided
+                    self.report.count("failed_before_diff", len(plan.items))
                 for error in job.errors:
                     self.report.image_failed(plan.source, error)
             elif job.in_prod and job.to_write == 0:
@@ -3383,7 +3436,8 @@ def run_status(cfg: Config, client: Any, report: Report) -> None:
                               "words_none": counts["words"]}
 
 
-def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource) -> dict[str, Any]:
+def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource,
+                 stop: threading.Event | None = None) -> dict[str, Any]:
     """Compare one exported image with prod; prod-owned embedding fields excepted."""
     name = source.name
     try:
@@ -3396,7 +3450,7 @@ def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource) ->
     if not plan.has_receipts and not cfg.include_empty:
         return {"file": name, "image_id": plan.image_id, "skipped": "no receipts"}
     try:
-        prod = read_prod_versions(client, cfg.table or "", plan.items, Retrier(cfg.max_retries))
+        prod = read_prod_versions(client, cfg.table or "", plan.items, Retrier(cfg.max_retries, stop=stop))
     except Exception as exc:
         return {"file": name, "image_id": plan.image_id,
                 "invalid": f"{name}: cannot read prod: {describe_error(exc)}"}
@@ -3416,10 +3470,20 @@ def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource) ->
 def run_verify(cfg: Config, client: Any, report: Report) -> None:
     files = select_sources(cfg)
     rules = Rules.from_config(cfg)
-    results = []
-    with ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="verify") as pool:
-        for result in pool.map(lambda p: verify_image(cfg, client, rules, p), files):
+    results: list[dict[str, Any]] = []
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="verify")
+    try:
+        for result in pool.map(lambda p: verify_image(cfg, client, rules, p, stop), files):
             results.append(result)
+    except KeyboardInterrupt as exc:  # verify writes nothing: in-flight reads need not finish
+        stop.set()
+        compared = sum("items" in r for r in results)
+        report.extra["verify"] = {"images_checked": compared, "interrupted": True}
+        raise type(exc)(f"verify interrupted: {compared:,} of {plural(len(files), 'image')} checked "
+                        "(--verify writes nothing; run it again to check every image)") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     bad = [r for r in results if r.get("missing") or r.get("different") or r.get("invalid")]
     checked = [r for r in results if "items" in r]
     print(f"Verify: {len(checked):,} images checked against {cfg.table}, {len(bad):,} with problems")
@@ -3602,8 +3666,6 @@ class WaveDriver:
             for k, wave in enumerate(waves, 1):
                 entry: dict[str, Any] = {"index": k, "images": len(wave),
                                          "image_ids": [s.image_id for s in wave]}
-                if self.cfg.dry_run:
-                    entry["would_start"] = [w.name for w in self.workflows]
                 self.waves.append(entry)
                 if not self.copy_wave(k, wave, entry):
                     return
@@ -3658,25 +3720,32 @@ class WaveDriver:
         report = self.report
         if self.cfg.max_pending_embeddings is not None and not self.cfg.dry_run:
             self.wait_for_backlog(k, entry)
-        planned, written = report.items["planned"], report.items["written"]
-        copied, failed = report.images["copied"], report.images["failed"]
+        items, copied, failed = dict(report.items), report.images["copied"], report.images["failed"]
         self.unstarted -= len(wave)  # from here on the Migration counts them
         self.migration.run(wave)
         entry.update(images_copied=report.images["copied"] - copied,
-                     items_planned=report.items["planned"] - planned)
-        if self.cfg.dry_run:
-            entry["outcome"] = "planned"
-            return True
-        entry["items_written"] = report.items["written"] - written
-        if report.images["failed"] > failed:
-            entry["outcome"] = "images failed"
-            print(f"Wave {k} of {self.count}: {report.images['failed'] - failed:,} image(s) failed: no "
+                     items_planned=report.items["planned"] - items["planned"],
+                     items_to_write=report.items["to_write"] - items["to_write"])
+        if not self.cfg.dry_run:
+            entry["items_written"] = report.items["written"] - items["written"]
+        # One decision for the plan and the live run: the plan is what the live run will do.
+        failed = report.images["failed"] - failed
+        if failed:
+            entry.update(outcome="images failed", images_failed=failed)
+            if self.cfg.dry_run:  # planned on, so the plan shows every image that would fail
+                return True
+            print(f"Wave {k} of {self.count}: {failed:,} image(s) failed: no "
                   "workflows started, no further wave copied. Fix them and re-run the same command "
                   "(copied images are skipped).")
             return False
-        if entry["items_written"] == 0:
-            entry["outcome"] = "nothing written"
-            print(f"Wave {k} of {self.count}: nothing written (already in prod), no workflows started")
+        if entry["items_to_write" if self.cfg.dry_run else "items_written"] == 0:
+            entry["outcome"] = "nothing to write" if self.cfg.dry_run else "nothing written"
+            if not self.cfg.dry_run:
+                print(f"Wave {k} of {self.count}: nothing written (already in prod or no receipts), "
+                      "no workflows started")
+            return True
+        if self.cfg.dry_run:
+            entry.update(outcome="planned", would_start=[w.name for w in self.workflows])
             return True
         try:
             self.run_workflows(k, entry)
@@ -3837,9 +3906,9 @@ class WaveDriver:
 
 def wave_preview(cfg: Config) -> str:
     """For the confirmation: a wave run also starts workflows and waits for them."""
-    return (f"in waves of {plural(cfg.wave_size or 0, 'image')}: after each wave the line and word "
-            f"workflows ({cfg.line_state_machine}, {cfg.word_state_machine}) start with input {{}} "
-            "and the next wave waits until both have ended")
+    return (f"in waves of {plural(cfg.wave_size or 0, 'image')}: after each wave that wrote something "
+            f"the line and word workflows ({cfg.line_state_machine}, {cfg.word_state_machine}) start "
+            "with input {} and the next wave waits until both have ended")
 
 
 def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -3850,11 +3919,12 @@ def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[s
              + ("planned" if plan["dry_run"] else "run")
              + (f" ({plan['images'] - sum(w['images'] for w in waves):,} images in the waves not run)"
                 if len(waves) < plan["waves"] else "")]
+    stops_at = 0
     for w in waves:
         text = f"  wave {w['index']} of {plan['waves']}: {plural(w['images'], 'image')}"
-        if "would_start" in w:
-            text += (f", {w.get('items_planned', 0):,} items to write; would start "
-                     + " and ".join(w["would_start"]) + " with input {}")
+        if plan["dry_run"]:
+            text += planned_wave_text(w, stops_at)
+            stops_at = stops_at or (w["index"] if w.get("outcome") == "images failed" else 0)
         else:
             text += f", {w.get('images_copied', 0):,} copied, {w.get('items_written', 0):,} items written"
             if w.get("executions"):
@@ -3868,6 +3938,20 @@ def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[s
                 text += f" [{w['outcome']}]"
         lines.append(text)
     return lines
+
+
+def planned_wave_text(w: Mapping[str, Any], stops_at: int) -> str:
+    """What the live run will do in this wave, decided as it decides (WaveDriver.copy_wave)."""
+    if w.get("outcome") == "images failed":
+        text = f", {w['images_failed']:,} failed: would start no workflows and stop the run here"
+    elif w.get("would_start"):
+        text = (f", {w['items_to_write']:,} items to write; would start "
+                + " and ".join(w["would_start"]) + " with input {}")
+    else:
+        text = ", nothing to write: would start no workflows"
+    if stops_at:
+        text += f" (not reached while wave {stops_at} fails)"
+    return text
 
 
 def run_operations(cfg: Config, report: Report) -> None:
@@ -3915,7 +3999,7 @@ class Report:
                        "failed": 0}
         self.entities: Counter[str] = Counter()
         self.items = {"planned": 0, "to_write": 0, "written": 0, "unchanged": 0,
-                      "prod_progress_kept": 0, "conflicts": 0}
+                      "prod_progress_kept": 0, "conflicts": 0, "failed_before_diff": 0}
         self.excluded: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         self.other_types: Counter[str] = Counter()  # by TYPE, never written
@@ -3982,6 +4066,16 @@ class Report:
         counts["interrupted"] = counts["total"] - sum(counts[k] for k in self.OUTCOMES[:-1])
         return counts
 
+    def item_counts(self) -> dict[str, int]:
+        """Every planned item is decided once (to write, unchanged, prod's progress kept, or a
+        conflict prod keeps) or was never decided: its image failed before the diff, or the
+        run was stopped before it (what is left, like the images' "interrupted")."""
+        counts = dict(self.items)
+        kept = 0 if self.cfg.overwrite_changed else counts["conflicts"]  # else they are to_write
+        decided = counts["to_write"] + counts["unchanged"] + counts["prod_progress_kept"] + kept
+        counts["interrupted_before_diff"] = counts["planned"] - decided - counts["failed_before_diff"]
+        return counts
+
     @property
     def failed(self) -> bool:
         return self.images["failed"] > 0 or self.interrupted
@@ -4001,7 +4095,7 @@ class Report:
             "elapsed_seconds": round(time.time() - self.started, 3),
             "images": self.image_counts(),
             "entities": dict(self.entities),
-            "items": dict(self.items),
+            "items": self.item_counts(),
             "capacity": self.capacity.to_json(),
             "excluded": dict(self.excluded),
             "ignored": dict(self.ignored),
@@ -4025,7 +4119,7 @@ class Report:
 
     def summary_lines(self) -> list[str]:
         dry = self.mode == "dry-run"
-        im, it = self.image_counts(), self.items
+        im, it = self.image_counts(), self.item_counts()
 
         def line(label: str, n: float, note: str = "") -> str:
             return f"{label + ':':<44}{n:>10,}" + (f"  {note}" if note else "")
@@ -4051,6 +4145,13 @@ class Report:
             lines += [line("Items unchanged", it["unchanged"]),
                       line("Items kept (prod's embedding progress)", it["prod_progress_kept"]),
                       line("Conflicts", it["conflicts"], f"({decision})" if it["conflicts"] else "")]
+        # Items planned but never diffed: with these the item lines add up to "Items planned".
+        if it["failed_before_diff"]:
+            lines.append(line("Items not decided (image failed first)", it["failed_before_diff"]))
+        if it["interrupted_before_diff"]:
+            lines.append(line("Items not decided (stopped first)", it["interrupted_before_diff"],
+                              "their images are interrupted"))
+        if self.prod_checked:
             capacity = self.capacity
             lines.append(f"{'Capacity used:':<44}{capacity.write_units:>10,.1f} write units, "
                          f"{capacity.read_units:,.1f} read units")
@@ -4168,7 +4269,11 @@ def confirm_live_run(cfg: Config, files: list[ImageSource], client: Any) -> None
     print("  " + preview_copy(cfg, files, client))
     if cfg.wave_size:
         print("  " + wave_preview(cfg))
-    answer = input("Type 'yes' to continue: ")
+    try:
+        answer = input("Type 'yes' to continue: ")
+    except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM) instead of an answer
+        print()
+        raise type(exc)("stopped at the confirmation prompt: nothing was written") from None
     if answer.strip().lower() not in ("y", "yes"):
         raise UsageError("aborted: not confirmed")
 
@@ -4226,8 +4331,10 @@ def raise_terminated(signum: int, frame: Any) -> None:
 
 
 def stop_message(report: Report | None) -> str:
-    unfinished = report.image_counts()["interrupted"] if report else 0
-    if report and report.copy_started and not unfinished:
+    if report is None or not report.copy_started:
+        return "stopped: nothing was written"
+    unfinished = report.image_counts()["interrupted"]
+    if not unfinished:
         return "stopped after every image was finished: nothing is left to do"
     return (f"stopped: {plural(unfinished, 'image')} not finished (no IMAGE item yet); "
             "re-run the same command to finish them")

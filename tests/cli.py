@@ -20,6 +20,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -142,8 +143,9 @@ def run_through(table: Endpoint, tmp_path: Path, *extra: str, faults: list[str],
     return result, proxy
 
 
-def run_on_pty(args: list[str], answer: str, timeout: float = 60) -> tuple[int, str, str]:
-    """Run the tool with a pseudo-terminal as stdin/stdout/stderr; answer its prompt.
+def run_on_pty(args: list[str], answer: str | None, timeout: float = 60) -> tuple[int, str, str]:
+    """Run the tool with a pseudo-terminal as stdin/stdout/stderr; answer its prompt
+    (``answer=None``: Ctrl-C instead, a SIGINT sent once the prompt is shown).
     Returns (exit code, output before the answer, whole output)."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(tool_command(args), env=env_for_subprocess(),
@@ -167,7 +169,10 @@ def run_on_pty(args: list[str], answer: str, timeout: float = 60) -> tuple[int, 
             if not answered and re.search(rb"(?i)type 'yes'|continue\?|\[y/n\]|confirm", out):
                 before = out.decode("utf-8", "replace")
                 time.sleep(0.1)
-                os.write(master, answer.encode() + b"\n")
+                if answer is None:
+                    proc.send_signal(signal.SIGINT)
+                else:
+                    os.write(master, answer.encode() + b"\n")
                 answered = True
             if proc.poll() is not None and not ready:
                 break

@@ -71,6 +71,25 @@ def assert_accounted(report: dict[str, Any], total: int) -> None:
     assert all(images[k] >= 0 for k in OUTCOMES), images
 
 
+ITEM_LINES = {"to_write": "Items to write", "unchanged": "Items unchanged",
+              "prod_progress_kept": "Items kept (prod's embedding progress)", "conflicts": "Conflicts",
+              "failed_before_diff": "Items not decided (image failed first)",
+              "interrupted_before_diff": "Items not decided (stopped first)"}
+
+
+def assert_items_add_up(report: dict[str, Any], stdout: str) -> None:
+    """Every planned item is in exactly one of the report's item counts and one summary line:
+    decided (to write, unchanged, kept, a conflict prod keeps) or not decided (its image
+    failed, or the run stopped, before its diff with prod)."""
+    items = report["items"]
+    assert sum(items.get(k, 0) for k in ITEM_LINES) == items["planned"], items
+    counts = summary_counts(stdout)
+    shown = {label: int(counts[label].split()[0].replace(",", "")) for label in
+             ("Items planned", *ITEM_LINES.values()) if label in counts}
+    assert sum(shown.get(label, 0) for label in ITEM_LINES.values()) == shown["Items planned"], shown
+    assert all(shown.get(label, 0) == items.get(k, 0) for k, label in ITEM_LINES.items()), (shown, items)
+
+
 def images_with_image_item(items: dict[Key, Item]) -> set[str]:
     return {pk[len("IMAGE#"):] for pk, sk in items if sk == "IMAGE"}
 
@@ -119,6 +138,18 @@ def test_normal_run_limit_and_failures_account_for_every_image(ddblocal_table: T
     assert images["skipped_existing"] == 3 and images["skipped_empty"] == 1, images
     assert images["failed"] == len(GOLDEN_IDS) - 3 + 1 and images["copied"] == 0, images
     assert images["interrupted"] == 0 and failing.report["interrupted"] is False, images
+    assert_items_add_up(failing.report, failing.stdout)
+    # prod's partitions cannot be read (every Query throttled, no retry): the images fail before
+    # their diff, and their items are counted as such
+    proxy = FaultProxy(ddblocal_table.url, rate=1.0, faults=[THROTTLING], targets=["Query"])
+    try:
+        unread = run_cli(live_args(ddblocal_table.name, proxy.url, export, "--max-retries", "0"),
+                         report=tmp_path / "unread.json")
+    finally:
+        proxy.stop()
+    assert unread.returncode == 1 and unread.report is not None, unread.describe()
+    assert_items_add_up(unread.report, unread.stdout)
+    assert unread.report["items"]["failed_before_diff"] == unread.report["items"]["planned"] > 0
 
     normal = run_cli(live_args(ddblocal_table.name, ddblocal_table.url, export, "--no-skip-existing"),
                      report=tmp_path / "normal.json")
@@ -207,6 +238,7 @@ def test_interrupted_copy_counts_every_image_and_a_rerun_finishes(
     report = json.loads(report_path.read_text(encoding="utf-8"))
     assert report["interrupted"] is True
     assert_accounted(report, total)
+    assert_items_add_up(report, out)
     images = report["images"]
     done = images_with_image_item(table)
     assert_image_last(table, expected)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import pytest
 from cli import TOOL, CliResult, live_args, run_cli
 from conftest import TableHandle
 from fault_proxy import THROTTLING, FaultProxy
-from items import DEV_EXPORT, GOLDEN_EXPORT, load_expected, read_jsonl, table_items
+from items import DEV_EXPORT, GOLDEN_EXPORT, GOLDEN_IDS, load_expected, read_jsonl, table_items
 from servers import create_pass_machines, env_for_subprocess, free_port, make_client
 
 BUCKET_ARGS = ["--dev-raw-bucket", "dev-raw-bucket", "--prod-raw-bucket", "prod-raw-bucket",
@@ -316,6 +318,35 @@ def test_verify_prints_the_commands_that_repair(fresh_table: TableHandle, tmp_pa
     repair("To overwrite prod's differing items with the export's: ")
     assert table_items(fresh_table.client, fresh_table.name) == expected
     assert run(verify, tmp_path).returncode == 0
+
+
+def test_ctrl_c_during_verify_says_the_verify_was_interrupted(fresh_table: TableHandle,
+                                                              tmp_path: Path) -> None:
+    """SIGINT once verify reads prod (every read throttled, retried far longer than any test
+    runs, so it is provably still verifying): exit 130, the verify named as interrupted with
+    how many images it checked, no word of a copy to finish."""
+    proxy = FaultProxy(fresh_table.url, rate=1.0, faults=[THROTTLING], targets=["BatchGetItem"])
+    args = ["--verify", "--table", fresh_table.name, "--endpoint-url", proxy.url, "--export-dir",
+            str(GOLDEN_EXPORT), *BUCKET_ARGS, "--max-retries", "1000", "--report", str(tmp_path / "r.json")]
+    proc = subprocess.Popen([sys.executable, str(TOOL), *args], env=env_for_subprocess(), cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        while not proxy.calls.get("BatchGetItem"):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proxy.stop()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert f"verify interrupted: 0 of {len(GOLDEN_IDS)} images checked" in err, err
+    assert "not finished" not in out + err and "re-run the same command" not in out + err, out + err
+    assert "Traceback" not in err
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert report["verify"] == {"images_checked": 0, "interrupted": True} and report["interrupted"]
 
 
 # --- 9. --help ----------------------------------------------------------------------------------

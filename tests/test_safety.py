@@ -118,6 +118,20 @@ def test_terminal_prompt_answered_no_writes_nothing(ddblocal_table: TableHandle)
     assert table_items(ddblocal_table.client, ddblocal_table.name) == {}
 
 
+def test_ctrl_c_at_the_prompt_says_nothing_was_written(ddblocal_table: TableHandle, tmp_path: Path) -> None:
+    proxy = FaultProxy(ddblocal_table.url, rate=0.0)
+    args = [*without_yes(live_args(ddblocal_table.name, proxy.url)), "--report", str(tmp_path / "r.json")]
+    try:
+        code, _, whole = run_on_pty(args, None)
+    finally:
+        proxy.stop()
+    assert code == 130, whole
+    assert "stopped at the confirmation prompt: nothing was written" in whole, whole
+    assert "not finished" not in whole and "re-run" not in whole, whole
+    assert "Traceback" not in whole and "BatchWriteItem" not in proxy.calls
+    assert table_items(ddblocal_table.client, ddblocal_table.name) == {}
+
+
 def test_terminal_prompt_answered_yes_copies(ddblocal_table: TableHandle) -> None:
     code, before, whole = run_on_pty(without_yes(live_args(ddblocal_table.name, ddblocal_table.url)), "yes")
     check_prompt_details(before, ddblocal_table.name, ddblocal_table.url)

@@ -462,6 +462,38 @@ def test_image_id_and_ids_file_select_exactly_those_images(tmp_path: Path) -> No
     assert bad.returncode == 2 and "not-a-uuid" in bad.stderr
 
 
+def test_image_ids_match_in_any_case_with_every_source(moto_server: Any, table_factory: Any,
+                                                     tmp_path: Path) -> None:
+    """An id given in upper case selects its image (files and keys are spelled in lower case),
+    the same id twice in two cases is one image, and an id the source lacks fails as an image
+    named as missing while the others are planned."""
+    jsonl = write_jsonl_gz(tmp_path / "items.jsonl.gz", golden_dev_table_items())
+    dev = table_factory(moto_server)
+    put_items(dev.client, dev.name, dev_items(IMG_LEGACY))
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text(f"{IMG_LEGACY}\n{IMG_LEGACY.upper()}\n", encoding="utf-8")
+    missing = str(uuid.uuid4())
+    sources = {"export": ["--export-dir", GOLDEN_EXPORT], "items": ["--source-items", jsonl],
+               "table": ["--source-table", dev.name, "--source-endpoint-url", dev.url,
+                         "--region", REGION]}
+    for name, source in sources.items():
+        dump = tmp_path / f"{name}.jsonl"
+        r = tool(*dry_args(*source, "--image-id", IMG_LEGACY.upper(), "--image-ids-file", ids_file,
+                           dump=dump), report=tmp_path / "r.json")
+        assert r.returncode == 0, (name, r.describe())
+        assert r.report is not None and r.report["images"]["total"] == 1, name
+        assert_exact(dump_items(dump), list(load_expected([IMG_LEGACY]).values()))
+        r = tool(*dry_args(*source, "--image-id", missing, "--image-id", IMG_LEGACY.upper(),
+                           dump=dump), report=tmp_path / "r.json")
+        assert r.returncode == 1 and r.report is not None, (name, r.describe())
+        assert r.report["failed_images"] == [missing], name
+        assert r.report["images"]["copied"] == 1, name
+        assert "vanished" not in r.output, (name, r.describe())
+    r = tool(*dry_args("--export-dir", GOLDEN_EXPORT, "--image-id", missing.upper(), dump=dump))
+    assert r.returncode == 1 and f"ERROR {missing.upper()}: not in the export {GOLDEN_EXPORT}" in r.stderr, \
+        r.describe()
+
+
 def test_source_table_image_ids_query_only_those_partitions(moto_server: Any, table_factory: Any,
                                                             tmp_path: Path) -> None:
     dev = table_factory(moto_server)

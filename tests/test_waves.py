@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 from cli import BUCKET_FLAGS
 from conftest import TableHandle
-from exports import clone_export, write_export
+from exports import clone_export, fake_uuid, mutate, write_export
 from items import GOLDEN_IDS, expected_for_clone, table_items
 from servers import (
     EMBEDDING_ROLE,
@@ -704,10 +704,10 @@ def test_dry_run_prints_the_plan_and_starts_nothing(setup: Setup, tmp_path: Path
     plan = [line for line in proc.stdout.splitlines() if line.startswith("  wave ")]
     assert len(plan) == 3 and "Waves of up to 2 images: 3 of 3 planned" in proc.stdout
     assert [w["images"] for w in report["waves"]] == [2, 2, 1]
-    assert sum(w["items_planned"] for w in report["waves"]) == report["items"]["planned"]
+    assert sum(w["items_to_write"] for w in report["waves"]) == report["items"]["to_write"]
     for line, w in zip(plan, report["waves"]):
         assert (
-            f"{w['images']} image{'s' if w['images'] > 1 else ''}, {w['items_planned']:,} items to write"
+            f"{w['images']} image{'s' if w['images'] > 1 else ''}, {w['items_to_write']:,} items to write"
             in line
         )
         assert (
@@ -716,6 +716,43 @@ def test_dry_run_prints_the_plan_and_starts_nothing(setup: Setup, tmp_path: Path
         )
     assert setup.executions("line") == setup.executions("word") == []
     assert setup.items() == {}
+
+
+def test_dry_run_plan_is_what_the_live_run_does_wave_by_wave(setup: Setup, tmp_path: Path) -> None:
+    """Waves of one image: one to copy, one without receipts, one already in prod unchanged
+    (--no-skip-existing), one to copy, one that fails. The plan says, wave by wave, what the
+    live run then does: workflows only after a wave that writes something, none after one
+    that writes nothing, and the run stopping at the wave with the failed image."""
+    export = tmp_path / "export"
+    ids = [fake_uuid(n, str(n)) for n in range(1, 6)]
+    for image_id, source in zip(ids, GOLDEN_IDS):
+        write_export(export, clone_export(source, image_id))
+    mutate(export / f"{ids[1]}.json", lambda d: d.update({k: [] for k in d if k.startswith("receipt")}))
+    mutate(export / f"{ids[4]}.json", lambda d: d["receipt_words"][0].update(confidence=1.5))
+    pre, _ = run(setup.args(export, "--image-id", ids[2]))
+    assert pre.returncode == 0, pre.stdout + pre.stderr
+
+    args = setup.args(export, "--wave-size", 1, "--no-skip-existing")
+    dry, plan = run([a for a in args if a != "--no-dry-run"], tmp_path / "plan.json")
+    assert dry.returncode == 1, dry.stdout + dry.stderr  # the failed image
+    assert setup.executions("line") == setup.executions("word") == []
+    live, report = run(args, tmp_path / "live.json")
+    assert live.returncode == 1, live.stdout + live.stderr
+
+    planned, done = plan["waves"], report["waves"]
+    assert [w["image_ids"] for w in planned] == [[i] for i in ids] == [w["image_ids"] for w in done]
+    assert [bool(p.get("would_start")) for p in planned] == [bool(d.get("executions")) for d in done]
+    for p, d in zip(planned, done):
+        assert p["images_copied"] == d["images_copied"], (p, d)
+        assert p["items_to_write"] == d["items_written"], (p, d)
+    assert [bool(d.get("executions")) for d in done] == [True, False, False, True, False]
+    assert done[4]["outcome"] == planned[4]["outcome"] == "images failed"
+    lines = [line for line in dry.stdout.splitlines() if line.startswith("  wave ")]
+    assert ["with input {}" in line for line in lines] == [True, False, False, True, False]
+    assert "nothing to write: would start no workflows" in lines[1] and "nothing to write" in lines[2]
+    assert "1 failed: would start no workflows and stop the run here" in lines[4], lines[4]
+    assert all(e["status"] == "SUCCEEDED" for k in ("line", "word") for e in setup.executions(k))
+    assert len(setup.executions("line")) == len(setup.executions("word")) == 2
 
 
 def test_single_trigger_names_its_executions(sfn_url: str, tmp_path: Path) -> None:
