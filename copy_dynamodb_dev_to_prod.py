@@ -224,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="count receipt lines/words still waiting for embeddings, for the whole "
                           "table or, with --export-dir, for the export's images")
     ops.add_argument("--verify", action="store_true",
-                     help="read every exported image back from prod and compare; prints the "
-                          "command that repairs what is missing or different")
+                     help="read every exported image back from prod and compare (needs the "
+                          "bucket names, as a live copy does); prints the command that repairs "
+                          "what is missing or different")
 
     emb = p.add_argument_group("embeddings")
     emb.add_argument("--trigger-embeddings", action="store_true",
@@ -539,7 +540,9 @@ def check_config(cfg: Config) -> list[str]:
 
 
 def check_bucket_pair(cfg: Config, kind: str) -> list[str]:
-    """Both names of a bucket pair or neither; neither is refused for a live copy."""
+    """Both names of a bucket pair or neither; neither is refused for a live copy and for
+    --verify (which builds the items prod should hold: without the renames it would call every
+    correctly copied IMAGE and RECEIPT item different, and its repair command would not run)."""
     dev, prod = f"dev_{kind}_bucket", f"prod_{kind}_bucket"
     for given, lacking in ((dev, prod), (prod, dev)):
         if getattr(cfg, given) and not getattr(cfg, lacking):
@@ -549,8 +552,11 @@ def check_bucket_pair(cfg: Config, kind: str) -> list[str]:
                              "neither of the two")
     if getattr(cfg, dev):
         return []
-    msg = (f"{kind} bucket names not configured: {kind} S3 bucket names would NOT be rewritten "
-           f"(give --dev-{kind}-bucket/--prod-{kind}-bucket or --dev-config/--prod-config)")
+    give = f"give --dev-{kind}-bucket/--prod-{kind}-bucket or --dev-config/--prod-config"
+    if cfg.verify:
+        raise UsageError(f"{kind} bucket names not configured, which --verify needs to compare "
+                         f"prod's items with the export's: {give}")
+    msg = f"{kind} bucket names not configured: {kind} S3 bucket names would NOT be rewritten ({give})"
     if cfg.copies and not cfg.dry_run:
         raise UsageError(msg)
     return [msg]
