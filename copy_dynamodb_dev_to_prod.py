@@ -116,7 +116,7 @@ examples (the usual migration; dev.json/prod.json are `pulumi stack output --jso
 exit codes:
   0    every image copied or skipped; the operations succeeded
   1    an image failed, --verify found missing or different items, or an operation failed
-  2    usage or configuration error: bad flag, missing value or config key, table not found
+  2    usage or configuration error: bad or abbreviated flag, missing value or config key, table not found
        or unreachable, dev table as target, no confirmation, missing Python package
   130  interrupted with Ctrl-C, 143 stopped with SIGTERM: in-flight batches finish, the report is
        written, and running the same command again finishes the images
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Dry run by default.",
         epilog=HELP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # A tool that writes to prod must not guess what a truncated flag meant (--dry could
+        # be --dry-run), and --verify's repair command drops flags by their full names.
+        allow_abbrev=False,
     )
     src = p.add_argument_group("input")
     src.add_argument("--export-dir", type=Path,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import BUCKET_FLAGS, CliResult, live_args, run_cli
+from cli import BUCKET_FLAGS, CliResult, live_args, run_cli, run_on_pty
 from conftest import TableHandle
 from exports import copy_golden, multiplied_export
 from items import (
@@ -266,6 +266,34 @@ def test_verify_finds_a_deleted_item_and_a_changed_attribute(
     ]
     assert sorted(reported) == sorted([deleted["SK"]["S"], changed["SK"]["S"]])
     assert f"missing   {deleted['SK']['S']}" in found.stdout
+
+
+def test_the_printed_repair_commands_run_as_printed_repair_the_table(
+    ddblocal_table: TableHandle, tmp_path: Path
+) -> None:
+    """Each command --verify prints is run exactly as printed (bash, in the directory --verify
+    ran in, confirmed on a terminal): the first writes what is missing and keeps prod's change,
+    the second overwrites it; then --verify finds nothing."""
+    copy_golden_into(ddblocal_table, tmp_path)
+    client, table = ddblocal_table.client, ddblocal_table.name
+    items = list(load_expected().values())
+    deleted = next(i for i in items if i["TYPE"]["S"] == "RECEIPT_LINE")
+    changed = next(i for i in items if i["TYPE"]["S"] == "RECEIPT_WORD")
+    client.delete_item(TableName=table, Key={"PK": deleted["PK"], "SK": deleted["SK"]})
+    client.put_item(TableName=table, Item={**changed, "text": {"S": "changed-in-prod"}})
+    key = (changed["PK"]["S"], changed["SK"]["S"])
+
+    for prefix in ("To write the missing items: ", "To overwrite prod's differing items with the export's: "):
+        found = verify(ddblocal_table, tmp_path)
+        assert found.returncode == 1, found.describe()
+        line = next(x for x in found.stdout.splitlines() if x.startswith(prefix))[len(prefix):]
+        code, _, output = run_on_pty([], "yes", shell_line=line)
+        assert code == 0, output
+        if prefix.startswith("To write"):
+            assert table_items(client, table)[key]["text"] == {"S": "changed-in-prod"}  # prod's kept
+    assert_table_equals(client, table, load_expected())
+    clean = verify(ddblocal_table, tmp_path)
+    assert clean.returncode == 0, clean.describe()
 
 
 # --- --limit and --shard ---------------------------------------------------------------------

@@ -324,6 +324,19 @@ def test_verify_prints_the_commands_that_repair(fresh_table: TableHandle, tmp_pa
     assert run(verify, tmp_path).returncode == 0
 
 
+@pytest.mark.parametrize("abbreviated", ["--verif", "--dry", "--no-dry", "--dev-conf"])
+def test_abbreviated_flags_are_refused(tmp_path: Path, abbreviated: str) -> None:
+    """argparse would take a prefix for the flag it starts; a tool that writes to prod must not
+    guess (and --verify's repair command drops flags by their full names)."""
+    given = [abbreviated, "dev.json"] if abbreviated == "--dev-conf" else [abbreviated]
+    proc = run([*given, "--yes", "--export-dir", GOLDEN_EXPORT, *BUCKET_ARGS, "--table", "receipts-prod",
+                "--endpoint-url", f"http://127.0.0.1:{free_port()}"], tmp_path)  # nothing listens
+    assert proc.returncode == 2, proc.describe()
+    assert proc.stderr.splitlines()[-1].endswith(f"error: unrecognized arguments: {' '.join(given)}"), \
+        proc.stderr
+    assert proc.stdout == ""
+
+
 # --- 9. --help ----------------------------------------------------------------------------------
 
 
