@@ -3329,25 +3329,28 @@ def run_status(cfg: Config, client: Any, report: Report) -> None:
     print(f"  receipt words waiting: {counts['words']:,}")
     report.extra["status"] = {"scope": scope, "lines_none": counts["lines"],
                               "words_none": counts["words"]}
+    if image_ids is not None:  # the whole table's images are not counted
+        report.operation_images.setdefault("total", len(image_ids))
 
 
 def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource) -> dict[str, Any]:
-    """Compare one exported image with prod; prod-owned embedding fields excepted."""
+    """Compare one exported image with prod; prod-owned embedding fields excepted. An image that
+    cannot be read (or whose prod items cannot be) is not checked: it gets an "error"."""
     name = source.name
     try:
         plan = plan_image(source, source.read(), rules, cfg.ignore_unknown)
     except InputError as exc:
-        return {"file": name, "image_id": source.image_id, "invalid": format_error(exc.record(source))}
+        return {"file": name, "image_id": source.image_id, "error": format_error(exc.record(source))}
     except Exception as exc:
         return {"file": name, "image_id": source.image_id,
-                "invalid": f"{name}: cannot read: {describe_error(exc)}"}
+                "error": f"{name}: cannot read: {describe_error(exc)}"}
     if not plan.has_receipts and not cfg.include_empty:
         return {"file": name, "image_id": plan.image_id, "skipped": "no receipts"}
     try:
         prod = read_prod_versions(client, cfg.table or "", plan.items, Retrier(cfg.max_retries))
     except Exception as exc:
         return {"file": name, "image_id": plan.image_id,
-                "invalid": f"{name}: cannot read prod: {describe_error(exc)}"}
+                "error": f"{name}: cannot read prod: {describe_error(exc)}"}
     missing, different = [], []
     for item in plan.items:
         theirs = prod.get(item["SK"]["S"])
@@ -3361,32 +3364,47 @@ def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource) ->
             "missing": missing, "different": different}
 
 
+def verify_summary(cfg: Config, images: Mapping[str, int], with_problems: int) -> str:
+    """One line whose numbers add up: every image is checked, not checked or skipped."""
+    source = cfg.source_table or cfg.source_items or cfg.export_dir
+    return (f"Verify: {plural(images['total'], 'image')} in {source}: {images['checked']:,} "
+            f"checked against {cfg.table} ({with_problems:,} of them with missing or different "
+            f"items), {images['not_checked']:,} not checked (could not be read"
+            + (": listed below" if images["not_checked"] else "")
+            + f"), {images['skipped_empty']:,} skipped (no receipts)")
+
+
 def run_verify(cfg: Config, client: Any, report: Report) -> None:
     files = select_sources(cfg)
     rules = Rules.from_config(cfg)
-    results = []
     with ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="verify") as pool:
-        for result in pool.map(lambda p: verify_image(cfg, client, rules, p), files):
-            results.append(result)
-    bad = [r for r in results if r.get("missing") or r.get("different") or r.get("invalid")]
+        results = list(pool.map(lambda p: verify_image(cfg, client, rules, p), files))
     checked = [r for r in results if "items" in r]
-    print(f"Verify: {len(checked):,} images checked against {cfg.table}, {len(bad):,} with problems")
-    for r in bad:
-        if r.get("invalid"):
-            print(f"  {r['invalid']}")
-            continue
+    problems = [r for r in checked if r["missing"] or r["different"]]
+    not_checked = [r for r in results if "error" in r]
+    images = {"total": len(results), "checked": len(checked), "not_checked": len(not_checked),
+              "skipped_empty": len(results) - len(checked) - len(not_checked)}
+    report.operation_images.update(images)
+    print(verify_summary(cfg, images, len(problems)))
+    for r in problems:
         print(f"  {r['image_id']}: {len(r['missing']):,} missing, {len(r['different']):,} different")
         for sk in r["missing"][:20]:
             print(f"    missing   {sk}")
         for d in r["different"][:20]:
             print(f"    different {d['SK']}: {', '.join(d['attributes'])}")
-    if any(r.get("missing") for r in bad):
+    if not_checked:
+        print("Not checked (could not be read):")
+        for r in not_checked:
+            print(f"  {r['error']}")
+    if any(r["missing"] for r in problems):
         print(f"To write the missing items: {repair_command(cfg, overwrite=False)}")
-    if any(r.get("different") for r in bad):
+    if any(r["different"] for r in problems):
         print(f"To overwrite prod's differing items with the export's: {repair_command(cfg, overwrite=True)}")
-    report.extra["verify"] = {"images_checked": len(checked), "images_with_problems": len(bad),
-                              "problems": bad}
-    if bad:
+    report.extra["verify"] = {"images_checked": len(checked), "images_with_problems": len(problems),
+                              "images_not_checked": len(not_checked),
+                              "images_skipped_empty": images["skipped_empty"],
+                              "problems": problems, "not_checked": not_checked}
+    if problems or not_checked:
         report.extra["operations_failed"] = True
 
 
@@ -3821,6 +3839,8 @@ def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[s
 def run_operations(cfg: Config, report: Report) -> None:
     """Each requested operation runs; one that fails says why and the exit code says so."""
     client = make_client(cfg, meter=report.capacity) if cfg.verify or cfg.status else None
+    if client is not None:  # (a copy before the operations set it for its own reads)
+        report.prod_checked = True
     operations = [(cfg.verify, "verify", lambda: run_verify(cfg, client, report)),
                   (cfg.status, "status", lambda: run_status(cfg, client, report)),
                   (cfg.trigger_embeddings, "trigger-embeddings",
@@ -3846,7 +3866,10 @@ def run_operations(cfg: Config, report: Report) -> None:
 
 class Report:
     """What the run did, image by image; printed as a summary and written as JSON. A dry
-    run and a live run fill the same fields (a dry run writes nothing, so `written` is 0)."""
+    run and a live run fill the same fields (a dry run writes nothing, so `written` is 0).
+    A run that copies nothing has no copy outcomes: its `images` are the operation's own
+    counts (--verify: checked, not_checked, skipped_empty, adding up to total; --status
+    with an export: total), or null (--status of the whole table, --trigger-embeddings)."""
 
     # Every image gets exactly one of these; "interrupted" is what is left: images that
     # never got an outcome (stopped with Ctrl-C or SIGTERM) and have no IMAGE item yet.
@@ -3873,7 +3896,8 @@ class Report:
         self.failed_sources: set[str] = set()
         self.not_reached = 0
         self.interrupted = False
-        self.prod_checked = False
+        self.operation_images: dict[str, int] = {}
+        self.prod_checked = False  # prod was read: a copy or dry run with a table, --verify, --status
         self.copy_started = False
         self.dump_started = False
         self.summary_printed = False
@@ -3946,7 +3970,7 @@ class Report:
             "prod_checked": self.prod_checked,
             "started_at": dt.datetime.fromtimestamp(self.started, dt.timezone.utc).isoformat(),
             "elapsed_seconds": round(time.time() - self.started, 3),
-            "images": self.image_counts(),
+            "images": self.image_counts() if cfg.copies else (self.operation_images or None),
             "entities": dict(self.entities),
             "items": dict(self.items),
             "capacity": self.capacity.to_json(),
