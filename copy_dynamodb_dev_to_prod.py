@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"{stage} {kind} S3 bucket (env {ENV_VARS[f'{stage}_{kind}_bucket']})")
 
     aws = p.add_argument_group("AWS connection")
-    aws.add_argument("--region", help="AWS region (default: from the AWS configuration)")
+    aws.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION, else the "
+                     "profile's AWS config; the header and the prompt show which)")
     aws.add_argument("--profile", help="AWS profile name")
     aws.add_argument("--endpoint-url", help="DynamoDB endpoint (e.g. a local moto server); "
                      "AWS_ENDPOINT_URL_DYNAMODB is honoured too")
@@ -2312,6 +2313,17 @@ def make_client(cfg: Config, service: str = "dynamodb", meter: CapacityMeter | N
     return client
 
 
+def client_region(cfg: Config, client: Any) -> tuple[str, str]:
+    """The region a client actually uses and where it came from: --region, else what botocore
+    found (AWS_DEFAULT_REGION before the profile's config file; it does not read AWS_REGION)."""
+    region = str(client.meta.region_name)
+    if cfg.region:
+        return region, "given as --region"
+    if os.environ.get("AWS_DEFAULT_REGION") == region:
+        return region, "from environment AWS_DEFAULT_REGION"
+    return region, "from the AWS config" + (f" of profile {cfg.profile}" if cfg.profile else "")
+
+
 class PlainJsonBodies:
     """The body of a BatchWriteItem, made by json.dumps of its parameters.
 
@@ -3450,6 +3462,7 @@ def run_trigger_embeddings(cfg: Config, report: Report) -> None:
         report.extra["operations_failed"] = True
         return
     sfn = make_client(cfg, "stepfunctions")
+    report.region = report.region or client_region(cfg, sfn)
     run_id = new_run_id(cfg, report.started)
     started = []
     for kind, name in machines:
@@ -3839,8 +3852,9 @@ def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[s
 def run_operations(cfg: Config, report: Report) -> None:
     """Each requested operation runs; one that fails says why and the exit code says so."""
     client = make_client(cfg, meter=report.capacity) if cfg.verify or cfg.status else None
-    if client is not None:  # (a copy before the operations set it for its own reads)
+    if client is not None:  # (a copy before the operations set these for its own reads)
         report.prod_checked = True
+        report.region = client_region(cfg, client)
     operations = [(cfg.verify, "verify", lambda: run_verify(cfg, client, report)),
                   (cfg.status, "status", lambda: run_status(cfg, client, report)),
                   (cfg.trigger_embeddings, "trigger-embeddings",
@@ -3897,6 +3911,8 @@ class Report:
         self.not_reached = 0
         self.interrupted = False
         self.operation_images: dict[str, int] = {}
+        # (region, where it came from) of the clients this run made; None until one is made.
+        self.region: tuple[str, str] | None = None
         self.prod_checked = False  # prod was read: a copy or dry run with a table, --verify, --status
         self.copy_started = False
         self.dump_started = False
@@ -3964,7 +3980,7 @@ class Report:
             "mode": self.mode,
             "table": cfg.table,
             "endpoint_url": cfg.endpoint_url,
-            "region": cfg.region,
+            "region": self.region[0] if self.region else cfg.region,
             "export_dir": str(cfg.export_dir),
             "source": describe_source(cfg),
             "prod_checked": self.prod_checked,
@@ -4103,7 +4119,7 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
-def print_header(cfg: Config, files: int) -> None:
+def print_header(cfg: Config, files: int, region: tuple[str, str] | None) -> None:
     if cfg.dry_run:
         print("Mode: DRY RUN")
         print("No records will be copied. Use --no-dry-run to actually copy.")
@@ -4113,7 +4129,7 @@ def print_header(cfg: Config, files: int) -> None:
           + (f", shard {cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard else "") + ")")
     if cfg.table:
         print(f"Prod table: {cfg.table}" + (f" at {cfg.endpoint_url}" if cfg.endpoint_url else "")
-              + (f" ({cfg.region})" if cfg.region else "") + f" ({cfg.source('table')})")
+              + f" ({cfg.source('table')})" + (f", region {region[0]} ({region[1]})" if region else ""))
     else:
         why = cfg.missing.get("table", "none configured: --table, --prod-config or --prod-stack")
         print(f"Prod table: not checked ({why}): every image counts as not yet in prod")
@@ -4134,7 +4150,8 @@ def confirm_live_run(cfg: Config, files: list[ImageSource], client: Any) -> None
         return
     if not sys.stdin.isatty():
         raise UsageError("a live run needs confirmation: run it on a terminal or pass --yes")
-    print(f"About to copy into table {cfg.table!r}, region {cfg.region or '(default)'}, "
+    region, where = client_region(cfg, client)
+    print(f"About to copy into table {cfg.table!r}, region {region} ({where}), "
           f"endpoint {cfg.endpoint_url or '(AWS)'}:")
     print("  " + preview_copy(cfg, files, client))
     if cfg.wave_size:
@@ -4177,8 +4194,10 @@ def preview_copy(cfg: Config, files: list[ImageSource], client: Any) -> str:
 def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
     client = make_client(cfg, meter=report.capacity) if cfg.table else None
     report.prod_checked = client is not None
+    if client is not None:
+        report.region = client_region(cfg, client)
     files = select_sources(cfg)
-    print_header(cfg, len(files))
+    print_header(cfg, len(files), report.region)
     if not cfg.dry_run:
         confirm_live_run(cfg, files, client)
     report.copy_started = True

@@ -144,15 +144,15 @@ def run_through(table: Endpoint, tmp_path: Path, *extra: str, faults: list[str],
 
 
 def run_on_pty(args: list[str], answer: str, timeout: float = 60, *,
-               shell_line: str | None = None) -> tuple[int, str, str]:
+               shell_line: str | None = None, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
     """Run the tool with a pseudo-terminal as stdin/stdout/stderr; answer its prompt.
     ``shell_line``: run this line with bash in the repository instead (a command the tool
-    printed, run exactly as printed; ``args`` is then ignored).
-    Returns (exit code, output before the answer, whole output)."""
+    printed, run exactly as printed; ``args`` is then ignored). ``env``: default
+    ``env_for_subprocess()``. Returns (exit code, output before the answer, whole output)."""
     master, slave = pty.openpty()
     command = ["bash", "-c", shell_line] if shell_line is not None else tool_command(args)
-    proc = subprocess.Popen(command, env=env_for_subprocess(), cwd=REPO_ROOT,
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    proc = subprocess.Popen(command, env=dict(env) if env is not None else env_for_subprocess(),
+                            cwd=REPO_ROOT, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
     out = b""
     before = ""
