@@ -116,7 +116,7 @@ examples (the usual migration; dev.json/prod.json are `pulumi stack output --jso
 exit codes:
   0    every image copied or skipped; the operations succeeded
   1    an image failed, --verify found missing or different items, or an operation failed
-  2    usage or configuration error: bad flag, missing value or config key, table not found
+  2    usage or configuration error: bad or abbreviated flag, missing value or config key, table not found
        or unreachable, dev table as target, no confirmation, missing Python package
   130  interrupted with Ctrl-C, 143 stopped with SIGTERM: in-flight batches finish, the report is
        written, and running the same command again finishes the images (stopped at the
@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Dry run by default.",
         epilog=HELP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # A tool that writes to prod must not guess what a truncated flag meant (--dry could
+        # be --dry-run), and --verify's repair command drops flags by their full names.
+        allow_abbrev=False,
     )
     src = p.add_argument_group("input")
     src.add_argument("--export-dir", type=Path,
@@ -186,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"{stage} {kind} S3 bucket (env {ENV_VARS[f'{stage}_{kind}_bucket']})")
 
     aws = p.add_argument_group("AWS connection")
-    aws.add_argument("--region", help="AWS region (default: from the AWS configuration)")
+    aws.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION, else the "
+                     "profile's AWS config; the header and the prompt show which)")
     aws.add_argument("--profile", help="AWS profile name")
     aws.add_argument("--endpoint-url", help="DynamoDB endpoint (e.g. a local moto server); "
                      "AWS_ENDPOINT_URL_DYNAMODB is honoured too")
@@ -226,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="count receipt lines/words still waiting for embeddings, for the whole "
                           "table or, with --export-dir, for the export's images")
     ops.add_argument("--verify", action="store_true",
-                     help="read every exported image back from prod and compare; prints the "
-                          "command that repairs what is missing or different")
+                     help="read every exported image back from prod and compare (needs the "
+                          "bucket names, as a live copy does); prints the command that repairs "
+                          "what is missing or different")
 
     emb = p.add_argument_group("embeddings")
     emb.add_argument("--trigger-embeddings", action="store_true",
@@ -547,7 +552,9 @@ def check_config(cfg: Config) -> list[str]:
 
 
 def check_bucket_pair(cfg: Config, kind: str) -> list[str]:
-    """Both names of a bucket pair or neither; neither is refused for a live copy."""
+    """Both names of a bucket pair or neither; neither is refused for a live copy and for
+    --verify (which builds the items prod should hold: without the renames it would call every
+    correctly copied IMAGE and RECEIPT item different, and its repair command would not run)."""
     dev, prod = f"dev_{kind}_bucket", f"prod_{kind}_bucket"
     for given, lacking in ((dev, prod), (prod, dev)):
         if getattr(cfg, given) and not getattr(cfg, lacking):
@@ -557,8 +564,11 @@ def check_bucket_pair(cfg: Config, kind: str) -> list[str]:
                              "neither of the two")
     if getattr(cfg, dev):
         return []
-    msg = (f"{kind} bucket names not configured: {kind} S3 bucket names would NOT be rewritten "
-           f"(give --dev-{kind}-bucket/--prod-{kind}-bucket or --dev-config/--prod-config)")
+    give = f"give --dev-{kind}-bucket/--prod-{kind}-bucket or --dev-config/--prod-config"
+    if cfg.verify:
+        raise UsageError(f"{kind} bucket names not configured, which --verify needs to compare "
+                         f"prod's items with the export's: {give}")
+    msg = f"{kind} bucket names not configured: {kind} S3 bucket names would NOT be rewritten ({give})"
     if cfg.copies and not cfg.dry_run:
         raise UsageError(msg)
     return [msg]
@@ -2371,6 +2381,17 @@ def make_client(cfg: Config, service: str = "dynamodb", meter: CapacityMeter | N
     return client
 
 
+def client_region(cfg: Config, client: Any) -> tuple[str, str]:
+    """The region a client actually uses and where it came from: --region, else what botocore
+    found (AWS_DEFAULT_REGION before the profile's config file; it does not read AWS_REGION)."""
+    region = str(client.meta.region_name)
+    if cfg.region:
+        return region, "given as --region"
+    if os.environ.get("AWS_DEFAULT_REGION") == region:
+        return region, "from environment AWS_DEFAULT_REGION"
+    return region, "from the AWS config" + (f" of profile {cfg.profile}" if cfg.profile else "")
+
+
 class PlainJsonBodies:
     """The body of a BatchWriteItem, made by json.dumps of its parameters.
 
@@ -3434,26 +3455,29 @@ def run_status(cfg: Config, client: Any, report: Report) -> None:
     print(f"  receipt words waiting: {counts['words']:,}")
     report.extra["status"] = {"scope": scope, "lines_none": counts["lines"],
                               "words_none": counts["words"]}
+    if image_ids is not None:  # the whole table's images are not counted
+        report.operation_images.setdefault("total", len(image_ids))
 
 
 def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource,
                  stop: threading.Event | None = None) -> dict[str, Any]:
-    """Compare one exported image with prod; prod-owned embedding fields excepted."""
+    """Compare one exported image with prod; prod-owned embedding fields excepted. An image that
+    cannot be read (or whose prod items cannot be) is not checked: it gets an "error"."""
     name = source.name
     try:
         plan = plan_image(source, source.read(), rules, cfg.ignore_unknown)
     except InputError as exc:
-        return {"file": name, "image_id": source.image_id, "invalid": format_error(exc.record(source))}
+        return {"file": name, "image_id": source.image_id, "error": format_error(exc.record(source))}
     except Exception as exc:
         return {"file": name, "image_id": source.image_id,
-                "invalid": f"{name}: cannot read: {describe_error(exc)}"}
+                "error": f"{name}: cannot read: {describe_error(exc)}"}
     if not plan.has_receipts and not cfg.include_empty:
         return {"file": name, "image_id": plan.image_id, "skipped": "no receipts"}
     try:
         prod = read_prod_versions(client, cfg.table or "", plan.items, Retrier(cfg.max_retries, stop=stop))
     except Exception as exc:
         return {"file": name, "image_id": plan.image_id,
-                "invalid": f"{name}: cannot read prod: {describe_error(exc)}"}
+                "error": f"{name}: cannot read prod: {describe_error(exc)}"}
     missing, different = [], []
     for item in plan.items:
         theirs = prod.get(item["SK"]["S"])
@@ -3465,6 +3489,16 @@ def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource,
             different.append({"SK": item["SK"]["S"], "attributes": names})
     return {"file": name, "image_id": plan.image_id, "items": len(plan.items),
             "missing": missing, "different": different}
+
+
+def verify_summary(cfg: Config, images: Mapping[str, int], with_problems: int) -> str:
+    """One line whose numbers add up: every image is checked, not checked or skipped."""
+    source = cfg.source_table or cfg.source_items or cfg.export_dir
+    return (f"Verify: {plural(images['total'], 'image')} in {source}: {images['checked']:,} "
+            f"checked against {cfg.table} ({with_problems:,} of them with missing or different "
+            f"items), {images['not_checked']:,} not checked (could not be read"
+            + (": listed below" if images["not_checked"] else "")
+            + f"), {images['skipped_empty']:,} skipped (no receipts)")
 
 
 def run_verify(cfg: Config, client: Any, report: Report) -> None:
@@ -3484,25 +3518,32 @@ def run_verify(cfg: Config, client: Any, report: Report) -> None:
                         "(--verify writes nothing; run it again to check every image)") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    bad = [r for r in results if r.get("missing") or r.get("different") or r.get("invalid")]
     checked = [r for r in results if "items" in r]
-    print(f"Verify: {len(checked):,} images checked against {cfg.table}, {len(bad):,} with problems")
-    for r in bad:
-        if r.get("invalid"):
-            print(f"  {r['invalid']}")
-            continue
+    problems = [r for r in checked if r["missing"] or r["different"]]
+    not_checked = [r for r in results if "error" in r]
+    images = {"total": len(results), "checked": len(checked), "not_checked": len(not_checked),
+              "skipped_empty": len(results) - len(checked) - len(not_checked)}
+    report.operation_images.update(images)
+    print(verify_summary(cfg, images, len(problems)))
+    for r in problems:
         print(f"  {r['image_id']}: {len(r['missing']):,} missing, {len(r['different']):,} different")
         for sk in r["missing"][:20]:
             print(f"    missing   {sk}")
         for d in r["different"][:20]:
             print(f"    different {d['SK']}: {', '.join(d['attributes'])}")
-    if any(r.get("missing") for r in bad):
+    if not_checked:
+        print("Not checked (could not be read):")
+        for r in not_checked:
+            print(f"  {r['error']}")
+    if any(r["missing"] for r in problems):
         print(f"To write the missing items: {repair_command(cfg, overwrite=False)}")
-    if any(r.get("different") for r in bad):
+    if any(r["different"] for r in problems):
         print(f"To overwrite prod's differing items with the export's: {repair_command(cfg, overwrite=True)}")
-    report.extra["verify"] = {"images_checked": len(checked), "images_with_problems": len(bad),
-                              "problems": bad}
-    if bad:
+    report.extra["verify"] = {"images_checked": len(checked), "images_with_problems": len(problems),
+                              "images_not_checked": len(not_checked),
+                              "images_skipped_empty": images["skipped_empty"],
+                              "problems": problems, "not_checked": not_checked}
+    if problems or not_checked:
         report.extra["operations_failed"] = True
 
 
@@ -3548,6 +3589,7 @@ def run_trigger_embeddings(cfg: Config, report: Report) -> None:
         report.extra["operations_failed"] = True
         return
     sfn = make_client(cfg, "stepfunctions")
+    report.region = report.region or client_region(cfg, sfn)
     run_id = new_run_id(cfg, report.started)
     started = []
     for kind, name in machines:
@@ -3957,6 +3999,9 @@ def planned_wave_text(w: Mapping[str, Any], stops_at: int) -> str:
 def run_operations(cfg: Config, report: Report) -> None:
     """Each requested operation runs; one that fails says why and the exit code says so."""
     client = make_client(cfg, meter=report.capacity) if cfg.verify or cfg.status else None
+    if client is not None:  # (a copy before the operations set these for its own reads)
+        report.prod_checked = True
+        report.region = client_region(cfg, client)
     operations = [(cfg.verify, "verify", lambda: run_verify(cfg, client, report)),
                   (cfg.status, "status", lambda: run_status(cfg, client, report)),
                   (cfg.trigger_embeddings, "trigger-embeddings",
@@ -3982,7 +4027,10 @@ def run_operations(cfg: Config, report: Report) -> None:
 
 class Report:
     """What the run did, image by image; printed as a summary and written as JSON. A dry
-    run and a live run fill the same fields (a dry run writes nothing, so `written` is 0)."""
+    run and a live run fill the same fields (a dry run writes nothing, so `written` is 0).
+    A run that copies nothing has no copy outcomes: its `images` are the operation's own
+    counts (--verify: checked, not_checked, skipped_empty, adding up to total; --status
+    with an export: total), or null (--status of the whole table, --trigger-embeddings)."""
 
     # Every image gets exactly one of these; "interrupted" is what is left: images that
     # never got an outcome (stopped with Ctrl-C or SIGTERM) and have no IMAGE item yet.
@@ -4009,7 +4057,10 @@ class Report:
         self.failed_sources: set[str] = set()
         self.not_reached = 0
         self.interrupted = False
-        self.prod_checked = False
+        self.operation_images: dict[str, int] = {}
+        # (region, where it came from) of the clients this run made; None until one is made.
+        self.region: tuple[str, str] | None = None
+        self.prod_checked = False  # prod was read: a copy or dry run with a table, --verify, --status
         self.copy_started = False
         self.dump_started = False
         self.report_error: str | None = None  # why --report could not be written
@@ -4087,13 +4138,13 @@ class Report:
             "mode": self.mode,
             "table": cfg.table,
             "endpoint_url": cfg.endpoint_url,
-            "region": cfg.region,
+            "region": self.region[0] if self.region else cfg.region,
             "export_dir": str(cfg.export_dir),
             "source": describe_source(cfg),
             "prod_checked": self.prod_checked,
             "started_at": dt.datetime.fromtimestamp(self.started, dt.timezone.utc).isoformat(),
             "elapsed_seconds": round(time.time() - self.started, 3),
-            "images": self.image_counts(),
+            "images": self.image_counts() if cfg.copies else (self.operation_images or None),
             "entities": dict(self.entities),
             "items": self.item_counts(),
             "capacity": self.capacity.to_json(),
@@ -4233,7 +4284,7 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
-def print_header(cfg: Config, files: int) -> None:
+def print_header(cfg: Config, files: int, region: tuple[str, str] | None) -> None:
     if cfg.dry_run:
         print("Mode: DRY RUN")
         print("No records will be copied. Use --no-dry-run to actually copy.")
@@ -4243,7 +4294,7 @@ def print_header(cfg: Config, files: int) -> None:
           + (f", shard {cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard else "") + ")")
     if cfg.table:
         print(f"Prod table: {cfg.table}" + (f" at {cfg.endpoint_url}" if cfg.endpoint_url else "")
-              + (f" ({cfg.region})" if cfg.region else "") + f" ({cfg.source('table')})")
+              + f" ({cfg.source('table')})" + (f", region {region[0]} ({region[1]})" if region else ""))
     else:
         why = cfg.missing.get("table", "none configured: --table, --prod-config or --prod-stack")
         print(f"Prod table: not checked ({why}): every image counts as not yet in prod")
@@ -4264,7 +4315,8 @@ def confirm_live_run(cfg: Config, files: list[ImageSource], client: Any) -> None
         return
     if not sys.stdin.isatty():
         raise UsageError("a live run needs confirmation: run it on a terminal or pass --yes")
-    print(f"About to copy into table {cfg.table!r}, region {cfg.region or '(default)'}, "
+    region, where = client_region(cfg, client)
+    print(f"About to copy into table {cfg.table!r}, region {region} ({where}), "
           f"endpoint {cfg.endpoint_url or '(AWS)'}:")
     print("  " + preview_copy(cfg, files, client))
     if cfg.wave_size:
@@ -4311,8 +4363,10 @@ def preview_copy(cfg: Config, files: list[ImageSource], client: Any) -> str:
 def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
     client = make_client(cfg, meter=report.capacity) if cfg.table else None
     report.prod_checked = client is not None
+    if client is not None:
+        report.region = client_region(cfg, client)
     files = select_sources(cfg)
-    print_header(cfg, len(files))
+    print_header(cfg, len(files), report.region)
     if not cfg.dry_run:
         confirm_live_run(cfg, files, client)
     report.copy_started = True

@@ -5,8 +5,9 @@
   report when ``report=`` names one;
 * :func:`live_args` is the argument list of a live copy of an export into a table;
 * :func:`run_through` runs that copy through a fault proxy, :func:`run_on_pty` with a
-  terminal that answers the confirmation prompt, :func:`in_process_config` is its
-  configuration for tests that drive the tool's classes in-process;
+  terminal that answers the confirmation prompt (or a shell line, e.g. a printed command),
+  :func:`in_process_config` is its configuration for tests that drive the tool's classes
+  in-process;
 * :func:`summary_errors`, :func:`summary_counts`, :func:`summary_entities` read the summary.
 
 The environment comes from ``servers.env_for_subprocess`` (dummy credentials, nothing of the
@@ -143,13 +144,17 @@ def run_through(table: Endpoint, tmp_path: Path, *extra: str, faults: list[str],
     return result, proxy
 
 
-def run_on_pty(args: list[str], answer: str | None, timeout: float = 60) -> tuple[int, str, str]:
+def run_on_pty(args: list[str], answer: str | None, timeout: float = 60, *,
+               shell_line: str | None = None, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
     """Run the tool with a pseudo-terminal as stdin/stdout/stderr; answer its prompt
     (``answer=None``: Ctrl-C instead, a SIGINT sent once the prompt is shown).
-    Returns (exit code, output before the answer, whole output)."""
+    ``shell_line``: run this line with bash in the repository instead (a command the tool
+    printed, run exactly as printed; ``args`` is then ignored). ``env``: default
+    ``env_for_subprocess()``. Returns (exit code, output before the answer, whole output)."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen(tool_command(args), env=env_for_subprocess(),
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    command = ["bash", "-c", shell_line] if shell_line is not None else tool_command(args)
+    proc = subprocess.Popen(command, env=dict(env) if env is not None else env_for_subprocess(),
+                            cwd=REPO_ROOT, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
     out = b""
     before = ""

@@ -4,6 +4,7 @@ and so runs on moto (DynamoDB and Step Functions on one endpoint)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 import zlib
@@ -11,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import BUCKET_FLAGS, CliResult, live_args, run_cli
+from cli import BUCKET_FLAGS, CliResult, live_args, run_cli, run_on_pty
 from conftest import TableHandle
-from exports import copy_golden, multiplied_export
+from exports import copy_golden, fake_uuid, multiplied_export, write_export
 from items import (
+    DEV_EXPORT,
     GOLDEN_EXPORT,
     GOLDEN_IDS,
     Item,
@@ -204,8 +206,8 @@ def test_status_restricted_to_the_export(ddblocal_table: TableHandle, tmp_path: 
 # --- --verify ----------------------------------------------------------------------------
 
 
-def verify_args(table: str, url: str, *extra: str) -> list[str]:
-    """--verify of the golden export against ``table`` at ``url``."""
+def verify_args(table: str, url: str, *extra: str, export_dir: Path = GOLDEN_EXPORT) -> list[str]:
+    """--verify of the golden export (or ``export_dir``) against ``table`` at ``url``."""
     return [
         "--verify",
         "--table",
@@ -215,7 +217,7 @@ def verify_args(table: str, url: str, *extra: str) -> list[str]:
         "--region",
         REGION,
         "--export-dir",
-        str(GOLDEN_EXPORT),
+        str(export_dir),
         *BUCKET_FLAGS,
         "--no-progress",
         *extra,
@@ -266,6 +268,78 @@ def test_verify_finds_a_deleted_item_and_a_changed_attribute(
     ]
     assert sorted(reported) == sorted([deleted["SK"]["S"], changed["SK"]["S"]])
     assert f"missing   {deleted['SK']['S']}" in found.stdout
+
+
+def test_verify_counts_add_up_and_say_what_each_is(ddblocal_table: TableHandle, tmp_path: Path) -> None:
+    """The bundled export (2 images, 1 without receipts) plus 2 files that cannot be read: those
+    2 are never compared with prod, so they are not counted as checked, nor their errors as
+    differences; the report says prod was read and counts the images the same way."""
+    export = tmp_path / "export"
+    shutil.copytree(DEV_EXPORT, export)
+    result = run_cli(live_args(ddblocal_table.name, ddblocal_table.url, export), report=tmp_path / "c.json")
+    assert result.returncode == 0, result.describe()
+    (export / f"{fake_uuid(1)}.json").write_text("{truncated", encoding="utf-8")
+    write_export(export, {"images": "not a list"}, f"{fake_uuid(2)}.json")
+    client, table = ddblocal_table.client, ddblocal_table.name
+    gone = next(v for _, v in sorted(table_items(client, table).items()) if v["TYPE"]["S"] == "RECEIPT_WORD")
+    client.delete_item(TableName=table, Key={"PK": gone["PK"], "SK": gone["SK"]})
+
+    found = run_cli(verify_args(table, ddblocal_table.url, export_dir=export), report=tmp_path / "v.json")
+    assert found.returncode == 1, found.describe()
+    lines = found.stdout.splitlines()
+    assert lines[0] == (
+        f"Verify: 5 images in {export}: 2 checked against {table} (1 of them with missing or "
+        "different items), 2 not checked (could not be read: listed below), 1 skipped (no receipts)")
+    bad_files = [f"{fake_uuid(n)}.json" for n in (1, 2)]
+    listed = lines[lines.index("Not checked (could not be read):") + 1:][:2]
+    assert [line.strip().split(":")[0] for line in listed] == bad_files, found.stdout
+    report = found.report
+    assert report is not None and report["prod_checked"] is True
+    assert report["images"] == {"total": 5, "checked": 2, "not_checked": 2, "skipped_empty": 1}
+    counts = {k: v for k, v in report["verify"].items() if k.startswith("images_")}
+    assert counts == {"images_checked": 2, "images_with_problems": 1, "images_not_checked": 2,
+                      "images_skipped_empty": 1}
+    assert [p["missing"] for p in report["verify"]["problems"]] == [[gone["SK"]["S"]]]
+    assert [r["file"] for r in report["verify"]["not_checked"]] == bad_files
+
+
+def test_status_report_says_prod_was_read(ddblocal_table: TableHandle, tmp_path: Path) -> None:
+    """--status reads prod: prod_checked is true; its images are the export's it counted, and
+    none (null) for the whole table, whose images it does not count."""
+    base = ["--status", "--table", ddblocal_table.name, "--endpoint-url", ddblocal_table.url, "--no-progress"]
+    for extra, images in (([], None), (["--export-dir", str(GOLDEN_EXPORT)], {"total": len(GOLDEN_IDS)})):
+        result = run_cli([*base, *extra], report=tmp_path / "status.json")
+        assert result.returncode == 0, result.describe()
+        assert result.report is not None and result.report["prod_checked"] is True
+        assert result.report["images"] == images
+
+
+def test_the_printed_repair_commands_run_as_printed_repair_the_table(
+    ddblocal_table: TableHandle, tmp_path: Path
+) -> None:
+    """Each command --verify prints is run exactly as printed (bash, in the directory --verify
+    ran in, confirmed on a terminal): the first writes what is missing and keeps prod's change,
+    the second overwrites it; then --verify finds nothing."""
+    copy_golden_into(ddblocal_table, tmp_path)
+    client, table = ddblocal_table.client, ddblocal_table.name
+    items = list(load_expected().values())
+    deleted = next(i for i in items if i["TYPE"]["S"] == "RECEIPT_LINE")
+    changed = next(i for i in items if i["TYPE"]["S"] == "RECEIPT_WORD")
+    client.delete_item(TableName=table, Key={"PK": deleted["PK"], "SK": deleted["SK"]})
+    client.put_item(TableName=table, Item={**changed, "text": {"S": "changed-in-prod"}})
+    key = (changed["PK"]["S"], changed["SK"]["S"])
+
+    for prefix in ("To write the missing items: ", "To overwrite prod's differing items with the export's: "):
+        found = verify(ddblocal_table, tmp_path)
+        assert found.returncode == 1, found.describe()
+        line = next(x for x in found.stdout.splitlines() if x.startswith(prefix))[len(prefix):]
+        code, _, output = run_on_pty([], "yes", shell_line=line)
+        assert code == 0, output
+        if prefix.startswith("To write"):
+            assert table_items(client, table)[key]["text"] == {"S": "changed-in-prod"}  # prod's kept
+    assert_table_equals(client, table, load_expected())
+    clean = verify(ddblocal_table, tmp_path)
+    assert clean.returncode == 0, clean.describe()
 
 
 # --- --limit and --shard ---------------------------------------------------------------------

@@ -101,6 +101,21 @@ def test_half_a_bucket_pair_names_where_the_half_came_from(tmp_path: Path, where
     assert f"--dev-raw-bucket is set ({source}) but --prod-raw-bucket is not" in line, line
 
 
+def test_verify_without_bucket_names_is_refused_up_front(tmp_path: Path) -> None:
+    """--verify builds the items prod should hold: without the renames a correct copy would
+    show every IMAGE and RECEIPT item as different, and the printed repair command would
+    itself refuse to run. Refused before anything is contacted (nothing listens at the URL)."""
+    for buckets in ([], BUCKET_ARGS[:4]):
+        proc = run(["--verify", "--table", "receipts-prod", "--endpoint-url",
+                    f"http://127.0.0.1:{free_port()}", "--export-dir", GOLDEN_EXPORT, *buckets], tmp_path)
+        assert proc.returncode == 2, proc.describe()
+        line = one_error_line(proc)
+        kind = "cdn" if buckets else "raw"
+        assert line == (f"error: {kind} bucket names not configured, which --verify needs to compare "
+                        f"prod's items with the export's: give --dev-{kind}-bucket/--prod-{kind}-bucket "
+                        "or --dev-config/--prod-config"), line
+
+
 def test_header_says_where_the_table_came_from(fresh_table: TableHandle, tmp_path: Path) -> None:
     prod = write_config(tmp_path / "prod.json", stack_outputs("prod", fresh_table.name))
     dev = write_config(tmp_path / "dev.json", stack_outputs("dev", "ReceiptsTable-dev-1"))
@@ -347,6 +362,19 @@ def test_ctrl_c_during_verify_says_the_verify_was_interrupted(fresh_table: Table
     assert "Traceback" not in err
     report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert report["verify"] == {"images_checked": 0, "interrupted": True} and report["interrupted"]
+
+
+@pytest.mark.parametrize("abbreviated", ["--verif", "--dry", "--no-dry", "--dev-conf"])
+def test_abbreviated_flags_are_refused(tmp_path: Path, abbreviated: str) -> None:
+    """argparse would take a prefix for the flag it starts; a tool that writes to prod must not
+    guess (and --verify's repair command drops flags by their full names)."""
+    given = [abbreviated, "dev.json"] if abbreviated == "--dev-conf" else [abbreviated]
+    proc = run([*given, "--yes", "--export-dir", GOLDEN_EXPORT, *BUCKET_ARGS, "--table", "receipts-prod",
+                "--endpoint-url", f"http://127.0.0.1:{free_port()}"], tmp_path)  # nothing listens
+    assert proc.returncode == 2, proc.describe()
+    assert proc.stderr.splitlines()[-1].endswith(f"error: unrecognized arguments: {' '.join(given)}"), \
+        proc.stderr
+    assert proc.stdout == ""
 
 
 # --- 9. --help ----------------------------------------------------------------------------------

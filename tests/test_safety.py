@@ -139,6 +139,33 @@ def test_terminal_prompt_answered_yes_copies(ddblocal_table: TableHandle) -> Non
     assert_table_equals(ddblocal_table.client, ddblocal_table.name, EXPECTED)
 
 
+def test_region_from_the_environment_is_shown_and_reported(ddblocal_table: TableHandle,
+                                                           tmp_path: Path) -> None:
+    """No --region: the prompt, the header and the reports name the region the client uses (here
+    AWS_DEFAULT_REGION's) and where it came from, not "(default)" or null."""
+    region, where = "eu-west-3", "from environment AWS_DEFAULT_REGION"
+    env = env_for_subprocess(extra={"AWS_DEFAULT_REGION": region, "AWS_REGION": region})
+    args = live_args(ddblocal_table.name, ddblocal_table.url)
+    at = args.index("--region")
+    args = args[:at] + args[at + 2:]
+
+    code, before, whole = run_on_pty(without_yes(args), "no", env=env)
+    assert code != 0, whole
+    assert (f"About to copy into table {ddblocal_table.name!r}, region {region} ({where}), "
+            f"endpoint {ddblocal_table.url}:") in before, before
+    assert table_items(ddblocal_table.client, ddblocal_table.name) == {}
+
+    copied = run_cli(args, env=env, report=tmp_path / "copy.json")
+    assert copied.returncode == 0, copied.describe()
+    assert (f"Prod table: {ddblocal_table.name} at {ddblocal_table.url} (given as --table), "
+            f"region {region} ({where})") in copied.stdout.splitlines()
+    verified = run_cli(["--verify", *[a for a in args if a not in ("--no-dry-run", "--yes")]], env=env,
+                       report=tmp_path / "verify.json")
+    assert verified.returncode == 0, verified.describe()
+    assert copied.report is not None and verified.report is not None
+    assert copied.report["region"] == verified.report["region"] == region
+
+
 # --------------------------------------------------------------------------- credentials
 
 FAKE_KEY_ID = "AKIAFAKEKEYQZX7ZZ9WQ"
