@@ -130,11 +130,13 @@ class Endpoint(Protocol):
 
 
 def run_through(table: Endpoint, tmp_path: Path, *extra: str, faults: list[str], target: str,
-                live: bool = True, name: str = "r") -> tuple[CliResult, FaultProxy]:
-    """A copy of the golden export into ``table`` through a fault proxy that injects ``faults``
-    into every ``target`` request (``live=False``: a dry run reading the table)."""
+                live: bool = True, name: str = "r",
+                export: Path = GOLDEN_EXPORT) -> tuple[CliResult, FaultProxy]:
+    """A copy of ``export`` (default: the golden one) into ``table`` through a fault proxy that
+    injects ``faults`` into every ``target`` request (``live=False``: a dry run reading the
+    table). The report is ``tmp_path/<name>.json``."""
     proxy = FaultProxy(table.url, rate=1.0, faults=faults, targets=[target])
-    args = live_args(table.name, proxy.url, GOLDEN_EXPORT, *extra)
+    args = live_args(table.name, proxy.url, export, *extra)
     if not live:
         args = [a for a in args if a not in ("--no-dry-run", "--yes")]
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import BUCKET_FLAGS, TOOL, live_args, run_cli, summary_counts
+from cli import BUCKET_FLAGS, TOOL, live_args, run_cli, run_through, summary_counts
 from conftest import TableHandle
 from exports import clone_export, copy_golden, fake_uuid, write_export
 from fault_proxy import THROTTLING, FaultProxy
@@ -126,12 +126,8 @@ def test_normal_run_limit_and_failures_account_for_every_image(ddblocal_table: T
 
     # every write throttled, no retry: the images that reach the writes fail, the others keep
     # their outcome
-    proxy = FaultProxy(ddblocal_table.url, rate=1.0, faults=[THROTTLING], targets=["BatchWriteItem"])
-    try:
-        failing = run_cli(live_args(ddblocal_table.name, proxy.url, export, "--max-retries", "0"),
-                          report=tmp_path / "fail.json")
-    finally:
-        proxy.stop()
+    failing, _ = run_through(ddblocal_table, tmp_path, "--max-retries", "0", faults=[THROTTLING],
+                             target="BatchWriteItem", name="fail", export=export)
     assert failing.returncode == 1 and failing.report is not None, failing.describe()
     assert_accounted(failing.report, total)
     images = failing.report["images"]
@@ -141,12 +137,8 @@ def test_normal_run_limit_and_failures_account_for_every_image(ddblocal_table: T
     assert_items_add_up(failing.report, failing.stdout)
     # prod's partitions cannot be read (every Query throttled, no retry): the images fail before
     # their diff, and their items are counted as such
-    proxy = FaultProxy(ddblocal_table.url, rate=1.0, faults=[THROTTLING], targets=["Query"])
-    try:
-        unread = run_cli(live_args(ddblocal_table.name, proxy.url, export, "--max-retries", "0"),
-                         report=tmp_path / "unread.json")
-    finally:
-        proxy.stop()
+    unread, _ = run_through(ddblocal_table, tmp_path, "--max-retries", "0", faults=[THROTTLING],
+                            target="Query", name="unread", export=export)
     assert unread.returncode == 1 and unread.report is not None, unread.describe()
     assert_items_add_up(unread.report, unread.stdout)
     assert unread.report["items"]["failed_before_diff"] == unread.report["items"]["planned"] > 0

@@ -691,7 +691,7 @@ def test_on_a_terminal_it_asks_and_shows_one_status_line_while_waiting(setup: Se
         reader.join(10)
         os.close(master)
     out = b"".join(chunks).decode("utf-8", "replace")
-    assert "in waves of 2 images: after each wave the line and word workflows" in out
+    assert "in waves of 2 images: after each wave that wrote something the line and word workflows" in out
     assert "\r\x1b[Kwave 1 of 1: waited 0m 0" in out  # rewritten in place, under the bars
     assert setup.image_ids_in_prod() == set(ids)
 
