@@ -4177,7 +4177,9 @@ class Report:
 
         lines = [line("Images found", im["total"]),
                  line("Would copy" if dry else "Copied", im["copied"]),
-                 line("Skipped (already in prod)", im["skipped_existing"]),
+                 # --no-skip-existing compared them with prod: nothing differed
+                 line("Skipped (already in prod)" if self.cfg.skip_existing
+                      else "Already in prod, nothing to write", im["skipped_existing"]),
                  line("Skipped (no receipts)", im["skipped_empty"]),
                  line("Failed", im["failed"])]
         if im["interrupted"]:
@@ -4220,8 +4222,9 @@ class Report:
 
     def entity_lines(self) -> list[str]:
         lines = []
-        if self.entities:
-            lines.append("Entity counts:")
+        if self.entities:  # what the copied images hold (planned items include the others)
+            lines.append("Entity counts (images to copy):" if self.mode == "dry-run"
+                         else "Entity counts (images copied):")
             lines += [f"  {k.export_key}: {self.entities[k.export_key]:,}" for k in KINDS
                       if k.export_key in self.entities]
         if self.excluded:

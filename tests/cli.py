@@ -228,11 +228,13 @@ def summary_counts(stdout: str) -> dict[str, str]:
 
 
 def summary_entities(stdout: str) -> dict[str, str]:
-    """The ``Entity counts:`` section as {list name: printed count}."""
+    """The ``Entity counts (images copied):`` section (``images to copy`` in a dry run) as
+    {list name: printed count}."""
     lines = stdout.splitlines()
-    assert "Entity counts:" in lines, stdout
+    start = [n for n, line in enumerate(lines) if line.startswith("Entity counts (")]
+    assert len(start) == 1, stdout
     out = {}
-    for line in lines[lines.index("Entity counts:") + 1 :]:
+    for line in lines[start[0] + 1 :]:
         if not line.startswith("  "):
             break
         name, _, value = line.strip().partition(": ")

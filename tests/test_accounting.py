@@ -153,6 +153,10 @@ def test_normal_run_limit_and_failures_account_for_every_image(ddblocal_table: T
     assert table_values(ddblocal_table.client, ddblocal_table.name) == \
         {k: canonical_item(v) for k, v in expected.items()}
     assert "Interrupted" not in normal.stdout and "stopped" not in normal.stderr
+    # --no-skip-existing compared the images prod holds: not "skipped", nothing differed
+    counts = summary_counts(normal.stdout)
+    assert counts["Already in prod, nothing to write"] == "3" and "Skipped (already in prod)" not in counts
+    assert summary_counts(limited.stdout)["Skipped (already in prod)"] == "1"
     # the summary's last lines (13.8): elapsed time and rate, and where the report is
     assert re.search(r"^Elapsed [\d,.]+ s, [\d,]+ items/s written$", normal.stdout, re.M), normal.stdout
     assert normal.stdout.rstrip().endswith(f"Report: {tmp_path / 'normal.json'}"), normal.stdout
@@ -173,7 +177,7 @@ def test_summary_of_a_run_that_copies_nothing_has_no_empty_sections(tmp_path: Pa
                      report=tmp_path / "r.json")
     assert result.returncode == 0 and result.report is not None, result.describe()
     assert result.report["images"]["skipped_empty"] == 1
-    assert "Entity counts:" not in result.stdout
+    assert "Entity counts" not in result.stdout
     assert "\n\n\n" not in result.stdout and not result.stdout.startswith("\n"), result.stdout
     assert "\n\nImages found:" in result.stdout, result.stdout
     assert not re.search(r"\b1 (images|files)\b", result.output), result.output
