@@ -667,7 +667,8 @@ def repair_command(cfg: Config, overwrite: bool) -> str:
     import shlex
 
     args, skip_next = [], False
-    drop_with_value = {"--report", "--dump-items"}
+    # --verify checks every image (it ignores --limit): the repair must reach each of them
+    drop_with_value = {"--report", "--dump-items", "--limit"}
     for arg in cfg.argv:
         if skip_next:
             skip_next = False
@@ -716,6 +717,7 @@ class ImageSource:
     image_id: str
     name: str
     read: Callable[[], dict[str, Any]]
+    absent: str | None = None  # why the source does not hold this id (see missing)
 
     @classmethod
     def from_file(cls, path: Path) -> ImageSource:
@@ -725,7 +727,7 @@ class ImageSource:
     def missing(cls, image_id: str, why: str) -> ImageSource:
         """An id --image-id/--image-ids-file names that the source does not hold: it fails
         as an image, so the operator sees it by name and the rest goes on."""
-        return cls(image_id, image_id, functools.partial(raise_input_error, why))
+        return cls(image_id, image_id, functools.partial(raise_input_error, why), absent=why)
 
 
 def raise_input_error(message: str) -> dict[str, Any]:
@@ -3443,18 +3445,27 @@ def count_waiting_embeddings(client: Any, table: str, retrier: Retrier,
 
 
 def run_status(cfg: Config, client: Any, report: Report) -> None:
-    image_ids = None
+    image_ids, absent = None, []
     if cfg.export_dir_given or cfg.other_source or cfg.image_ids is not None:
-        image_ids = [s.image_id for s in select_sources(cfg)]
+        sources = select_sources(cfg)
+        # An id the source lacks was never copied: 0 waiting would read as "done".
+        absent = [s for s in sources if s.absent]
+        for s in absent:
+            log.error("%s: %s", s.name, s.absent)
+        image_ids = [s.image_id for s in sources if not s.absent]
     counts = count_waiting_embeddings(client, cfg.table or "", Retrier(cfg.max_retries), image_ids)
     source = cfg.source_table or cfg.source_items or cfg.export_dir
     scope = ("whole table" if image_ids is None else
-             f"{len(image_ids):,} image{'' if len(image_ids) == 1 else 's'} of {source}")
+             f"{len(image_ids):,} image{'' if len(image_ids) == 1 else 's'} of {source}"
+             + (f"; {len(absent):,} not in it" if absent else ""))
     print(f"Embedding status in {cfg.table} ({scope}), GSI1 EMBEDDING_STATUS#NONE:")
     print(f"  receipt lines waiting: {counts['lines']:,}")
     print(f"  receipt words waiting: {counts['words']:,}")
-    report.extra["status"] = {"scope": scope, "lines_none": counts["lines"],
-                              "words_none": counts["words"]}
+    report.extra["status"] = {"scope": scope, "lines_none": counts["lines"], "words_none": counts["words"]}
+    if image_ids is not None:  # the ids asked for that the source lacks
+        report.extra["status"]["not_found"] = [s.image_id for s in absent]
+    if absent:
+        report.extra["operations_failed"] = True
     if image_ids is not None:  # the whole table's images are not counted
         report.operation_images.setdefault("total", len(image_ids))
 
@@ -3580,13 +3591,14 @@ def run_trigger_embeddings(cfg: Config, report: Report) -> None:
     if cfg.wave_size:
         return  # the waves started (or, in a dry run, planned) them after each wave
     machines = [("line", cfg.line_state_machine), ("word", cfg.word_state_machine)]
+    if report.failed:  # the same decision in a dry run: the plan is what the live run does
+        print(("Would not start embeddings" if cfg.dry_run else "Not starting embeddings")
+              + ": some images failed; fix them and re-run first.")
+        report.extra["operations_failed"] = True
+        return
     if cfg.dry_run:
         for kind, name in machines:
             print(f"Would start the {kind} embedding workflow {name} with input {{}}")
-        return
-    if report.failed:
-        print("Not starting embeddings: some images failed; fix them and re-run first.")
-        report.extra["operations_failed"] = True
         return
     sfn = make_client(cfg, "stepfunctions")
     report.region = report.region or client_region(cfg, sfn)
@@ -4187,7 +4199,8 @@ class Report:
                               "re-run the same command to finish them"))
         if im["not_reached_limit"]:
             lines.append(line("Left for later (--limit)", im["not_reached_limit"],
-                              "run the same command again for the next ones"))
+                              "each live run copies the next ones" if dry
+                              else "run the same command again for the next ones"))
         lines.append(line("Items planned", it["planned"]))
         lines.append(line("Items to write", it["to_write"]))
         if not dry:

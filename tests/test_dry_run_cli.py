@@ -279,6 +279,14 @@ def test_help_examples_are_one_command_per_line_or_continued(home: Path) -> None
     assert not joined, joined
 
 
+def test_dry_run_limit_says_live_runs_copy_the_rest(golden_export: Path, home: Path) -> None:
+    """Running the same dry run again shows the same plan: the note is for the live runs."""
+    result = dry(["--export-dir", golden_export, *BUCKET_FLAGS, "--limit", "1"], home)
+    assert result.returncode == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("Left for later (--limit):"))
+    assert line.endswith("each live run copies the next ones"), line
+
+
 def test_export_dir_is_a_file_exit_2(golden_export: Path, home: Path) -> None:
     result = dry(["--export-dir", golden_export / f"{IMG_LEGACY}.json"], home)
     assert result.returncode == 2, result.output

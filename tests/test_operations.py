@@ -314,6 +314,40 @@ def test_status_report_says_prod_was_read(ddblocal_table: TableHandle, tmp_path:
         assert result.report["images"] == images
 
 
+def test_status_names_an_id_the_source_does_not_hold(ddblocal_table: TableHandle, tmp_path: Path) -> None:
+    """An id never copied would read as "0 waiting", i.e. done: it is named, and the run fails."""
+    unknown = fake_uuid(7)
+    result = run_cli(["--status", "--table", ddblocal_table.name, "--endpoint-url", ddblocal_table.url,
+                      "--export-dir", str(GOLDEN_EXPORT), "--image-id", GOLDEN_IDS[0], "--image-id", unknown,
+                      "--no-progress"], report=tmp_path / "status.json")
+    assert result.returncode == 1, result.describe()
+    assert f"ERROR {unknown}: not in the export {GOLDEN_EXPORT}" in result.stderr, result.stderr
+    assert result.report is not None
+    assert result.report["status"]["not_found"] == [unknown]
+    assert result.report["status"]["scope"] == f"1 image of {GOLDEN_EXPORT}; 1 not in it"
+
+
+def test_verify_repair_command_reaches_every_image_it_checked(ddblocal_table: TableHandle,
+                                                              tmp_path: Path) -> None:
+    """--verify checks every image whatever --limit says; its repair command must not hold
+    --limit, or it would repair only the first N of what was reported."""
+    result = run_cli([*verify_args(ddblocal_table.name, ddblocal_table.url), "--limit", "1"])
+    assert result.returncode == 1, result.describe()
+    assert f"{len(GOLDEN_IDS)} checked against" in result.stdout, result.stdout
+    repair = next(line for line in result.stdout.splitlines() if line.startswith("To write the missing"))
+    assert "--limit" not in repair and "--no-dry-run" in repair, repair
+
+
+def test_dry_run_trigger_after_a_failed_image_would_not_start_workflows(tmp_path: Path) -> None:
+    """The live run starts no workflow after a failed image; the dry run says the same."""
+    export = copy_golden(tmp_path / "export")[0].parent
+    (export / f"{fake_uuid(3)}.json").write_text("{truncated", encoding="utf-8")
+    proc = run_cli(["--trigger-embeddings", "--export-dir", str(export), *BUCKET_FLAGS, "--no-progress"])
+    assert proc.returncode == 1, proc.describe()
+    assert "Would not start embeddings: some images failed" in proc.stdout
+    assert "Would start the" not in proc.stdout
+
+
 def test_the_printed_repair_commands_run_as_printed_repair_the_table(
     ddblocal_table: TableHandle, tmp_path: Path
 ) -> None:

@@ -276,7 +276,7 @@ def test_source_table_copies_every_image_exactly_and_only_reads(engine: str, req
     legacy = [i["TYPE"]["S"] for i in load_expected([IMG_LEGACY]).values()]
     assert status.report["status"] == {"scope": f"1 image of {dev.name}",
                                        "lines_none": legacy.count("RECEIPT_LINE"),
-                                       "words_none": legacy.count("RECEIPT_WORD")}
+                                       "words_none": legacy.count("RECEIPT_WORD"), "not_found": []}
 
 
 @pytest.mark.parametrize("engine", ["ddblocal", "moto"])
