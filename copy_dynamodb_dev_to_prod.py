@@ -3969,10 +3969,12 @@ def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[s
     """The summary's lines for --wave-size: one per wave (the plan, in a dry run)."""
     if plan is None:
         return []
-    lines = [f"Waves of up to {plan['wave_size']:,} images: {len(waves):,} of {plan['waves']:,} "
+    # A wave stopped while waiting for the backlog (--max-pending-embeddings) never ran its copy.
+    ran = [w for w in waves if plan["dry_run"] or "images_copied" in w]
+    lines = [f"Waves of up to {plan['wave_size']:,} images: {len(ran):,} of {plan['waves']:,} "
              + ("planned" if plan["dry_run"] else "run")
-             + (f" ({plan['images'] - sum(w['images'] for w in waves):,} images in the waves not run)"
-                if len(waves) < plan["waves"] else "")]
+             + (f" ({plan['images'] - sum(w['images'] for w in ran):,} images in the waves not run)"
+                if len(ran) < plan["waves"] else "")]
     stops_at = 0
     for w in waves:
         text = f"  wave {w['index']} of {plan['waves']}: {plural(w['images'], 'image')}"
@@ -3997,7 +3999,8 @@ def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[s
 def planned_wave_text(w: Mapping[str, Any], stops_at: int) -> str:
     """What the live run will do in this wave, decided as it decides (WaveDriver.copy_wave)."""
     if w.get("outcome") == "images failed":
-        text = f", {w['images_failed']:,} failed: would start no workflows and stop the run here"
+        text = (f", {w['items_to_write']:,} items to write, {w['images_failed']:,} failed: would start "
+                "no workflows and stop the run here")  # the wave's other images are still copied
     elif w.get("would_start"):
         text = (f", {w['items_to_write']:,} items to write; would start "
                 + " and ".join(w["would_start"]) + " with input {}")

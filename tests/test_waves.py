@@ -750,7 +750,8 @@ def test_dry_run_plan_is_what_the_live_run_does_wave_by_wave(setup: Setup, tmp_p
     lines = [line for line in dry.stdout.splitlines() if line.startswith("  wave ")]
     assert ["with input {}" in line for line in lines] == [True, False, False, True, False]
     assert "nothing to write: would start no workflows" in lines[1] and "nothing to write" in lines[2]
-    assert "1 failed: would start no workflows and stop the run here" in lines[4], lines[4]
+    assert (f"{planned[4]['items_to_write']:,} items to write, 1 failed: would start no workflows "
+            "and stop the run here") in lines[4], lines[4]
     assert all(e["status"] == "SUCCEEDED" for k in ("line", "word") for e in setup.executions(k))
     assert len(setup.executions("line")) == len(setup.executions("word")) == 2
 
@@ -870,3 +871,15 @@ def test_execution_names_are_valid_and_unique() -> None:
     assert len(ids) > 40  # a random token per run
     name = tool.execution_name(next(iter(ids)), "line", 12345)
     assert len(name) <= 80 and re.fullmatch(r"[A-Za-z0-9_-]+", name) and "-s12of64-" in name
+
+
+def test_summary_counts_a_wave_stopped_before_its_copy_as_not_run() -> None:
+    """--max-pending-embeddings: a wave whose backlog wait ended the run copied nothing, so it
+    is not among the waves run, and its images are among those not run."""
+    plan = {"wave_size": 5, "waves": 2, "images": 10, "dry_run": False}
+    waiting = {"index": 1, "images": 5, "outcome": "timed out", "seconds_waited": 3.0}
+    assert tool.wave_summary_lines(plan, [waiting])[0] == \
+        "Waves of up to 5 images: 0 of 2 run (10 images in the waves not run)"
+    copied = {"index": 1, "images": 5, "images_copied": 5, "items_written": 90, "outcome": "done"}
+    assert tool.wave_summary_lines(plan, [copied])[0] == \
+        "Waves of up to 5 images: 1 of 2 run (5 images in the waves not run)"
