@@ -4328,14 +4328,15 @@ def print_header(cfg: Config, files: int, region: tuple[str, str] | None) -> Non
     print()
 
 
-def confirm_live_run(cfg: Config, files: list[ImageSource], client: Any) -> None:
+def confirm_live_run(cfg: Config, files: list[ImageSource], client: Any,
+                     region: tuple[str, str] | None) -> None:
     """On a terminal, show what the run will do and ask; without one, demand --yes."""
     if cfg.yes:
         return
     if not sys.stdin.isatty():
         raise UsageError("a live run needs confirmation: run it on a terminal or pass --yes")
-    region, where = client_region(cfg, client)
-    print(f"About to copy into table {cfg.table!r}, region {region} ({where}), "
+    name, where = region or client_region(cfg, client)
+    print(f"About to copy into table {cfg.table!r}, region {name} ({where}), "
           f"endpoint {cfg.endpoint_url or '(AWS)'}:")
     print("  " + preview_copy(cfg, files, client))
     if cfg.wave_size:
@@ -4387,7 +4388,7 @@ def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
     files = select_sources(cfg)
     print_header(cfg, len(files), report.region)
     if not cfg.dry_run:
-        confirm_live_run(cfg, files, client)
+        confirm_live_run(cfg, files, client, report.region)
     report.copy_started = True
     if cfg.wave_size:
         WaveDriver(cfg, rules, report, client).run(files)
