@@ -13,19 +13,26 @@ conflicts), and writes an image's ``IMAGE`` item last, so that its presence
 means "this image is complete" and a killed run is finished by the next one.
 
 Sections, in the order data flows:
-  1. CLI and configuration
-  2. Reading exports
-  3. Entity schema (attribute codecs and one spec per entity kind)
-  4. Transformation rules (migration rules, item building, item checks)
-  5. Batch writing with retries
-  6. Orchestration and progress
-  7. After the copy (embeddings, status, verification)
-  8. Report
+   1. Errors and exit codes
+   2. CLI and settings
+   3. Schema and items (attribute codecs, one spec per entity kind, migration rules,
+      item building and checks, and the inverse: items back into entities)
+   4. AWS requests (clients, the one retry policy, batch writes)
+   5. Sources (export files, the dev table, item exports; the selection of images)
+   6. The prod table (ProdTable: the only code that reads or writes prod)
+   7. Compare with prod (one diff, for the copy and for --verify)
+   8. The run plan (RunPlan: what the run does with each image, decided once)
+   9. The copier (reads prod's versions, diffs, writes; one outcome per image)
+  10. Workflows and waves (Workflows: the one driver of Step Functions)
+  11. Read-only operations (--status, --verify)
+  12. Report
+  13. Main
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -54,17 +61,110 @@ from typing import Any, TypeVar
 
 __version__ = "1.0.0"
 
+
 log = logging.getLogger("copy_dynamodb_dev_to_prod")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # =============================================================================
-# 1. CLI and configuration
+# 1. Errors and exit codes
 # =============================================================================
+
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # Ctrl-C, SIGTERM (128 + the signal's number)
+
+
+class UsageError(Exception):
+    """Bad flags or configuration: exit 2 before anything is done."""
+
+
+class FatalError(Exception):
+    """An operation cannot go on (e.g. a state machine does not exist): exit 1."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what AWS Batch and CI runners send): stopped like Ctrl-C, exit 143."""
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+class Stopped(BaseException):
+    """Ctrl-C or SIGTERM arrived where the run knows what it leaves behind (executions that
+    keep running in AWS, a prompt not answered, a verify half done): `explanation` says so,
+    in place of the generic stop message. Like KeyboardInterrupt, no `except Exception`
+    swallows it."""
+
+    def __init__(self, explanation: str, terminated: bool = False) -> None:
+        super().__init__(explanation)
+        self.explanation, self.terminated = explanation, terminated
+
+    @classmethod
+    def by(cls, interrupt: KeyboardInterrupt, explanation: str) -> Stopped:
+        return cls(explanation, terminated=isinstance(interrupt, Terminated))
+
+
+def botocore_setup_error(exc: BaseException) -> bool:
+    """Missing region, credentials or profile: a configuration problem, not a crash."""
+    return type(exc).__name__ in (
+        "NoRegionError", "NoCredentialsError", "ProfileNotFound", "PartialCredentialsError",
+        "InvalidEndpointURL", "InvalidRegionError", "ConfigParseError", "ConfigNotFound",
+        "CredentialRetrievalError", "InvalidConfigError", "SSOTokenLoadError",
+        "UnauthorizedSSOTokenError", "TokenRetrievalError", "UnknownCredentialError")
+
+
+@contextlib.contextmanager
+def errors_as(error: type[Exception], what: str, then: str = "") -> Iterator[None]:
+    """Any failure in the block becomes one `error` saying `what` failed, why, and `then`
+    what to do. The tool's own errors pass as they are, and so do botocore's setup errors
+    (no credentials, no region), which main reports as configuration errors (exit 2)."""
+    try:
+        yield
+    except (UsageError, FatalError):
+        raise
+    except Exception as exc:
+        if botocore_setup_error(exc):
+            raise
+        raise error(f"{what}: {describe_error(exc)}" + (f". {then}" if then else "")) from None
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason without request details (which could carry signed headers)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        err = response["Error"]
+        return f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+class InputError(Exception):
+    """Bad data in one export file: fails that image alone."""
+
+    def __init__(self, message: str, entity: str | None = None,
+                 index: int | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.entity, self.index, self.field = message, entity, index, field
+
+    def record(self, source: ImageSource) -> dict[str, Any]:
+        """The report's error entry (format_error turns it into the one-line message)."""
+        return {"file": source.name, "image_id": source.image_id, "entity": self.entity,
+                "index": self.index, "field": self.field, "message": self.message}
+
+
+# =============================================================================
+# 2. CLI and settings
+# =============================================================================
+
 
 DEFAULT_LINE_MACHINE = "embedding-infra-prod-line-workflow"
+
+
 DEFAULT_WORD_MACHINE = "embedding-infra-prod-word-workflow"
+
+
 DEFAULT_WAVE_TIMEOUT = 6 * 3600  # seconds one wave may wait for the embedding pipeline
+
 
 # Environment variables read when neither a flag nor a config file names a value.
 ENV_VARS = {
@@ -76,12 +176,14 @@ ENV_VARS = {
     "prod_cdn_bucket": "PROD_CDN_BUCKET",
 }
 
+
 # Keys of `pulumi stack output --json` that name what this tool needs.
 PULUMI_KEYS = {
     "table": "dynamodb_table_name",
     "raw_bucket": "raw_bucket_name",
     "cdn_bucket": "cdn_bucket_name",
 }
+
 
 # Each configurable value: the stage whose stack outputs name it, and the output it is.
 STACK_VALUES = {
@@ -93,7 +195,9 @@ STACK_VALUES = {
     "prod_cdn_bucket": ("prod", "cdn_bucket"),
 }
 
+
 RUNTIME_PACKAGES = ("boto3", "tqdm")
+
 
 HELP_EPILOG = """\
 examples (the usual migration; dev.json/prod.json are `pulumi stack output --json`):
@@ -122,10 +226,6 @@ exit codes:
        written, and running the same command again finishes the images (stopped at the
        confirmation prompt or in --verify, nothing was written)
 """
-
-
-class UsageError(Exception):
-    """Bad flags or configuration: exit 2 before anything is done."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -509,6 +609,30 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
     return Config(**as_given, **derived)
 
 
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[45][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.I)
+
+
+def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, ...] | None:
+    """--image-id (repeatable) and --image-ids-file (one id a line), in order, deduplicated in
+    any case."""
+    if not ids and path is None:
+        return None
+    found = [(i, "--image-id") for i in ids or ()]
+    if path is not None:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --image-ids-file {path}: {exc}") from None
+        found += [(line.strip(), f"{path} line {n}") for n, line in enumerate(lines, 1)
+                  if line.strip()]
+    first: dict[str, str] = {}  # an id listed again in another case is the same image
+    for image_id, where in found:
+        if not UUID_RE.match(image_id):
+            raise UsageError(f"{where}: {image_id!r} is not an image id (a version 4/5 UUID)")
+        first.setdefault(image_id.lower(), image_id)
+    return tuple(first.values())
+
+
 def check_config(cfg: Config) -> list[str]:
     """Refuse configurations that cannot work or are unsafe; return warnings. Each operation is
     checked only for the values it uses, and messages say where a value came from."""
@@ -590,6 +714,12 @@ def check_source_config(cfg: Config) -> None:
                          "the source is read, the target written")
     if cfg.source_items is not None:
         item_files(cfg.source_items)  # a missing path or an ION export is refused up front
+
+
+def source_name(cfg: Config) -> str | Path:
+    """The source as a status or verify line names it: the table, the item export or the
+    export directory."""
+    return cfg.source_table or cfg.source_items or cfg.export_dir
 
 
 def describe_source(cfg: Config) -> str:
@@ -691,495 +821,13 @@ def repair_command(cfg: Config, overwrite: bool) -> str:
 
 
 # =============================================================================
-# 2. Reading exports
-# =============================================================================
-
-class InputError(Exception):
-    """Bad data in one export file: fails that image alone."""
-
-    def __init__(self, message: str, entity: str | None = None,
-                 index: int | None = None, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message, self.entity, self.index, self.field = message, entity, index, field
-
-    def record(self, source: ImageSource) -> dict[str, Any]:
-        """The report's error entry (format_error turns it into the one-line message)."""
-        return {"file": source.name, "image_id": source.image_id, "entity": self.entity,
-                "index": self.index, "field": self.field, "message": self.message}
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageSource:
-    """One image to copy, wherever it is read from. `image_id` is what it is filed under
-    (an export file's stem), `name` what messages call it (the file's name), and `read()`
-    returns the image in export form, {entity list: [entity, ...]}, raising InputError
-    (or OSError) when it cannot."""
-    image_id: str
-    name: str
-    read: Callable[[], dict[str, Any]]
-    absent: str | None = None  # why the source does not hold this id (see missing)
-
-    @classmethod
-    def from_file(cls, path: Path) -> ImageSource:
-        return cls(path.stem, path.name, functools.partial(read_export_file, path))
-
-    @classmethod
-    def missing(cls, image_id: str, why: str) -> ImageSource:
-        """An id --image-id/--image-ids-file names that the source does not hold: it fails
-        as an image, so the operator sees it by name and the rest goes on."""
-        return cls(image_id, image_id, functools.partial(raise_input_error, why), absent=why)
-
-
-def raise_input_error(message: str) -> dict[str, Any]:
-    raise InputError(message)
-
-
-def sources_by_id(wanted: Sequence[str], held: Iterable[ImageSource], where: str) -> list[ImageSource]:
-    """The sources of the wanted ids, matched in any case (like the shard hash: a UUID is the
-    same id in any case), in the order asked. A source keeps its own spelling, the key its
-    items have in prod. An id the source lacks fails as an image, named as missing."""
-    by_id: dict[str, list[ImageSource]] = {}
-    for held_source in held:
-        by_id.setdefault(held_source.image_id.lower(), []).append(held_source)
-    sources: list[ImageSource] = []
-    for w in wanted:
-        found = by_id.get(w.lower())
-        sources += found or [ImageSource.missing(w, f"not in {where}")]
-    return sources
-
-
-# Export lists that hold kinds prod must never receive from a migration (ITEMS.md §7),
-# and lists of entities that no longer exist (exports from before 2025-07-03).
-NEVER_COPY_LISTS = {
-    "compaction_runs": "COMPACTION_RUN",
-    "compaction_locks": "COMPACTION_LOCK",
-    "embedding_batch_results": "EMBEDDING_BATCH_RESULT",
-    "jobs": "JOB",
-    "job_metrics": "JOB_METRIC",
-}
-OBSOLETE_LISTS = frozenset({"word_tags", "receipt_word_tags"})
-NEVER_COPY_TYPES = set(NEVER_COPY_LISTS.values())
-# Key shapes of the never-copy kinds, for entries that carry keys but no TYPE.
-NEVER_COPY_KEY_SHAPES = (
-    ("COMPACTION_RUN", re.compile(r"RECEIPT#\d+#COMPACTION_RUN#"), "SK"),
-    ("COMPACTION_LOCK", re.compile(r"LOCK#"), "PK"),
-    ("EMBEDDING_BATCH_RESULT", re.compile(r"BATCH#"), "PK"),
-    ("JOB_METRIC", re.compile(r"METRIC#"), "SK"),
-    ("JOB", re.compile(r"JOB#"), "PK"),
-)
-
-
-def list_export_files(export_dir: Path) -> list[Path]:
-    """Every entry of the export named like an image file (*.json, any case of the suffix),
-    in name order. Entries that cannot be read (a directory, a FIFO, a dangling symlink)
-    are listed too: read_export_file fails them, so the operator sees every image."""
-    return sorted((p for p in export_dir.iterdir() if p.suffix.lower() == ".json"),
-                  key=lambda p: p.name)
-
-
-def reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a valid JSON number")
-
-
-def read_export_file(path: Path) -> dict[str, Any]:
-    """Parse one export file into its top-level object (one image)."""
-    if path.suffix != ".json" and os.path.lexists(path.with_suffix(".json")):
-        raise InputError(f"{path.with_suffix('.json').name} is the same image: one file per image")
-    raw = read_regular_file(path)
-    if not raw.strip():
-        raise InputError("file is empty")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"file is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        data = json.loads(text, parse_constant=reject_constant)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg} "
-                         "(truncated or corrupt file?)") from None
-    except RecursionError:  # deeper than Python's parser goes, far deeper than DynamoDB's limit
-        raise nesting_error(text) from None
-    except ValueError as exc:  # NaN / Infinity
-        raise InputError(f"invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"top level must be a JSON object of entity lists, not {json_type(data)}")
-    return data
-
-
-def read_regular_file(path: Path) -> bytes:
-    """The file's bytes; InputError naming what the entry is when it is no file. Checked by
-    stat before opening (opening a FIFO would block), and again on the open descriptor."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        if path.is_symlink():
-            raise InputError(f"dangling symlink (points to {os.readlink(path)!r})") from None
-        raise InputError("file vanished before it was read") from None
-    check_regular(mode)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as f:
-        check_regular(os.fstat(fd).st_mode)
-        return f.read()
-
-
-def check_regular(mode: int) -> None:
-    if stat.S_ISREG(mode):
-        return
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"))
-    what = next((name for test, name in kinds if test(mode)), "not a regular file")
-    raise InputError(f"not a regular file: {what}")
-
-
-def nesting_error(text: str) -> InputError:
-    """Where a document too deep for Python's JSON parser is: a named field, found by an
-    iterative scan (recursion is what failed). DynamoDB refuses such a value anyway."""
-    path: list[Any] = []  # per open container: its current key (object) or index (array)
-    want_key = False
-    limit = 3 + MAX_NESTING_DEPTH  # file object, entity list, entity, then the field's value
-    i, n = 0, len(text)
-    while i < n and len(path) <= limit:
-        c = text[i]
-        if c == '"':
-            end = i + 1
-            while end < n and text[end] != '"':
-                end += 2 if text[end] == "\\" else 1
-            if want_key:
-                path[-1], want_key = json.loads(text[i:end + 1]), False
-            i = end
-        elif c in "[{":
-            path.append(0 if c == "[" else "")
-            want_key = c == "{"
-        elif c in "]}" and path:
-            path.pop()
-        elif c == "," and path:
-            if isinstance(path[-1], int):
-                path[-1] += 1
-            else:
-                want_key = True
-        i += 1
-    entity, index, field = (path + [None] * 3)[:3]
-    return InputError(f"nested deeper than DynamoDB's {MAX_NESTING_DEPTH + 1} levels",
-                      entity if isinstance(entity, str) else None,
-                      index if isinstance(index, int) else None,
-                      field if isinstance(field, str) else None)
-
-
-def json_type(value: Any) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean",
-             int: "integer", float: "number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-# --- other sources: the dev table itself, DynamoDB JSON items (issue 12) ---------
-# Both give ImageSources whose read() returns the image in export form (entities read
-# back from items by the spec's inverse, section 4), so everything after reading is the
-# path of an export file: same checks, rules, diff and writes, byte-identical items.
-
-def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, ...] | None:
-    """--image-id (repeatable) and --image-ids-file (one id a line), in order, deduplicated in
-    any case."""
-    if not ids and path is None:
-        return None
-    found = [(i, "--image-id") for i in ids or ()]
-    if path is not None:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read --image-ids-file {path}: {exc}") from None
-        found += [(line.strip(), f"{path} line {n}") for n, line in enumerate(lines, 1)
-                  if line.strip()]
-    first: dict[str, str] = {}  # an id listed again in another case is the same image
-    for image_id, where in found:
-        if not UUID_RE.match(image_id):
-            raise UsageError(f"{where}: {image_id!r} is not an image id (a version 4/5 UUID)")
-        first.setdefault(image_id.lower(), image_id)
-    return tuple(first.values())
-
-
-class ReadOnlyTable:
-    """The dev table. Only Query and Scan are ever sent to it: nothing here can write."""
-
-    def __init__(self, client: Any, table: str, retrier: Retrier) -> None:
-        self.client, self.table, self.retrier = client, table, retrier
-
-    def pages(self, operation: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        fn = {"query": self.client.query, "scan": self.client.scan}[operation]
-        kwargs["TableName"] = self.table
-        while True:
-            page = self.retrier.call(fn, **kwargs)
-            yield page
-            if not page.get("LastEvaluatedKey"):
-                return
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-    def image_ids(self) -> list[str]:
-        """Every image of the table: its IMAGE items, through GSITYPE or, where the table
-        has no such index, a Scan."""
-        from botocore.exceptions import ClientError
-
-        names = {"#t": "TYPE", "#pk": "PK", "#sk": "SK"}
-        values = {":image": {"S": "IMAGE"}}
-        try:
-            pages = list(self.pages("query", IndexName="GSITYPE", KeyConditionExpression="#t = :image",
-                                    ProjectionExpression="#pk, #sk", ExpressionAttributeNames=names,
-                                    ExpressionAttributeValues=values))
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            if error.get("Code") not in ("ValidationException", "ResourceNotFoundException") or \
-                    "index" not in str(error.get("Message", "")).lower():
-                raise  # anything but "no such index" (AWS: ValidationException; moto: not found)
-            log.info("%s has no GSITYPE index: scanning it for IMAGE items", self.table)
-            pages = list(self.pages("scan", FilterExpression="#t = :image AND #sk = :image",
-                                    ProjectionExpression="#pk, #sk", ExpressionAttributeNames=names,
-                                    ExpressionAttributeValues=values))
-        ids = {item["PK"]["S"][len("IMAGE#"):] for page in pages for item in page.get("Items", [])
-               if item.get("SK", {}).get("S") == "IMAGE" and item["PK"]["S"].startswith("IMAGE#")}
-        return sorted(ids)
-
-    def spelling(self, image_id: str) -> str:
-        """The spelling the table files an id under (its PK is case-sensitive). Ids are written
-        in lower case (str(uuid4())), so a lower-case id is taken as it is, with no request;
-        any other is looked up lower-cased, then as given (one Limit=1 Query each)."""
-        lower = image_id.lower()
-        if image_id == lower:
-            return image_id
-        for candidate in (lower, image_id):
-            page = self.retrier.call(self.client.query, TableName=self.table, Limit=1,
-                                     KeyConditionExpression="PK = :pk", ProjectionExpression="PK",
-                                     ExpressionAttributeValues={":pk": {"S": f"IMAGE#{candidate}"}})
-            if page.get("Items"):
-                return candidate
-        return lower
-
-    def partition(self, image_id: str) -> list[dict[str, AttributeValue]]:
-        """Every item of one image: one paginated, strongly consistent Query of its PK."""
-        return [item for page in self.pages("query", KeyConditionExpression="PK = :pk",
-                                            ExpressionAttributeValues={":pk": {"S": f"IMAGE#{image_id}"}},
-                                            ConsistentRead=True)
-                for item in page.get("Items", [])]
-
-
-def table_sources(cfg: Config) -> list[ImageSource]:
-    """--source-table: the given images, or every image of the dev table."""
-    assert cfg.source_table
-    connection = dataclasses.replace(cfg, region=cfg.source_region or cfg.region,
-                                     profile=cfg.source_profile or cfg.profile,
-                                     endpoint_url=cfg.source_endpoint_url or cfg.endpoint_url)
-    table = ReadOnlyTable(make_client(connection), cfg.source_table, Retrier(cfg.max_retries))
-    try:
-        ids = (tuple(table.image_ids()) if cfg.image_ids is None
-               else tuple(dict.fromkeys(map(table.spelling, cfg.image_ids))))
-    except Exception as exc:
-        if botocore_setup_error(exc):
-            raise
-        raise UsageError(f"cannot list the images of source table {cfg.source_table}: "
-                         f"{describe_error(exc)}") from None
-    return [ImageSource(i, f"{cfg.source_table}/IMAGE#{i}",
-                        functools.partial(read_partition, table.partition, i, table.table))
-            for i in ids]
-
-
-def read_partition(fetch: Callable[[str], list[dict[str, AttributeValue]]], image_id: str,
-                   where: str) -> dict[str, Any]:
-    """One image of an item source (the dev table, an item export) in export form."""
-    items = fetch(image_id)
-    if not items:
-        raise InputError(f"no items under PK IMAGE#{image_id} in {where}")
-    return image_from_items(items)
-
-
-@dataclasses.dataclass(frozen=True)
-class ItemFiles:
-    """Where --source-items reads: its data files, and the item count a manifest promises."""
-    files: tuple[Path, ...]
-    item_count: int | None = None
-
-
-ITEM_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
-
-
-def item_files(path: Path) -> ItemFiles:
-    """A .jsonl(.gz) file, or a downloaded export-to-S3 folder (manifest-summary.json,
-    data/*.json.gz; the manifest may also be in one folder below PATH)."""
-    if path.is_file():
-        if not path.name.endswith(ITEM_FILE_SUFFIXES):
-            raise UsageError(f"--source-items {path}: expected a {'/'.join(ITEM_FILE_SUFFIXES)} file "
-                             "or an export-to-S3 folder")
-        return ItemFiles((path,))
-    if not path.is_dir():
-        raise UsageError(f"--source-items {path}: no such file or folder")
-    manifests = [path / "manifest-summary.json"] if (path / "manifest-summary.json").is_file() \
-        else sorted(path.rglob("manifest-summary.json"))
-    if len(manifests) != 1:
-        raise UsageError(f"--source-items {path}: expected one DynamoDB export (manifest-summary.json), "
-                         f"found {len(manifests)}")
-    folder = manifests[0].parent
-    try:
-        summary = json.loads(manifests[0].read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {manifests[0]}: {exc}") from None
-    if not isinstance(summary, dict):
-        raise UsageError(f"{manifests[0]}: not a JSON object")
-    fmt = summary.get("outputFormat", "DYNAMODB_JSON")
-    if fmt != "DYNAMODB_JSON":
-        raise UsageError(f"{manifests[0]}: the export is in {fmt} format; this tool reads "
-                         "DYNAMODB_JSON only (export the table again with --export-format DYNAMODB_JSON)")
-    if summary.get("exportType", "FULL_EXPORT") != "FULL_EXPORT":
-        raise UsageError(f"{manifests[0]}: an {summary['exportType']} holds changes, not the "
-                         "table's items: use a full export")
-    files = sorted((folder / "data").glob("*.json.gz"))
-    listed = manifest_data_files(folder)
-    if listed is not None:
-        missing = [name for name in listed if not (folder / "data" / name).is_file()]
-        if missing:
-            raise UsageError(f"{folder}: data files listed in manifest-files.json are missing "
-                             f"(incomplete download?): {', '.join(missing[:5])}")
-        files = [folder / "data" / name for name in listed]
-    count = summary.get("itemCount")
-    return ItemFiles(tuple(files), count if isinstance(count, int) else None)
-
-
-def manifest_data_files(folder: Path) -> list[str] | None:
-    """The data file names manifest-files.json lists (one JSON object a line), if present."""
-    path = folder / "manifest-files.json"
-    if not path.is_file():
-        return None
-    names = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                key = json.loads(line)["dataFileS3Key"]
-            except (ValueError, KeyError, TypeError):
-                raise UsageError(f"{path} line {n}: no dataFileS3Key") from None
-            names.append(str(key).rsplit("/", 1)[-1])
-    return names
-
-
-def item_lines(path: Path) -> Iterator[str]:
-    import gzip
-
-    with (gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz")
-          else path.open(encoding="utf-8")) as f:
-        yield from f
-
-
-def parse_item_line(line: str) -> dict[str, Any]:
-    """One line: an item in DynamoDB JSON, or {"Item": item} as an export to S3 writes it."""
-    data = json.loads(line, parse_constant=reject_constant)
-    if isinstance(data, dict) and set(data) == {"Item"}:
-        data = data["Item"]
-    if not isinstance(data, dict):
-        raise ValueError(f"expected an item object, got {json_type(data)}")
-    return data
-
-
-class SpilledItems:
-    """Items of an export, grouped by image partition on disk in one pass (an SQLite file
-    in a temporary folder), so memory holds one image however large the export is and
-    however its items are spread over files."""
-
-    def __init__(self, source: ItemFiles) -> None:
-        try:
-            import sqlite3
-        except ImportError:  # a Python built without it (e.g. no libsqlite3 when compiled)
-            raise UsageError("--source-items needs Python's sqlite3 module, which this Python "
-                             "lacks") from None
-        import tempfile
-        import weakref
-
-        folder = tempfile.mkdtemp(prefix="copy-items-")
-        self.db = sqlite3.connect(str(Path(folder) / "items.sqlite"), check_same_thread=False)
-        weakref.finalize(self, remove_spill, self.db, folder)
-        self.lock = threading.Lock()
-        self.outside: Counter[str] = Counter()
-        self.db.execute("PRAGMA journal_mode = OFF")
-        self.db.execute("PRAGMA synchronous = OFF")
-        self.db.execute("CREATE TABLE items (image_id TEXT, line TEXT)")
-        total = sum(self.spill(path) for path in source.files)
-        if source.item_count is not None and total != source.item_count:
-            raise UsageError(f"the export's manifest counts {source.item_count:,} items, its data "
-                             f"files hold {total:,} (incomplete download?)")
-        self.db.execute("CREATE INDEX by_image ON items (image_id)")
-        self.db.commit()
-        if self.outside:
-            log.info("items outside image partitions (not read): %s",
-                     ", ".join(f"{t} {n:,}" for t, n in sorted(self.outside.items())))
-
-    def spill(self, path: Path) -> int:
-        """Append one data file's image items to the store; returns how many items it holds."""
-        rows: list[tuple[str, str]] = []
-        items = n = 0
-        try:
-            for n, line in enumerate(item_lines(path), 1):
-                if not line.strip():
-                    continue
-                try:
-                    item = parse_item_line(line)
-                    pk = item["PK"]["S"]
-                    if not isinstance(pk, str):
-                        raise TypeError("PK is not a string")
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise UsageError(f"{path} line {n}: not a DynamoDB JSON item with a PK "
-                                     f"string ({exc})") from None
-                items += 1
-                if pk.startswith("IMAGE#"):
-                    rows.append((pk[len("IMAGE#"):], line))
-                else:
-                    t = item.get("TYPE")
-                    self.outside[t.get("S", "?") if isinstance(t, dict) else "?"] += 1
-                if len(rows) >= 1000:
-                    self.db.executemany("INSERT INTO items VALUES (?, ?)", rows)
-                    rows.clear()
-        except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
-            raise UsageError(f"cannot read {path} (line {n + 1}): {exc}") from None
-        self.db.executemany("INSERT INTO items VALUES (?, ?)", rows)
-        return items
-
-    def image_ids(self) -> list[str]:
-        with self.lock:
-            return [r[0] for r in self.db.execute("SELECT DISTINCT image_id FROM items ORDER BY image_id")]
-
-    def items(self, image_id: str) -> list[dict[str, Any]]:
-        with self.lock:
-            lines = [r[0] for r in self.db.execute(
-                "SELECT line FROM items WHERE image_id = ? ORDER BY rowid", (image_id,))]
-        return [parse_item_line(line) for line in lines]
-
-
-def remove_spill(db: Any, folder: str) -> None:
-    import shutil
-
-    db.close()
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@functools.lru_cache(maxsize=1)
-def spilled_items(path: Path) -> SpilledItems:
-    """One pass per run, however often the run asks for the sources (copy, then --verify)."""
-    return SpilledItems(item_files(path))
-
-
-def items_sources(cfg: Config) -> list[ImageSource]:
-    """--source-items: the given images, or every image partition of the export."""
-    assert cfg.source_items
-    spill = spilled_items(cfg.source_items)
-    sources = [ImageSource(i, f"{cfg.source_items.name}/IMAGE#{i}",
-                           functools.partial(read_partition, spill.items, i, "the item export"))
-               for i in spill.image_ids()]
-    if cfg.image_ids is None:
-        return sources
-    return sources_by_id(cfg.image_ids, sources, f"the item export {cfg.source_items}")
-
-
-# =============================================================================
-# 3. Entity schema
+# 3. Schema and items
 # =============================================================================
 # Each entity kind is one KindSpec: its fields (with codecs that validate and
 # encode), its key templates and its index templates. The codecs reproduce
 # receipt_dynamo's to_item() exactly (ITEMS.md §3-§4); build_item() is the only
 # code that walks a spec.
+
 
 AttributeValue = dict[str, Any]
 
@@ -1189,11 +837,24 @@ class FieldError(ValueError):
 
 
 OMIT = object()        # the codec says: write no attribute
+
+
 KEY_ONLY = object()    # the field is validated and used in keys, but not written
+
+
 REQUIRED = object()    # no default: the field must be present
 
+
 NUMBER_CONTEXT = Context(prec=28, rounding=ROUND_HALF_UP)  # Python's default precision
+
+
 NULL: AttributeValue = {"NULL": True}
+
+
+def json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean",
+             int: "integer", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def finite_number(v: Any) -> float | int:
@@ -1230,6 +891,13 @@ def fixed_text(v: Any, places: int) -> str:
 FIXED_CACHE: dict[int, dict[float, str]] = {}
 
 
+# DynamoDB numbers: 38 significant digits, magnitude 1e-130 .. 9.99...e125.
+MIN_DYNAMODB_NUMBER = 1e-130
+
+
+MAX_DYNAMODB_NUMBER = 1e126
+
+
 def repr_text(v: Any) -> str:
     """R(v): Python's float repr; ints become floats first (0 -> '0.0')."""
     f = float(finite_number(v))
@@ -1244,11 +912,6 @@ def int_text(v: int) -> str:
     if len(text.lstrip("-").rstrip("0")) > 38 or abs(v) >= MAX_DYNAMODB_NUMBER:
         raise FieldError(f"{v} has more digits than DynamoDB can store (38)")
     return text
-
-
-# DynamoDB numbers: 38 significant digits, magnitude 1e-130 .. 9.99...e125.
-MIN_DYNAMODB_NUMBER = 1e-130
-MAX_DYNAMODB_NUMBER = 1e126
 
 
 def int_value(v: Any, minimum: int | None = None) -> int:
@@ -1267,9 +930,6 @@ def str_value(v: Any, allow_empty: bool = True) -> str:
     return v
 
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[45][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.I)
-
-
 def parse_isoformat(text: str) -> dt.datetime:
     """datetime.fromisoformat with Python 3.11's grammar (Z suffix) on 3.10 too."""
     try:
@@ -1281,7 +941,6 @@ def parse_isoformat(text: str) -> dt.datetime:
 
 
 # --- codecs: value -> AttributeValue | OMIT | KEY_ONLY, raising FieldError ----
-
 Codec = Callable[[Any], Any]
 
 
@@ -1387,6 +1046,8 @@ def number_map(keys: tuple[str, ...], places: int | None) -> Codec:
 
 
 BOX_KEYS = ("x", "y", "width", "height")
+
+
 POINT_KEYS = ("x", "y")
 
 
@@ -1445,6 +1106,8 @@ def string_list(as_set: bool) -> Codec:
 # itself counted, 32 levels; 32 nested containers are refused, even when the innermost is
 # empty), and a map key is, like any attribute name, 1..65,535 bytes of UTF-8.
 MAX_NESTING_DEPTH = 31
+
+
 MAX_NAME_BYTES = 65_535
 
 
@@ -1542,15 +1205,33 @@ def one_code_point(v: Any) -> AttributeValue:
 
 
 # --- enums (ITEMS.md §6) ------------------------------------------------------
-
 EMBEDDING_STATUS = ("NONE", "PENDING", "SUCCESS", "FAILED", "NOISE")
+
+
 VALIDATION_STATUS = ("NONE", "PENDING", "VALID", "INVALID", "NEEDS_REVIEW")
+
+
 IMAGE_TYPE = ("SCAN", "PHOTO", "NATIVE")
+
+
 OCR_STATUS = ("PENDING", "COMPLETED", "FAILED")
+
+
 OCR_JOB_TYPE = ("REFINEMENT", "FIRST_PASS", "REGIONAL_REOCR", "LINE_ITEM_REFINE")
+
+
 VALIDATION_METHOD = ("PHONE_LOOKUP", "ADDRESS_LOOKUP", "NEARBY_LOOKUP", "TEXT_SEARCH", "INFERENCE")
+
+
 MERCHANT_VALIDATION_STATUS = ("MATCHED", "NO_MATCH", "UNSURE")
+
+
 REOCR_STRATEGY = ("plain", "invert", "deskew", "upscale2x")
+
+
+# An upper bound of a number map such as a bounding box (3 + 4 x (name + 1 + 21) bytes),
+# so the 400 KB check needs to measure only the attributes that can grow.
+SMALL_BYTES = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1560,11 +1241,6 @@ class FieldSpec:
     default: Any = REQUIRED   # the class default, used when an older export lacks the field
     none_as: Any = None       # what an explicit null means, where receipt_dynamo maps it
     small: bool = False       # the codec's output is a few numbers: at most SMALL_BYTES
-
-
-# An upper bound of a number map such as a bounding box (3 + 4 x (name + 1 + 21) bytes),
-# so the 400 KB check needs to measure only the attributes that can grow.
-SMALL_BYTES = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1601,6 +1277,13 @@ def fields(*groups: Iterable[FieldSpec]) -> tuple[FieldSpec, ...]:
     return tuple(f for group in groups for f in group)
 
 
+CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
+
+
+CDN_KEYS = tuple(f"cdn{size}{fmt}_s3_key" for size in ("", "_thumbnail", "_small", "_medium")
+                 for fmt in ("", "_webp", "_avif"))
+
+
 def geometry(text: Codec | None = None) -> list[FieldSpec]:
     """Block G: text, bounding box and corners (F20), angles (F18), confidence (F2)."""
     return [
@@ -1611,11 +1294,6 @@ def geometry(text: Codec | None = None) -> list[FieldSpec]:
         FieldSpec("angle_radians", n_fixed(18), small=True),
         FieldSpec("confidence", confidence_f2, small=True),
     ]
-
-
-CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
-CDN_KEYS = tuple(f"cdn{size}{fmt}_s3_key" for size in ("", "_thumbnail", "_small", "_medium")
-                 for fmt in ("", "_webp", "_avif"))
 
 
 def s3_fields() -> list[FieldSpec]:
@@ -1634,8 +1312,14 @@ def ids(*names_and_minimums: tuple[str, int]) -> list[FieldSpec]:
 
 
 IMAGE_ID = FieldSpec("image_id", key_uuid)
+
+
 IMG = "IMAGE#{image_id}"
+
+
 RCPT = "IMAGE#{image_id}#RECEIPT#{receipt_id:05d}"
+
+
 RCPT_WORD = RCPT + "#LINE#{line_id:05d}#WORD#{word_id:05d}"
 
 
@@ -1856,13 +1540,40 @@ KINDS: tuple[KindSpec, ...] = (
         indexes=(("GSI1", "OCR_ROUTING_DECISION_STATUS#{status}", "ROUTING#{job_id}", None),),
     ),
 )
+
+
 KINDS_BY_KEY = {k.export_key: k for k in KINDS}
+
+
 KINDS_BY_TYPE = {k.type: k for k in KINDS}
 
 
-# =============================================================================
-# 4. Transformation rules
-# =============================================================================
+# Export lists that hold kinds prod must never receive from a migration (ITEMS.md §7),
+# and lists of entities that no longer exist (exports from before 2025-07-03).
+NEVER_COPY_LISTS = {
+    "compaction_runs": "COMPACTION_RUN",
+    "compaction_locks": "COMPACTION_LOCK",
+    "embedding_batch_results": "EMBEDDING_BATCH_RESULT",
+    "jobs": "JOB",
+    "job_metrics": "JOB_METRIC",
+}
+
+
+OBSOLETE_LISTS = frozenset({"word_tags", "receipt_word_tags"})
+
+
+NEVER_COPY_TYPES = set(NEVER_COPY_LISTS.values())
+
+
+# Key shapes of the never-copy kinds, for entries that carry keys but no TYPE.
+NEVER_COPY_KEY_SHAPES = (
+    ("COMPACTION_RUN", re.compile(r"RECEIPT#\d+#COMPACTION_RUN#"), "SK"),
+    ("COMPACTION_LOCK", re.compile(r"LOCK#"), "PK"),
+    ("EMBEDDING_BATCH_RESULT", re.compile(r"BATCH#"), "PK"),
+    ("JOB_METRIC", re.compile(r"METRIC#"), "SK"),
+    ("JOB", re.compile(r"JOB#"), "PK"),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Rules:
@@ -1903,9 +1614,14 @@ MIGRATIONS: dict[str, tuple[Callable[[dict[str, Any], Rules], None], ...]] = {
     "receipt_words": (reset_embedding,),
 }
 
+
 # DynamoDB limits (developer guide, "Service quotas"): keys and item size.
 MAX_ITEM_BYTES = 400 * 1024
+
+
 MAX_PARTITION_KEY_BYTES = 2048
+
+
 MAX_SORT_KEY_BYTES = 1024
 
 
@@ -1955,6 +1671,9 @@ def build_item(kind: KindSpec, raw: dict[str, Any], rules: Rules) -> dict[str, A
     return item
 
 
+KEY_ATTRIBUTES = ("PK", "SK", *(f"GSI{n}{k}" for n in range(1, 5) for k in ("PK", "SK")))
+
+
 def check_item_limits(item: dict[str, AttributeValue], kind: KindSpec | None = None) -> None:
     """What DynamoDB would reject: text that is not Unicode, empty or oversized key
     strings, items over 400 KB."""
@@ -1987,9 +1706,6 @@ def check_key_and_size_limits(item: dict[str, AttributeValue], kind: KindSpec | 
         largest = max(item, key=lambda name: item_size({name: item[name]}))
         raise InputError(f"item is {size:,} bytes, over DynamoDB's 400 KB limit "
                          f"({item['SK']['S'][:60]})", field=largest)
-
-
-KEY_ATTRIBUTES = ("PK", "SK", *(f"GSI{n}{k}" for n in range(1, 5) for k in ("PK", "SK")))
 
 
 # Item size, byte for byte as DynamoDB counts it against the 400 KB (409,600-byte) limit:
@@ -2049,8 +1765,17 @@ def number_size(text: str) -> int:
 
 
 @dataclasses.dataclass
-class ImagePlan:
-    """Everything one export file turns into; the IMAGE item comes last."""
+class ExportImage:
+    """One image in export form, {entity list: [entity, ...]}, as read from its source. An
+    item source also counts the partition's items of types no export holds (RECEIPT_SUMMARY,
+    ...): they are never written, and the report counts them."""
+    data: dict[str, Any]
+    other_types: Counter[str] = dataclasses.field(default_factory=Counter)
+
+
+@dataclasses.dataclass
+class ConvertedImage:
+    """Everything one image turns into; the IMAGE item comes last."""
     source: ImageSource
     image_id: str
     items: list[dict[str, AttributeValue]]
@@ -2076,9 +1801,10 @@ def never_copy_type(entry: Mapping[str, Any]) -> str | None:
     return None
 
 
-def plan_image(source: ImageSource, data: dict[str, Any], rules: Rules,
-               ignore_unknown: bool) -> ImagePlan:
+def convert_image(source: ImageSource, image: ExportImage, rules: Rules,
+                  ignore_unknown: bool) -> ConvertedImage:
     """Turn one image in export form into the items to write. Raises InputError."""
+    data = image.data
     for key, entries in data.items():
         if not isinstance(entries, list):
             raise InputError(f"expected a list of entities, got {json_type(entries)}", entity=key)
@@ -2093,17 +1819,17 @@ def plan_image(source: ImageSource, data: dict[str, Any], rules: Rules,
     if source.image_id != image_id:
         raise InputError(f"file name does not match image_id {image_id!r}", entity="images",
                          index=0, field="image_id")
-    plan = ImagePlan(source, image_id, [], Counter(), Counter(), Counter(),
-                     bool(data.get("receipts")), Counter(getattr(data, "other_types", ())))
+    converted = ConvertedImage(source, image_id, [], Counter(), Counter(), Counter(),
+                          bool(data.get("receipts")), Counter(image.other_types))
     seen: dict[tuple[str, str], tuple[str, int]] = {}
     image_item = None
     for key, entries in data.items():
         kind = KINDS_BY_KEY.get(key)
         if kind is None:
             if key in NEVER_COPY_LISTS or key in OBSOLETE_LISTS:
-                plan.excluded[key] += len(entries)
+                converted.excluded[key] += len(entries)
             elif ignore_unknown:
-                plan.ignored[key] += len(entries)
+                converted.ignored[key] += len(entries)
             else:
                 raise InputError("unknown export list: its entities would be silently lost in "
                                  "prod (use --ignore-unknown to skip it)", entity=key)
@@ -2115,7 +1841,7 @@ def plan_image(source: ImageSource, data: dict[str, Any], rules: Rules,
                 exc.entity, exc.index = key, index
                 raise
             if item is None:
-                plan.excluded[never_copy_type(raw) or key] += 1
+                converted.excluded[never_copy_type(raw) or key] += 1
                 continue
             pk_sk = (item["PK"]["S"], item["SK"]["S"])
             if pk_sk in seen:
@@ -2123,14 +1849,14 @@ def plan_image(source: ImageSource, data: dict[str, Any], rules: Rules,
                 raise InputError(f"duplicate item: same key as {other[0]}[{other[1]}] "
                                  f"(SK {pk_sk[1]})", entity=key, index=index)
             seen[pk_sk] = (key, index)
-            plan.entities[key] += 1
+            converted.entities[key] += 1
             if kind.type == "IMAGE":
                 image_item = item
             else:
-                plan.items.append(item)
+                converted.items.append(item)
     assert image_item is not None
-    plan.items.append(image_item)
-    return plan
+    converted.items.append(image_item)
+    return converted
 
 
 def plan_entity(kind: KindSpec, raw: Any, image_id: str,
@@ -2155,22 +1881,20 @@ def plan_entity(kind: KindSpec, raw: Any, image_id: str,
 # as the value their codec omits. The entity is then rebuilt with build_item (no renames)
 # and must give the item back exactly: whatever the spec cannot express fails the image
 # instead of being lost or altered on the way to prod.
-
 IDENTITY_RULES = Rules({}, {}, reset_embeddings=False)
+
+
 # Key template values that are not fields but spell one: the label lives in the keys as L.
 KEY_VALUE_FIELDS = {"L": "label"}
+
+
 ITEM_OWN_ATTRIBUTES = frozenset({"PK", "SK", "TYPE"})
+
+
 NEVER_COPY_LIST_OF_TYPE = {t: key for key, t in NEVER_COPY_LISTS.items()}
+
+
 INTEGER_TEXT = re.compile(r"-?\d+")
-
-
-class DecodedImage(dict[str, Any]):
-    """An image in export form read from items; also counts the partition's items of
-    types no export holds (RECEIPT_SUMMARY, ...), which are never written."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.other_types: Counter[str] = Counter()
 
 
 @functools.cache
@@ -2287,11 +2011,12 @@ def entity_from_item(kind: KindSpec, item: Mapping[str, AttributeValue]) -> dict
     return entity
 
 
-def image_from_items(items: Iterable[Mapping[str, Any]]) -> DecodedImage:
+def image_from_items(items: Iterable[Mapping[str, Any]]) -> ExportImage:
     """One partition's items -> the image in export form. Entities are sorted by SK within
     their kind, kinds in spec order, so every item source gives the same order."""
     found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    data = DecodedImage()
+    image = ExportImage({})
+    data = image.data
     for item in items:
         pk, sk, item_type = (item.get(n, {}).get("S") if isinstance(item.get(n), dict) else None
                              for n in ("PK", "SK", "TYPE"))
@@ -2305,7 +2030,7 @@ def image_from_items(items: Iterable[Mapping[str, Any]]) -> DecodedImage:
             if not isinstance(item_type, str):
                 raise InputError("item has no TYPE string attribute: its kind is unknown",
                                  entity=where, field="TYPE")
-            data.other_types[item_type] += 1
+            image.other_types[item_type] += 1
             continue
         try:
             found.setdefault(kind.export_key, []).append((str(sk), entity_from_item(kind, item)))
@@ -2315,48 +2040,20 @@ def image_from_items(items: Iterable[Mapping[str, Any]]) -> DecodedImage:
     if "images" not in found:
         raise InputError("the partition has no IMAGE item: not an image this tool can copy "
                          f"({sum(len(v) for v in found.values())} item(s) of exported kinds, "
-                         f"{sum(data.other_types.values())} of other types)", entity="images")
+                         f"{sum(image.other_types.values())} of other types)", entity="images")
     for kind in KINDS:
         if kind.export_key in found:
             data[kind.export_key] = [e for _, e in sorted(found[kind.export_key],
                                                           key=lambda pair: pair[0])]
-    return data
+    return image
 
 
 # =============================================================================
-# 5. Batch writing with retries
+# 4. AWS requests: clients, the retry policy, batch writes
 # =============================================================================
 
-T = TypeVar("T")
-BATCH_SIZE = 25          # BatchWriteItem's limit
-GET_BATCH_SIZE = 100     # BatchGetItem's limit
-BACKOFF_BASE = 0.05      # seconds; full jitter: sleep uniform(0, min(cap, base * 2**attempt))
-BACKOFF_CAP = 5.0
 
-
-class WriteError(Exception):
-    """A request that still failed after every retry; `unwritten` are the items it lost.
-    `refused` is the item the server refused as invalid, when one was singled out."""
-
-    def __init__(self, message: str, unwritten: Sequence[dict[str, AttributeValue]] = (),
-                 refused: dict[str, AttributeValue] | None = None, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.unwritten = list(unwritten)
-        self.refused = refused
-        self.reason = reason or message  # the cause without this request's item count
-        # every item refused in the request, each as its own error (one batch may mix images)
-        self.refusals: list[WriteError] = [self] if refused is not None else []
-
-    def input_error(self) -> InputError:
-        """The report's view: the refused item's export list and key, else the message."""
-        if self.refused is None:
-            return InputError(str(self))
-        kind = KINDS_BY_TYPE.get(self.refused.get("TYPE", {}).get("S", ""))
-        return InputError(str(self), entity=kind.export_key if kind else None,
-                          field=item_key(self.refused)[1])
-
-
-def make_client(cfg: Config, service: str = "dynamodb", meter: CapacityMeter | None = None) -> Any:
+def make_client(cfg: Config, service: str = "dynamodb") -> Any:
     """One thread-safe client, its pool as large as the worker count. Retries belong to the
     Retrier below, not to botocore: --max-retries then bounds every request exactly, the
     backoff starts at DynamoDB's 50 ms (botocore's starts at 1 s), and no client-wide
@@ -2378,8 +2075,6 @@ def make_client(cfg: Config, service: str = "dynamodb", meter: CapacityMeter | N
     client = session.client(service, endpoint_url=endpoint, config=config)
     if service == "dynamodb":
         PlainJsonBodies.install(client)
-    if meter is not None:
-        meter.attach(client)
     return client
 
 
@@ -2493,6 +2188,12 @@ class RateLimiter:
             self.sleep(wait)
 
 
+BACKOFF_BASE = 0.05      # seconds; full jitter: sleep uniform(0, min(cap, base * 2**attempt))
+
+
+BACKOFF_CAP = 5.0
+
+
 THROTTLING_CODES = frozenset({
     "ProvisionedThroughputExceededException", "ThrottlingException", "Throttling",
     "RequestLimitExceeded", "TooManyRequestsException", "LimitExceededException",
@@ -2564,13 +2265,35 @@ class Retrier:
         return result[0]
 
 
-def describe_error(exc: BaseException) -> str:
-    """A one-line reason without request details (which could carry signed headers)."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict) and "Error" in response:
-        err = response["Error"]
-        return f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
-    return f"{type(exc).__name__}: {exc}"
+T = TypeVar("T")
+
+
+BATCH_SIZE = 25          # BatchWriteItem's limit
+
+
+GET_BATCH_SIZE = 100     # BatchGetItem's limit
+
+
+class WriteError(Exception):
+    """A request that still failed after every retry; `unwritten` are the items it lost.
+    `refused` is the item the server refused as invalid, when one was singled out."""
+
+    def __init__(self, message: str, unwritten: Sequence[dict[str, AttributeValue]] = (),
+                 refused: dict[str, AttributeValue] | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.unwritten = list(unwritten)
+        self.refused = refused
+        self.reason = reason or message  # the cause without this request's item count
+        # every item refused in the request, each as its own error (one batch may mix images)
+        self.refusals: list[WriteError] = [self] if refused is not None else []
+
+    def input_error(self) -> InputError:
+        """The report's view: the refused item's export list and key, else the message."""
+        if self.refused is None:
+            return InputError(str(self))
+        kind = KINDS_BY_TYPE.get(self.refused.get("TYPE", {}).get("S", ""))
+        return InputError(str(self), entity=kind.export_key if kind else None,
+                          field=item_key(self.refused)[1])
 
 
 class BatchWriter:
@@ -2652,62 +2375,580 @@ def batches(items: Sequence[T], size: int = BATCH_SIZE) -> Iterator[Sequence[T]]
         yield items[start:start + size]
 
 
-def batch_get(client: Any, table: str, keys: Sequence[Mapping[str, AttributeValue]],
-              retrier: Retrier, projection: str | None = None) -> Iterator[dict[str, AttributeValue]]:
-    """Read these keys (BatchGetItem, 100 at a time, strongly consistent). UnprocessedKeys
-    are asked again under the retry policy, like any resend."""
-    for chunk in batches(keys, GET_BATCH_SIZE):
-        request: dict[str, Any] = {"Keys": list(chunk), "ConsistentRead": True}
+# =============================================================================
+# 5. Sources: export files, the dev table, item exports; the selection
+# =============================================================================
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+    """One image to copy, wherever it is read from. `image_id` is what it is filed under
+    (an export file's stem), `name` what messages call it (the file's name), and `read()`
+    returns the image in export form, raising InputError (or OSError) when it cannot."""
+    image_id: str
+    name: str
+    read: Callable[[], ExportImage]
+    absent: str | None = None  # why the source does not hold this id (see missing)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ImageSource:
+        return cls(path.stem, path.name, lambda: ExportImage(read_export_file(path)))
+
+    @classmethod
+    def missing(cls, image_id: str, why: str) -> ImageSource:
+        """An id --image-id/--image-ids-file names that the source does not hold: it fails
+        as an image, so the operator sees it by name and the rest goes on."""
+        return cls(image_id, image_id, functools.partial(raise_input_error, why), absent=why)
+
+
+def raise_input_error(message: str) -> ExportImage:
+    raise InputError(message)
+
+
+def sources_by_id(wanted: Sequence[str], held: Iterable[ImageSource], where: str) -> list[ImageSource]:
+    """The sources of the wanted ids, matched in any case (like the shard hash: a UUID is the
+    same id in any case), in the order asked. A source keeps its own spelling, the key its
+    items have in prod. An id the source lacks fails as an image, named as missing."""
+    by_id: dict[str, list[ImageSource]] = {}
+    for held_source in held:
+        by_id.setdefault(held_source.image_id.lower(), []).append(held_source)
+    sources: list[ImageSource] = []
+    for w in wanted:
+        found = by_id.get(w.lower())
+        sources += found or [ImageSource.missing(w, f"not in {where}")]
+    return sources
+
+
+def list_export_files(export_dir: Path) -> list[Path]:
+    """Every entry of the export named like an image file (*.json, any case of the suffix),
+    in name order. Entries that cannot be read (a directory, a FIFO, a dangling symlink)
+    are listed too: read_export_file fails them, so the operator sees every image."""
+    return sorted((p for p in export_dir.iterdir() if p.suffix.lower() == ".json"),
+                  key=lambda p: p.name)
+
+
+def reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def read_export_file(path: Path) -> dict[str, Any]:
+    """Parse one export file into its top-level object (one image)."""
+    if path.suffix != ".json" and os.path.lexists(path.with_suffix(".json")):
+        raise InputError(f"{path.with_suffix('.json').name} is the same image: one file per image")
+    raw = read_regular_file(path)
+    if not raw.strip():
+        raise InputError("file is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"file is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text, parse_constant=reject_constant)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg} "
+                         "(truncated or corrupt file?)") from None
+    except RecursionError:  # deeper than Python's parser goes, far deeper than DynamoDB's limit
+        raise nesting_error(text) from None
+    except ValueError as exc:  # NaN / Infinity
+        raise InputError(f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"top level must be a JSON object of entity lists, not {json_type(data)}")
+    return data
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The file's bytes; InputError naming what the entry is when it is no file. Checked by
+    stat before opening (opening a FIFO would block), and again on the open descriptor."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise InputError(f"dangling symlink (points to {os.readlink(path)!r})") from None
+        raise InputError("file vanished before it was read") from None
+    check_regular(mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        check_regular(os.fstat(fd).st_mode)
+        return f.read()
+
+
+def check_regular(mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    what = next((name for test, name in kinds if test(mode)), "not a regular file")
+    raise InputError(f"not a regular file: {what}")
+
+
+def nesting_error(text: str) -> InputError:
+    """Where a document too deep for Python's JSON parser is: a named field, found by an
+    iterative scan (recursion is what failed). DynamoDB refuses such a value anyway."""
+    path: list[Any] = []  # per open container: its current key (object) or index (array)
+    want_key = False
+    limit = 3 + MAX_NESTING_DEPTH  # file object, entity list, entity, then the field's value
+    i, n = 0, len(text)
+    while i < n and len(path) <= limit:
+        c = text[i]
+        if c == '"':
+            end = i + 1
+            while end < n and text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            if want_key:
+                path[-1], want_key = json.loads(text[i:end + 1]), False
+            i = end
+        elif c in "[{":
+            path.append(0 if c == "[" else "")
+            want_key = c == "{"
+        elif c in "]}" and path:
+            path.pop()
+        elif c == "," and path:
+            if isinstance(path[-1], int):
+                path[-1] += 1
+            else:
+                want_key = True
+        i += 1
+    entity, index, field = (path + [None] * 3)[:3]
+    return InputError(f"nested deeper than DynamoDB's {MAX_NESTING_DEPTH + 1} levels",
+                      entity if isinstance(entity, str) else None,
+                      index if isinstance(index, int) else None,
+                      field if isinstance(field, str) else None)
+
+
+# --- other sources: the dev table itself, DynamoDB JSON items ---------
+# Both give ImageSources whose read() returns the image in export form (entities read
+# back from items by the spec's inverse, section 3), so everything after reading is the
+# path of an export file: same checks, rules, diff and writes, byte-identical items.
+class ReadOnlyTable:
+    """The dev table. Only Query and Scan are ever sent to it: nothing here can write."""
+
+    def __init__(self, client: Any, table: str, retrier: Retrier) -> None:
+        self.client, self.table, self.retrier = client, table, retrier
+
+    def pages(self, operation: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        fn = {"query": self.client.query, "scan": self.client.scan}[operation]
+        kwargs["TableName"] = self.table
+        while True:
+            page = self.retrier.call(fn, **kwargs)
+            yield page
+            if not page.get("LastEvaluatedKey"):
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def image_ids(self) -> list[str]:
+        """Every image of the table: its IMAGE items, through GSITYPE or, where the table
+        has no such index, a Scan."""
+        from botocore.exceptions import ClientError
+
+        names = {"#t": "TYPE", "#pk": "PK", "#sk": "SK"}
+        values = {":image": {"S": "IMAGE"}}
+        try:
+            pages = list(self.pages("query", IndexName="GSITYPE", KeyConditionExpression="#t = :image",
+                                    ProjectionExpression="#pk, #sk", ExpressionAttributeNames=names,
+                                    ExpressionAttributeValues=values))
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") not in ("ValidationException", "ResourceNotFoundException") or \
+                    "index" not in str(error.get("Message", "")).lower():
+                raise  # anything but "no such index" (AWS: ValidationException; moto: not found)
+            log.info("%s has no GSITYPE index: scanning it for IMAGE items", self.table)
+            pages = list(self.pages("scan", FilterExpression="#t = :image AND #sk = :image",
+                                    ProjectionExpression="#pk, #sk", ExpressionAttributeNames=names,
+                                    ExpressionAttributeValues=values))
+        ids = {item["PK"]["S"][len("IMAGE#"):] for page in pages for item in page.get("Items", [])
+               if item.get("SK", {}).get("S") == "IMAGE" and item["PK"]["S"].startswith("IMAGE#")}
+        return sorted(ids)
+
+    def spelling(self, image_id: str) -> str:
+        """The spelling the table files an id under (its PK is case-sensitive). Ids are written
+        in lower case (str(uuid4())), so a lower-case id is taken as it is, with no request;
+        any other is looked up lower-cased, then as given (one Limit=1 Query each)."""
+        lower = image_id.lower()
+        if image_id == lower:
+            return image_id
+        for candidate in (lower, image_id):
+            page = self.retrier.call(self.client.query, TableName=self.table, Limit=1,
+                                     KeyConditionExpression="PK = :pk", ProjectionExpression="PK",
+                                     ExpressionAttributeValues={":pk": {"S": f"IMAGE#{candidate}"}})
+            if page.get("Items"):
+                return candidate
+        return lower
+
+    def partition(self, image_id: str) -> list[dict[str, AttributeValue]]:
+        """Every item of one image: one paginated, strongly consistent Query of its PK."""
+        return [item for page in self.pages("query", KeyConditionExpression="PK = :pk",
+                                            ExpressionAttributeValues={":pk": {"S": f"IMAGE#{image_id}"}},
+                                            ConsistentRead=True)
+                for item in page.get("Items", [])]
+
+
+def table_sources(cfg: Config) -> list[ImageSource]:
+    """--source-table: the given images, or every image of the dev table."""
+    assert cfg.source_table
+    connection = dataclasses.replace(cfg, region=cfg.source_region or cfg.region,
+                                     profile=cfg.source_profile or cfg.profile,
+                                     endpoint_url=cfg.source_endpoint_url or cfg.endpoint_url)
+    table = ReadOnlyTable(make_client(connection), cfg.source_table, Retrier(cfg.max_retries))
+    try:
+        ids = (tuple(table.image_ids()) if cfg.image_ids is None
+               else tuple(dict.fromkeys(map(table.spelling, cfg.image_ids))))
+    except Exception as exc:
+        if botocore_setup_error(exc):
+            raise
+        raise UsageError(f"cannot list the images of source table {cfg.source_table}: "
+                         f"{describe_error(exc)}") from None
+    return [ImageSource(i, f"{cfg.source_table}/IMAGE#{i}",
+                        functools.partial(read_partition, table.partition, i, table.table))
+            for i in ids]
+
+
+def read_partition(fetch: Callable[[str], list[dict[str, AttributeValue]]], image_id: str,
+                   where: str) -> ExportImage:
+    """One image of an item source (the dev table, an item export) in export form."""
+    items = fetch(image_id)
+    if not items:
+        raise InputError(f"no items under PK IMAGE#{image_id} in {where}")
+    return image_from_items(items)
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemFiles:
+    """Where --source-items reads: its data files, and the item count a manifest promises."""
+    files: tuple[Path, ...]
+    item_count: int | None = None
+
+
+ITEM_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
+
+
+def item_files(path: Path) -> ItemFiles:
+    """A .jsonl(.gz) file, or a downloaded export-to-S3 folder (manifest-summary.json,
+    data/*.json.gz; the manifest may also be in one folder below PATH)."""
+    if path.is_file():
+        if not path.name.endswith(ITEM_FILE_SUFFIXES):
+            raise UsageError(f"--source-items {path}: expected a {'/'.join(ITEM_FILE_SUFFIXES)} file "
+                             "or an export-to-S3 folder")
+        return ItemFiles((path,))
+    if not path.is_dir():
+        raise UsageError(f"--source-items {path}: no such file or folder")
+    manifests = [path / "manifest-summary.json"] if (path / "manifest-summary.json").is_file() \
+        else sorted(path.rglob("manifest-summary.json"))
+    if len(manifests) != 1:
+        raise UsageError(f"--source-items {path}: expected one DynamoDB export (manifest-summary.json), "
+                         f"found {len(manifests)}")
+    folder = manifests[0].parent
+    try:
+        summary = json.loads(manifests[0].read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {manifests[0]}: {exc}") from None
+    if not isinstance(summary, dict):
+        raise UsageError(f"{manifests[0]}: not a JSON object")
+    fmt = summary.get("outputFormat", "DYNAMODB_JSON")
+    if fmt != "DYNAMODB_JSON":
+        raise UsageError(f"{manifests[0]}: the export is in {fmt} format; this tool reads "
+                         "DYNAMODB_JSON only (export the table again with --export-format DYNAMODB_JSON)")
+    if summary.get("exportType", "FULL_EXPORT") != "FULL_EXPORT":
+        raise UsageError(f"{manifests[0]}: an {summary['exportType']} holds changes, not the "
+                         "table's items: use a full export")
+    files = sorted((folder / "data").glob("*.json.gz"))
+    listed = manifest_data_files(folder)
+    if listed is not None:
+        missing = [name for name in listed if not (folder / "data" / name).is_file()]
+        if missing:
+            raise UsageError(f"{folder}: data files listed in manifest-files.json are missing "
+                             f"(incomplete download?): {', '.join(missing[:5])}")
+        files = [folder / "data" / name for name in listed]
+    count = summary.get("itemCount")
+    return ItemFiles(tuple(files), count if isinstance(count, int) else None)
+
+
+def manifest_data_files(folder: Path) -> list[str] | None:
+    """The data file names manifest-files.json lists (one JSON object a line), if present."""
+    path = folder / "manifest-files.json"
+    if not path.is_file():
+        return None
+    names = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                key = json.loads(line)["dataFileS3Key"]
+            except (ValueError, KeyError, TypeError):
+                raise UsageError(f"{path} line {n}: no dataFileS3Key") from None
+            names.append(str(key).rsplit("/", 1)[-1])
+    return names
+
+
+def item_lines(path: Path) -> Iterator[str]:
+    import gzip
+
+    with (gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz")
+          else path.open(encoding="utf-8")) as f:
+        yield from f
+
+
+def parse_item_line(line: str) -> dict[str, Any]:
+    """One line: an item in DynamoDB JSON, or {"Item": item} as an export to S3 writes it."""
+    data = json.loads(line, parse_constant=reject_constant)
+    if isinstance(data, dict) and set(data) == {"Item"}:
+        data = data["Item"]
+    if not isinstance(data, dict):
+        raise ValueError(f"expected an item object, got {json_type(data)}")
+    return data
+
+
+class SpilledItems:
+    """Items of an export, grouped by image partition on disk in one pass (an SQLite file
+    in a temporary folder), so memory holds one image however large the export is and
+    however its items are spread over files."""
+
+    def __init__(self, source: ItemFiles) -> None:
+        try:
+            import sqlite3
+        except ImportError:  # a Python built without it (e.g. no libsqlite3 when compiled)
+            raise UsageError("--source-items needs Python's sqlite3 module, which this Python "
+                             "lacks") from None
+        import tempfile
+        import weakref
+
+        folder = tempfile.mkdtemp(prefix="copy-items-")
+        self.db = sqlite3.connect(str(Path(folder) / "items.sqlite"), check_same_thread=False)
+        weakref.finalize(self, remove_spill, self.db, folder)
+        self.lock = threading.Lock()
+        self.outside: Counter[str] = Counter()
+        self.db.execute("PRAGMA journal_mode = OFF")
+        self.db.execute("PRAGMA synchronous = OFF")
+        self.db.execute("CREATE TABLE items (image_id TEXT, line TEXT)")
+        total = sum(self.spill(path) for path in source.files)
+        if source.item_count is not None and total != source.item_count:
+            raise UsageError(f"the export's manifest counts {source.item_count:,} items, its data "
+                             f"files hold {total:,} (incomplete download?)")
+        self.db.execute("CREATE INDEX by_image ON items (image_id)")
+        self.db.commit()
+        if self.outside:
+            log.info("items outside image partitions (not read): %s",
+                     ", ".join(f"{t} {n:,}" for t, n in sorted(self.outside.items())))
+
+    def spill(self, path: Path) -> int:
+        """Append one data file's image items to the store; returns how many items it holds."""
+        rows: list[tuple[str, str]] = []
+        items = n = 0
+        try:
+            for n, line in enumerate(item_lines(path), 1):
+                if not line.strip():
+                    continue
+                try:
+                    item = parse_item_line(line)
+                    pk = item["PK"]["S"]
+                    if not isinstance(pk, str):
+                        raise TypeError("PK is not a string")
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise UsageError(f"{path} line {n}: not a DynamoDB JSON item with a PK "
+                                     f"string ({exc})") from None
+                items += 1
+                if pk.startswith("IMAGE#"):
+                    rows.append((pk[len("IMAGE#"):], line))
+                else:
+                    t = item.get("TYPE")
+                    self.outside[t.get("S", "?") if isinstance(t, dict) else "?"] += 1
+                if len(rows) >= 1000:
+                    self.db.executemany("INSERT INTO items VALUES (?, ?)", rows)
+                    rows.clear()
+        except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+            raise UsageError(f"cannot read {path} (line {n + 1}): {exc}") from None
+        self.db.executemany("INSERT INTO items VALUES (?, ?)", rows)
+        return items
+
+    def image_ids(self) -> list[str]:
+        with self.lock:
+            return [r[0] for r in self.db.execute("SELECT DISTINCT image_id FROM items ORDER BY image_id")]
+
+    def items(self, image_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            lines = [r[0] for r in self.db.execute(
+                "SELECT line FROM items WHERE image_id = ? ORDER BY rowid", (image_id,))]
+        return [parse_item_line(line) for line in lines]
+
+
+def remove_spill(db: Any, folder: str) -> None:
+    import shutil
+
+    db.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=1)
+def spilled_items(path: Path) -> SpilledItems:
+    """One pass per run, however often the run asks for the sources (copy, then --verify)."""
+    return SpilledItems(item_files(path))
+
+
+def items_sources(cfg: Config) -> list[ImageSource]:
+    """--source-items: the given images, or every image partition of the export."""
+    assert cfg.source_items
+    spill = spilled_items(cfg.source_items)
+    sources = [ImageSource(i, f"{cfg.source_items.name}/IMAGE#{i}",
+                           functools.partial(read_partition, spill.items, i, "the item export"))
+               for i in spill.image_ids()]
+    if cfg.image_ids is None:
+        return sources
+    return sources_by_id(cfg.image_ids, sources, f"the item export {cfg.source_items}")
+
+
+def shard_of(image_id: str, shards: int) -> int:
+    """Stable across machines and Python versions (no hash randomisation)."""
+    return zlib.crc32(image_id.lower().encode("utf-8")) % shards
+
+
+def select_sources(cfg: Config) -> list[ImageSource]:
+    """The images this run handles: every export file (or the dev table's images, or an
+    item export's: --source-table/--source-items), those --image-id/--image-ids-file name,
+    or those of its --shard."""
+    if cfg.source_table:
+        sources = table_sources(cfg)
+    elif cfg.source_items:
+        sources = items_sources(cfg)
+    else:
+        files = list_export_files(cfg.export_dir) if cfg.export_dir.is_dir() else []
+        sources = [ImageSource.from_file(f) for f in files]
+        if cfg.image_ids is not None:  # export files are named <image_id>.json, in its spelling
+            sources = sources_by_id(cfg.image_ids, sources, f"the export {cfg.export_dir}")
+    if cfg.shard:
+        k, n = cfg.shard
+        sources = [s for s in sources if shard_of(s.image_id, n) == k]
+    return sources
+
+
+# =============================================================================
+# 6. The prod table
+# =============================================================================
+
+
+class ProdTable:
+    """The prod table: the only code that reads or writes it. One client, whose every request
+    reports its capacity units to one meter; one retry policy (--max-retries); one rate
+    limiter for writes (--max-items-per-second). Writes are puts of whole items, in batches
+    (BatchWriter); nothing here deletes or updates."""
+
+    def __init__(self, cfg: Config, client: Any = None) -> None:
+        self.name = cfg.table or ""
+        self.endpoint = cfg.endpoint_url
+        self.client = client if client is not None else make_client(cfg)
+        self.capacity = CapacityMeter()
+        self.capacity.attach(self.client)
+        # Set by a read-only operation being stopped: its reads give up their retries at once.
+        # A copy never sets it: its in-flight batches finish with every retry they need.
+        self.stop = threading.Event()
+        self.retrier = Retrier(cfg.max_retries, stop=self.stop)
+        limiter = RateLimiter(cfg.max_items_per_second) if cfg.max_items_per_second else None
+        self.writer = BatchWriter(self.client, self.name, self.retrier, limiter)
+
+    def where(self) -> str:
+        return self.endpoint or f"region {self.client.meta.region_name}"
+
+    def check_readable(self, origin: str) -> None:
+        """One DescribeTable before any work: a missing table, an unreachable endpoint or
+        missing permissions is one line and exit 2, not one failure per image after all
+        retries. `origin` says where the table's name came from."""
+        from botocore.exceptions import ClientError
+
+        try:
+            table = self.retrier.call(self.client.describe_table, TableName=self.name)["Table"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                raise UsageError(f"table {self.name!r} ({origin}) not found at {self.where()}") from None
+            raise UsageError(f"cannot read table {self.name!r} at {self.where()}: "
+                             f"{describe_error(exc)}") from None
+        except Exception as exc:
+            if botocore_setup_error(exc):
+                raise
+            raise UsageError(f"cannot reach DynamoDB at {self.where()}: {describe_error(exc)}") from None
+        keys = {k.get("AttributeName"): k.get("KeyType") for k in table.get("KeySchema", [])}
+        if keys != {"PK": "HASH", "SK": "RANGE"}:
+            raise UsageError(f"table {self.name!r} at {self.where()} has the key schema {keys}, not "
+                             "the receipts table's PK (hash) and SK (range)")
+
+    def images_present(self, image_ids: Sequence[str]) -> set[str]:
+        """Which of these images have their IMAGE item in prod (100 keys a request)."""
+        keys = [{"PK": {"S": f"IMAGE#{i}"}, "SK": {"S": "IMAGE"}} for i in dict.fromkeys(image_ids)]
+        found = itertools.chain.from_iterable(
+            self.read_keys(chunk, projection="PK") for chunk in batches(keys, GET_BATCH_SIZE))
+        return {item["PK"]["S"][len("IMAGE#"):] for item in found}
+
+    def partition_is_empty(self, pk: str) -> bool:
+        """Whether prod holds no item at all under this partition key: one strongly consistent
+        Query that stops at the first item. It stands in for reading every key of an image
+        that prod does not have (the usual case of a copy): one request and one read unit
+        instead of one key lookup per item, each billed even when the key is absent."""
+        response = self.retrier.call(self.client.query, TableName=self.name,
+                                     KeyConditionExpression="PK = :pk",
+                                     ExpressionAttributeValues={":pk": {"S": pk}}, Limit=1,
+                                     ConsistentRead=True, ProjectionExpression="PK")
+        return not response.get("Items")
+
+    def read_keys(self, keys: Sequence[Mapping[str, AttributeValue]],
+                  projection: str | None = None) -> list[dict[str, AttributeValue]]:
+        """Prod's items under up to 100 keys: one strongly consistent BatchGetItem, its
+        UnprocessedKeys asked again under the retry policy, like any resend."""
+        request: dict[str, Any] = {"Keys": list(keys), "ConsistentRead": True}
         if projection:
             request["ProjectionExpression"] = projection
-        yield from batch_get_chunk(client, table, request, retrier)
+        found: list[dict[str, AttributeValue]] = []
+        pending: dict[str, Any] = {self.name: request}
+
+        def attempt() -> str | None:
+            nonlocal pending
+            response = self.client.batch_get_item(RequestItems=pending)
+            found.extend(response.get("Responses", {}).get(self.name, []))
+            pending = response.get("UnprocessedKeys") or {}
+            return f"{len(pending[self.name]['Keys'])} key(s) unprocessed" if pending else None
+
+        self.retrier.run(attempt)
+        return found
+
+    def read_versions(self, items: Sequence[Mapping[str, AttributeValue]]
+                      ) -> dict[str, dict[str, AttributeValue]]:
+        """What prod holds under the keys of these items (one image's), by SK. These keys are
+        all a diff needs: reading the whole partition would page through items it never
+        looks at."""
+        keys = [{"PK": i["PK"], "SK": i["SK"]} for i in items]
+        return {item["SK"]["S"]: item for chunk in batches(keys, GET_BATCH_SIZE)
+                for item in self.read_keys(chunk)}
+
+    def write(self, items: Sequence[dict[str, AttributeValue]]) -> None:
+        """Put up to 25 items (one BatchWriteItem and its resends); raises WriteError."""
+        self.writer.write(items)
+
+    def count_waiting(self, image_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Receipt lines/words still NONE, counted with the embedding pipeline's own GSI1 query
+        (never a scan); restricted to some images by a longer GSI1SK prefix."""
+        counts = {}
+        for kind, prefix in (("lines", "LINE#"), ("words", "WORD#")):
+            prefixes = [f"{prefix}IMAGE#{i}#" for i in image_ids] if image_ids is not None else [prefix]
+            total = 0
+            for sk_prefix in prefixes:
+                kwargs: dict[str, Any] = {
+                    "TableName": self.name, "IndexName": "GSI1", "Select": "COUNT",
+                    "KeyConditionExpression": "GSI1PK = :pk AND begins_with(GSI1SK, :sk)",
+                    "ExpressionAttributeValues": {":pk": {"S": "EMBEDDING_STATUS#NONE"},
+                                                  ":sk": {"S": sk_prefix}},
+                }
+                while True:
+                    page = self.retrier.call(self.client.query, **kwargs)
+                    total += page.get("Count", 0)
+                    if "LastEvaluatedKey" not in page:
+                        break
+                    kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            counts[kind] = total
+        return counts
 
 
-def batch_get_chunk(client: Any, table: str, request: dict[str, Any],
-                    retrier: Retrier) -> list[dict[str, AttributeValue]]:
-    found: list[dict[str, AttributeValue]] = []
-    pending: dict[str, Any] = {table: request}
-
-    def attempt() -> str | None:
-        nonlocal pending
-        response = client.batch_get_item(RequestItems=pending)
-        found.extend(response.get("Responses", {}).get(table, []))
-        pending = response.get("UnprocessedKeys") or {}
-        return f"{len(pending[table]['Keys'])} key(s) unprocessed" if pending else None
-
-    retrier.run(attempt)
-    return found
-
-
-def read_prod_versions(client: Any, table: str, items: Sequence[dict[str, AttributeValue]],
-                       retrier: Retrier) -> dict[str, dict[str, AttributeValue]]:
-    """What prod holds under the keys this image would write, by SK.
-
-    These keys are all the diff needs (nothing else of the partition is ever touched):
-    reading the whole partition would page through items the diff never looks at."""
-    keys = [{"PK": i["PK"], "SK": i["SK"]} for i in items]
-    return {item["SK"]["S"]: item for item in batch_get(client, table, keys, retrier)}
-
-
-def partition_is_empty(client: Any, table: str, pk: str, retrier: Retrier) -> bool:
-    """Whether prod holds no item at all under this partition key: one strongly consistent
-    Query that stops at the first item. It stands in for reading every key of an image
-    that prod does not have (the usual case of a copy): one request and one read unit
-    instead of one key lookup per item, each billed even when the key is absent."""
-    response = retrier.call(client.query, TableName=table, KeyConditionExpression="PK = :pk",
-                            ExpressionAttributeValues={":pk": {"S": pk}}, Limit=1,
-                            ConsistentRead=True, ProjectionExpression="PK")
-    return not response.get("Items")
-
-
-def existing_images(client: Any, table: str, image_ids: Sequence[str], retrier: Retrier) -> set[str]:
-    """Which of these images have their IMAGE item in prod (read-only)."""
-    keys = [{"PK": {"S": f"IMAGE#{i}"}, "SK": {"S": "IMAGE"}} for i in dict.fromkeys(image_ids)]
-    return {item["PK"]["S"][len("IMAGE#"):] for item in batch_get(client, table, keys, retrier, "PK")}
+# =============================================================================
+# 7. Compare with prod
+# =============================================================================
 
 
 # --- comparing with what prod holds -------------------------------------------
-
 PROD_OWNED = {"RECEIPT_LINE": {"embedding_status", "GSI1PK"},
               "RECEIPT_WORD": {"embedding_status", "GSI1PK"}}
 
@@ -2744,6 +2985,7 @@ def meaningful_differences(item: Mapping[str, AttributeValue], names: Sequence[s
 @dataclasses.dataclass
 class Diff:
     to_write: list[dict[str, AttributeValue]]
+    missing: list[dict[str, AttributeValue]] = dataclasses.field(default_factory=list)  # not in prod
     unchanged: int = 0
     prod_progress: int = 0   # differs only in prod-owned embedding fields: left alone
     conflicts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -2771,6 +3013,7 @@ def diff_with_prod(items: Sequence[dict[str, AttributeValue]],
         existing = prod.get(item["SK"]["S"])
         if existing is None:
             diff.to_write.append(item)
+            diff.missing.append(item)
             continue
         names = differing_attributes(item, existing)
         if not names:
@@ -2792,31 +3035,240 @@ def diff_with_prod(items: Sequence[dict[str, AttributeValue]],
 
 
 # =============================================================================
-# 6. Orchestration and progress
+# 8. The run plan
 # =============================================================================
 
-def shard_of(image_id: str, shards: int) -> int:
-    """Stable across machines and Python versions (no hash randomisation)."""
-    return zlib.crc32(image_id.lower().encode("utf-8")) % shards
+
+def convert_source(source: ImageSource, rules: Rules, ignore_unknown: bool) -> ConvertedImage:
+    """Read one image and convert it into the items to write; InputError says why it cannot
+    be (a file that cannot be read, bad data, or a case no check foresaw: still this image
+    alone)."""
+    try:
+        image = convert_image(source, source.read(), rules, ignore_unknown)
+    except InputError:
+        raise
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror}") from None
+    except Exception as exc:
+        log.debug("unexpected error reading %s", source.name, exc_info=True)
+        raise InputError(f"unexpected error: {describe_error(exc)}") from None
+    for key, n in image.ignored.items():
+        log.warning("%s: ignored unknown export list %r (%d entries)", source.name, key, n)
+    return image
 
 
-def select_sources(cfg: Config) -> list[ImageSource]:
-    """The images this run handles: every export file (or the dev table's images, or an
-    item export's: --source-table/--source-items), those --image-id/--image-ids-file name,
-    or those of its --shard."""
-    if cfg.source_table:
-        sources = table_sources(cfg)
-    elif cfg.source_items:
-        sources = items_sources(cfg)
-    else:
-        files = list_export_files(cfg.export_dir) if cfg.export_dir.is_dir() else []
-        sources = [ImageSource.from_file(f) for f in files]
-        if cfg.image_ids is not None:  # export files are named <image_id>.json, in its spelling
-            sources = sources_by_id(cfg.image_ids, sources, f"the export {cfg.export_dir}")
-    if cfg.shard:
-        k, n = cfg.shard
-        sources = [s for s in sources if shard_of(s.image_id, n) == k]
-    return sources
+# What the plan settles for an image itself; an image it does not settle is to be copied,
+# and the copier gives it its outcome (copied, skipped_existing when nothing differed, failed).
+PLAN_OUTCOMES = ("skipped_existing", "skipped_empty", "failed", "not_reached_limit")
+
+
+@dataclasses.dataclass(eq=False)
+class PlannedImage:
+    """One selected image and what the run does with it."""
+    source: ImageSource
+    in_prod: bool                       # prod holds its IMAGE item
+    outcome: str | None = None          # settled by the plan (PLAN_OUTCOMES); None: to copy
+    error: InputError | None = None     # why it fails (outcome "failed")
+    items: int = 0                      # the items it converts to (images to copy)
+    image: ConvertedImage | None = None  # its items, while on their way to the copier
+
+    @property
+    def image_id(self) -> str:
+        return self.source.image_id
+
+
+class RunPlan:
+    """What a run does with each selected image, decided in one place by one set of rules, in
+    selection order: an image prod holds is skipped (with --no-skip-existing: re-synced), one
+    without receipts is skipped (unless --include-empty), one that cannot be read or converted
+    fails, and once --limit images not yet in prod are planned, the first new image after them
+    and every image after it are left for a later run. The dry run, the confirmation prompt,
+    the waves and the copy all read this plan.
+
+    Deciding converts each image. `decide()` yields the decisions as it makes them, each image
+    to copy with its items, so a copy that needs no totals up front converts every image once
+    and holds one at a time. `settle()` decides every image first (the prompt and the waves
+    need the totals); the items are then dropped, and the copier converts the image again."""
+
+    def __init__(self, cfg: Config, sources: Sequence[ImageSource], prod: ProdTable | None,
+                 rules: Rules) -> None:
+        self.cfg, self.sources, self.prod, self.rules = cfg, list(sources), prod, rules
+        self.decided: list[PlannedImage] = []
+        self.settled = False
+        self.started = False
+
+    def decide(self) -> Iterator[PlannedImage]:
+        """Every image's decision, once each (a plan is walked once)."""
+        if self.started:
+            raise RuntimeError("a run plan is decided once")
+        self.started = True
+        new = 0
+        limit_reached = False
+        for chunk in batches(self.sources, GET_BATCH_SIZE):
+            present, unknown = self.images_present(chunk) if not limit_reached else (set(), None)
+            for source in chunk:
+                in_prod = source.image_id in present
+                limit_reached = limit_reached or (
+                    unknown is None and not in_prod and self.cfg.limit is not None
+                    and new >= self.cfg.limit)
+                planned = (PlannedImage(source, in_prod, "not_reached_limit") if limit_reached
+                           else self.decide_image(source, in_prod, unknown))
+                new += planned.outcome is None and not in_prod
+                self.record(planned)
+                yield planned
+        self.settled = True
+
+    def images_present(self, chunk: Sequence[ImageSource]) -> tuple[set[str], str | None]:
+        """Which images of this chunk prod holds (read-only); with the reason instead when
+        prod cannot be asked (the chunk's images fail, the run goes on)."""
+        if self.prod is None:
+            return set(), None
+        try:
+            return self.prod.images_present([s.image_id for s in chunk]), None
+        except Exception as exc:
+            if botocore_setup_error(exc):
+                raise  # no credentials/region: a configuration error for every image
+            return set(), describe_error(exc)
+
+    def decide_image(self, source: ImageSource, in_prod: bool, unknown: str | None) -> PlannedImage:
+        if unknown is not None:
+            return PlannedImage(source, False, "failed",
+                                InputError(f"cannot check prod for this image: {unknown}"))
+        if in_prod and self.cfg.skip_existing:
+            return PlannedImage(source, True, "skipped_existing")
+        try:
+            image = convert_source(source, self.rules, self.cfg.ignore_unknown)
+        except InputError as exc:
+            return PlannedImage(source, in_prod, "failed", exc)
+        if not image.has_receipts and not self.cfg.include_empty:
+            return PlannedImage(source, in_prod, "skipped_empty")
+        return PlannedImage(source, in_prod, items=len(image.items), image=image)
+
+    def record(self, planned: PlannedImage) -> None:
+        if planned.error is not None:
+            log.error("%s", format_error(planned.error.record(planned.source)))
+        self.decided.append(planned)
+
+    def settle(self) -> RunPlan:
+        """Decide every image now; their items are dropped (converted again when copied)."""
+        for planned in self.decide():
+            planned.image = None
+        return self
+
+    def walk(self) -> Iterable[PlannedImage]:
+        """Every image's decision, for the copier: made now, or made already (settled)."""
+        return self.decided if self.settled else self.decide()
+
+    def to_copy(self) -> list[PlannedImage]:
+        """The images the copier gets (a settled plan)."""
+        assert self.settled
+        return [p for p in self.decided if p.outcome is None]
+
+    def outcomes(self) -> Counter[str]:
+        """The images whose outcome the plan settled, by outcome (so far, while deciding)."""
+        return Counter(p.outcome for p in self.decided if p.outcome is not None)
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [p.error.record(p.source) for p in self.decided if p.error is not None]
+
+    def waves(self, size: int) -> list[list[PlannedImage]]:
+        """The images to copy, in waves of `size` (the last may be smaller)."""
+        todo = self.to_copy()
+        return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+    def preview(self) -> str:
+        """The confirmation's line: what the run will do, from the settled plan. Items are
+        counted from the export, so "up to": the copy's diff skips what prod already holds."""
+        outcomes = self.outcomes()
+        todo = self.to_copy()
+        resynced = sum(p.in_prod for p in todo)
+        parts = [(outcomes["skipped_existing"], "already in prod, skipped"),
+                 (resynced, "re-synced (already in prod)"),
+                 (outcomes["skipped_empty"], "without receipts, skipped"),
+                 (outcomes["failed"], "failing (named above), not copied"),
+                 (outcomes["not_reached_limit"], "left for a later run (--limit)")]
+        others = ", ".join(f"{n:,} {what}" for n, what in parts if n)
+        return (f"{plural(len(todo) - resynced, 'image')} to copy" + (f" ({others})" if others else "")
+                + f", with up to {sum(p.items for p in todo):,} items; items prod already holds "
+                  "are not rewritten")
+
+
+# =============================================================================
+# 9. The copier
+# =============================================================================
+
+
+class Tally:
+    """What the copier did with the images it was handed: one outcome each (copied; skipped
+    when prod held all of it already; failed), and its items. Thread-safe: the pool's
+    workers settle images. A wave has a tally of its own; the run's adds them up."""
+
+    OUTCOMES = ("copied", "skipped_existing", "failed")
+    ITEMS = ("planned", "to_write", "written", "unchanged", "prod_progress_kept", "conflicts",
+             "failed_before_diff")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.images: Counter[str] = Counter()
+        self.items: Counter[str] = Counter()
+        self.entities: Counter[str] = Counter()      # of the images copied
+        self.excluded: Counter[str] = Counter()
+        self.ignored: Counter[str] = Counter()
+        self.other_types: Counter[str] = Counter()   # by TYPE, never written
+        self.errors: list[dict[str, Any]] = []
+        self.conflicts: list[dict[str, Any]] = []
+        self.failed_images: list[str] = []
+
+    def planned(self, image: ConvertedImage) -> None:
+        with self.lock:
+            self.items["planned"] += len(image.items)
+            self.excluded.update(image.excluded)
+            self.ignored.update(image.ignored)
+            self.other_types.update(image.other_types)
+
+    def diffed(self, image: ConvertedImage, diff: Diff) -> None:
+        with self.lock:
+            self.items["to_write"] += len(diff.to_write)
+            self.items["unchanged"] += diff.unchanged
+            self.items["prod_progress_kept"] += diff.prod_progress
+            self.items["conflicts"] += len(diff.conflicts)
+            self.conflicts.extend(dict(c, image_id=image.image_id) for c in diff.conflicts)
+        for c in diff.conflicts:
+            log.warning("conflict: %s %s differs in prod (%s); %s", c["PK"], c["SK"],
+                        ", ".join(c["attributes"]), c["action"])
+
+    def written(self, n: int) -> None:
+        with self.lock:
+            self.items["written"] += n
+
+    def done(self, image: ConvertedImage, outcome: str) -> None:
+        with self.lock:
+            self.images[outcome] += 1
+            if outcome == "copied":
+                self.entities.update(image.entities)
+
+    def failed(self, source: ImageSource, errors: Sequence[InputError], undecided: int = 0) -> None:
+        """The image's one outcome: failed, with every error it had; `undecided` of its items
+        were never diffed (e.g. prod could not be read)."""
+        records = [e.record(source) for e in errors]
+        for record in records:
+            log.error("%s", format_error(record))
+        with self.lock:
+            self.errors.extend(records)
+            self.failed_images.append(source.image_id)
+            self.images["failed"] += 1
+            self.items["failed_before_diff"] += undecided
+
+    def add(self, other: Tally) -> None:
+        """Count another tally's images and items in this one (a wave's in the run's)."""
+        with self.lock, other.lock:
+            for mine, theirs in ((self.images, other.images), (self.items, other.items),
+                                 (self.entities, other.entities), (self.excluded, other.excluded),
+                                 (self.ignored, other.ignored), (self.other_types, other.other_types)):
+                mine.update(theirs)
+            self.errors += other.errors
+            self.conflicts += other.conflicts
+            self.failed_images += other.failed_images
 
 
 class ItemBudget:
@@ -2849,57 +3301,10 @@ class ItemBudget:
             self.cond.wait_for(lambda: self.used == 0)
 
 
-class Progress:
-    """tqdm bars on stderr for images and items; silent when stderr is not a terminal."""
-
-    def __init__(self, enabled: bool, images: int) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.lock = threading.Lock()
-        self.bars: list[Any] = []
-        if self.enabled:
-            from tqdm import tqdm
-            self.images = tqdm(total=images, desc="images", unit="img", file=sys.stderr,
-                               position=0, dynamic_ncols=True)
-            self.items = tqdm(total=0, desc="items ", unit="item", file=sys.stderr,
-                              position=1, dynamic_ncols=True)
-            self.bars = [self.images, self.items]
-
-    def planned(self, n: int) -> None:
-        if self.enabled:
-            with self.lock:
-                self.items.total += n
-                self.items.refresh()
-
-    def items_done(self, n: int) -> None:
-        if self.enabled:
-            with self.lock:
-                self.items.update(n)
-
-    def image_done(self) -> None:
-        if self.enabled:
-            with self.lock:
-                self.images.update(1)
-
-    def close(self) -> None:
-        for bar in self.bars:
-            bar.close()
-
-
-class TqdmLogHandler(logging.Handler):
-    """Log lines go through tqdm.write so they never tear the progress bars."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            from tqdm import tqdm
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # pragma: no cover - logging must never raise
-            self.handleError(record)
-
-
 @dataclasses.dataclass(eq=False)
 class ImageJob:
-    """One image on its way: planned, diffed, its items in batches, its IMAGE item last."""
-    plan: ImagePlan
+    """One image on its way: converted, diffed, its items in batches, its IMAGE item last."""
+    image: ConvertedImage
     held: int                      # ItemBudget units this job still holds
     in_prod: bool = False          # prod has its IMAGE item
     prod: dict[str, dict[str, AttributeValue]] = dataclasses.field(default_factory=dict)
@@ -2975,76 +3380,49 @@ class Batcher:
             self.send(batch)
 
 
-class Migration:
-    """Reads the images one at a time and plans (dry run) or copies (live) each one.
+class Copier:
+    """Copies (live) or diffs (dry run) the images a run plan hands it, one outcome each.
 
-    An image goes: check which images prod has (IMAGE items, 100 per request) -> convert
-    -> read prod's versions of its keys (for an image without its IMAGE item, only if a
-    Query finds anything in its partition) -> diff -> write what is missing in batches of 25
-    shared with other images, on one pool (parallel across batches) -> its IMAGE item
-    last, only when every other item of the image is confirmed. A dry run with a table
-    makes the same reads and decisions and writes nothing; without one it reads nothing
-    and takes prod to be empty.
-    """
+    An image goes: read prod's versions of its keys (for an image without its IMAGE item,
+    only if a Query finds anything in its partition) -> diff -> write what is missing in
+    batches of 25 shared with other images, on one pool (parallel across batches) -> its
+    IMAGE item last, only when every other item of the image is confirmed. A dry run with
+    a table makes the same reads and decisions and writes nothing; without one it reads
+    nothing and takes prod to be empty."""
 
-    def __init__(self, cfg: Config, rules: Rules, report: Report, client: Any = None) -> None:
-        self.cfg, self.rules, self.report, self.client = cfg, rules, report, client
-        limiter = RateLimiter(cfg.max_items_per_second) if cfg.max_items_per_second else None
-        self.retrier = Retrier(cfg.max_retries)
-        live = client is not None and not cfg.dry_run
-        self.writer = BatchWriter(client, cfg.table or "", self.retrier, limiter) if live else None
+    def __init__(self, cfg: Config, rules: Rules, prod: ProdTable | None, dump: DumpFile) -> None:
+        self.cfg, self.rules, self.prod, self.dump = cfg, rules, prod, dump
+        self.live = prod is not None and not cfg.dry_run
         # Items not yet settled (read, diffed, written), released batch by batch, so the
         # next image starts while the last batches of the previous one are still out
         # (~12 MB at 5,000 items, whatever the size of the export).
         self.budget = ItemBudget(max(5_000, cfg.max_workers * BATCH_SIZE * 20))
-        self.dump = DumpFile(None)
+        self.tally = Tally()
         self.stopping = False
         self.progress: Progress | None = None
         self.pool: ThreadPoolExecutor | None = None
-        self.batcher = Batcher(self.submit_batch)
+        self.writes = Batcher(self.submit_writes)
         # Reads of prod's versions are shared across images too: with images of ~110 items,
         # one image alone needs two BatchGetItem requests, the second nearly empty.
         self.reads = Batcher(self.submit_reads, GET_BATCH_SIZE)
 
-    # --- selecting and reading images -------------------------------------------
-
-    def load_plan(self, source: ImageSource) -> ImagePlan | None:
-        """Read and convert one image; a bad one is recorded as failed and gives None."""
-        try:
-            plan = plan_image(source, source.read(), self.rules, self.cfg.ignore_unknown)
-        except InputError as exc:
-            self.report.image_failed(source, exc)
-            return None
-        except OSError as exc:
-            self.report.image_failed(source, InputError(f"cannot read file: {exc.strerror}"))
-            return None
-        except Exception as exc:  # a case no check foresaw: still this image alone fails
-            log.debug("unexpected error reading %s", source.name, exc_info=True)
-            self.report.image_failed(source, InputError(f"unexpected error: {describe_error(exc)}"))
-            return None
-        for key, n in plan.ignored.items():
-            log.warning("%s: ignored unknown export list %r (%d entries)", source.name, key, n)
-        return plan
-
-    def run(self, sources: list[ImageSource]) -> None:
-        """Copy (or plan) these images. Called again with the same report (waves), it adds
-        to the counts; the dump file is started by the first call."""
-        self.report.images["total"] += len(sources)
-        self.dump = DumpFile(self.cfg.dump_items, append=self.report.dump_started)
-        self.report.dump_started = True
-        self.progress = Progress(self.cfg.progress, len(sources))
+    def run(self, images: Iterable[PlannedImage], count: int, tally: Tally) -> None:
+        """Copy (or diff) the images of `images` the plan left to copy (the others only move
+        the progress bar); `count` is how many `images` holds. Each gets its outcome in
+        `tally`; images still on their way when the run is stopped get none."""
+        self.tally = tally
+        self.progress = Progress(self.cfg.progress, count)
         self.set_producing(True)
         try:
-            if self.client is None:
-                self.walk(sources, self.plan_offline)
+            if self.prod is None:
+                self.walk(images, self.decide_offline)
             else:
-                self.walk_with_pool(sources)
+                self.walk_with_pool(images)
         finally:
             self.progress.close()
-            self.dump.close()
         self.dump.check()  # the dump's last lines failed to reach the disk
 
-    def walk_with_pool(self, sources: list[ImageSource]) -> None:
+    def walk_with_pool(self, images: Iterable[PlannedImage]) -> None:
         """The live run and the dry run with a table: reads and writes on a pool."""
         switch_interval = sys.getswitchinterval()
         try:
@@ -3054,168 +3432,145 @@ class Migration:
             with ThreadPoolExecutor(self.cfg.max_workers, thread_name_prefix="copy") as pool:
                 self.pool = pool
                 try:
-                    self.walk(sources, self.submit_image)
+                    self.walk(images, self.start_image)
                     self.set_producing(False)
                     self.budget.wait_idle()  # tasks submit tasks: keep the pool open
                 except BaseException:
                     self.stopping = True
-                    self.report.interrupted = True
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
         finally:
             sys.setswitchinterval(switch_interval)
 
-    def walk(self, sources: list[ImageSource], handle: Callable[[ImageJob], None]) -> None:
-        """Check (per 100 images, read-only) which images prod has, then plan each image.
-        Every image gets exactly one outcome in the report (those still unfinished when
-        the run is stopped are counted as interrupted by the report)."""
-        copied = 0
-        for start, chunk in zip(itertools.count(0, GET_BATCH_SIZE), batches(sources, GET_BATCH_SIZE)):
-            try:
-                in_prod = self.images_in_prod([s.image_id for s in chunk]) if self.client else set()
-            except Exception as exc:  # the images of this chunk fail; the run goes on
-                if botocore_setup_error(exc):
-                    raise  # no credentials/region: a configuration error for every image
-                for source in chunk:
-                    self.report.image_failed(source, InputError(
-                        f"cannot check prod for this image: {describe_error(exc)}"))
-                    self.progress_image()
+    def walk(self, images: Iterable[PlannedImage], start: Callable[[ImageJob], None]) -> None:
+        """One image at a time in memory: each image to copy is converted (or taken as the
+        plan converted it) and started."""
+        for planned in images:
+            self.dump.check()
+            image, planned.image = planned.image, None
+            if planned.outcome is None and image is None:
+                image = self.convert_again(planned)
+            if image is None:
+                self.progress_image()
                 continue
-            for offset, source in enumerate(chunk):
-                self.dump.check()
-                if source.image_id in in_prod and self.cfg.skip_existing:
-                    self.report.image_skipped("skipped_existing")
-                    self.progress_image()
-                    continue
-                if (self.cfg.limit is not None and copied >= self.cfg.limit
-                        and source.image_id not in in_prod):
-                    self.report.not_reached += len(sources) - (start + offset)
-                    return
-                plan = self.load_plan(source)
-                if plan is None:
-                    self.progress_image()
-                    continue
-                if not plan.has_receipts and not self.cfg.include_empty:
-                    self.report.image_skipped("skipped_empty")
-                    self.progress_image()
-                    continue
-                if source.image_id not in in_prod:
-                    copied += 1
-                self.report.image_planned(plan)
-                handle(ImageJob(plan, held=len(plan.items), in_prod=source.image_id in in_prod))
-                del plan  # not alive while the next image is read: one image in memory at a time
+            self.tally.planned(image)
+            start(ImageJob(image, held=len(image.items), in_prod=planned.in_prod))
+            del image  # not alive while the next image is read
 
-    def images_in_prod(self, image_ids: list[str]) -> set[str]:
-        return existing_images(self.client, self.cfg.table or "", image_ids, self.retrier)
+    def convert_again(self, planned: PlannedImage) -> ConvertedImage | None:
+        """A settled plan dropped the image's items: convert it again (it failing now is
+        its outcome)."""
+        try:
+            return convert_source(planned.source, self.rules, self.cfg.ignore_unknown)
+        except InputError as exc:
+            self.tally.failed(planned.source, [exc])
+            return None
 
     def progress_image(self) -> None:
         if self.progress:
             self.progress.image_done()
 
+    # --- the pool's tasks ---------------------------------------------------------------
+
+    def spawn(self, work: Callable[[], None], jobs: Callable[[], Iterable[ImageJob]],
+              *counted_by: Batcher) -> None:
+        """Run `work` on the pool. The batchers count it as in flight until it ends (they
+        were told it started); an error no check foresaw fails `jobs` alone."""
+        assert self.pool is not None
+
+        def task() -> None:
+            try:
+                work()
+            except Exception as exc:
+                self.internal_error(jobs(), exc)
+            finally:
+                for batcher in counted_by:
+                    batcher.task_done()
+        try:
+            self.pool.submit(task)
+        except RuntimeError:  # the pool is shut down: the run is being stopped
+            for batcher in counted_by:
+                batcher.task_done()
+
     # --- one image: read prod, diff, decide ------------------------------------------
 
-    def plan_offline(self, job: ImageJob) -> None:
+    def decide_offline(self, job: ImageJob) -> None:
         """No table: prod counts as empty, every item is to be written."""
         self.decide(job, {})
 
-    def submit_image(self, job: ImageJob) -> None:
-        assert self.pool is not None
+    def start_image(self, job: ImageJob) -> None:
         if self.progress:
-            self.progress.planned(len(job.plan.items))
+            self.progress.planned(len(job.image.items))
         if not self.budget.try_acquire(job.held):
             self.set_producing(False)  # blocked: let open batches go
             self.budget.acquire(job.held)
             self.set_producing(True)
-        if job.in_prod or not job.plan.items:
+        if job.in_prod or not job.image.items:
             self.read_keys(job)
-        else:
-            self.submit_probe(job)
+            return
+        # Prod lacks the image's IMAGE item: first ask whether it has anything of the image.
+        # Counted in flight by both batchers (its outcome may add keys or items).
+        self.reads.task_started()
+        self.writes.task_started()
+        self.spawn(lambda: self.probe(job), lambda: [job], self.reads, self.writes)
 
     def read_keys(self, job: ImageJob) -> None:
         """Read prod's version of every key of the image, in requests shared with others."""
-        job.unread = len(job.plan.items)
+        job.unread = len(job.image.items)
         if not job.unread:
             self.read_done(job)
-        self.reads.add((job, {"PK": i["PK"], "SK": i["SK"]}) for i in job.plan.items)
-
-    def submit_probe(self, job: ImageJob) -> None:
-        """Prod lacks the image's IMAGE item: first ask whether it has anything of the
-        image. Counted in flight by both batchers (its outcome may add keys or items)."""
-        assert self.pool is not None
-        self.reads.task_started()
-        self.batcher.task_started()
-        try:
-            self.pool.submit(self.probe, job)
-        except RuntimeError:  # the pool is shut down: the run is being stopped
-            self.reads.task_done()
-            self.batcher.task_done()
+        self.reads.add((job, {"PK": i["PK"], "SK": i["SK"]}) for i in job.image.items)
 
     def probe(self, job: ImageJob) -> None:
         """An empty partition means prod holds none of the image's keys: diff with nothing.
         Anything there (an earlier copy stopped before its IMAGE item, items made in prod)
         and every key is read, so nothing in prod is overwritten unseen."""
+        assert self.prod is not None
         try:
-            pks = dict.fromkeys(i["PK"]["S"] for i in job.plan.items)
-            try:
-                empty = all(partition_is_empty(self.client, self.cfg.table or "", pk, self.retrier)
-                            for pk in pks)
-            except Exception as exc:
-                self.fail([job], InputError(f"cannot read prod: {describe_error(exc)}"))
-                return
-            if empty:
-                self.read_done(job)
-            else:
-                self.read_keys(job)
+            empty = all(self.prod.partition_is_empty(pk)
+                        for pk in dict.fromkeys(i["PK"]["S"] for i in job.image.items))
         except Exception as exc:
-            self.internal_error([job], exc)
-        finally:
-            self.reads.task_done()
-            self.batcher.task_done()
+            self.fail([job], InputError(f"cannot read prod: {describe_error(exc)}"))
+            return
+        if empty:
+            self.read_done(job)
+        else:
+            self.read_keys(job)
 
     def set_producing(self, producing: bool) -> None:
         """Reads first: a read batch sent now counts as in flight for the write batcher."""
         self.reads.set_producing(producing)
-        self.batcher.set_producing(producing)
+        self.writes.set_producing(producing)
 
     def submit_reads(self, batch: list[Entry]) -> None:
         """The read batcher counted this batch as in flight; the write batcher counts it
         too (what it reads decides what is written)."""
-        assert self.pool is not None
-        self.batcher.task_started()
-        try:
-            self.pool.submit(self.read_batch, batch)
-        except RuntimeError:  # the pool is shut down: the run is being stopped
-            self.reads.task_done()
-            self.batcher.task_done()
+        self.writes.task_started()
+        self.spawn(lambda: self.read_batch(batch), lambda: {job for job, _ in batch},
+                   self.reads, self.writes)
 
     def read_batch(self, batch: list[Entry]) -> None:
         """Read prod's versions of these keys (one BatchGetItem); an image whose keys are
         all read is diffed and decided."""
+        assert self.prod is not None
         try:
-            try:
-                request = {"Keys": [key for _, key in batch], "ConsistentRead": True}
-                found = batch_get_chunk(self.client, self.cfg.table or "", request, self.retrier)
-                error = None
-            except Exception as exc:
-                found, error = [], InputError(f"cannot read prod: {describe_error(exc)}")
-            by_key = {item_key(item): item for item in found}
-            by_job: dict[ImageJob, list[tuple[str, str]]] = {}
-            for job, key in batch:
-                by_job.setdefault(job, []).append(item_key(key))
-            for job, keys in by_job.items():
-                with job.lock:
-                    if error is not None and not job.errors:
-                        job.errors.append(error)
-                    job.prod.update((k[1], by_key[k]) for k in keys if k in by_key)
-                    job.unread -= len(keys)
-                    last = job.unread == 0
-                if last:
-                    self.read_done(job)
+            found = self.prod.read_keys([key for _, key in batch])
+            error = None
         except Exception as exc:
-            self.internal_error({job for job, _ in batch}, exc)
-        finally:
-            self.reads.task_done()
-            self.batcher.task_done()
+            found, error = [], InputError(f"cannot read prod: {describe_error(exc)}")
+        by_key = {item_key(item): item for item in found}
+        by_job: dict[ImageJob, list[tuple[str, str]]] = {}
+        for job, key in batch:
+            by_job.setdefault(job, []).append(item_key(key))
+        for job, keys in by_job.items():
+            with job.lock:
+                if error is not None and not job.errors:
+                    job.errors.append(error)
+                job.prod.update((k[1], by_key[k]) for k in keys if k in by_key)
+                job.unread -= len(keys)
+                last = job.unread == 0
+            if last:
+                self.read_done(job)
 
     def read_done(self, job: ImageJob) -> None:
         if job.errors:
@@ -3227,14 +3582,14 @@ class Migration:
 
     def decide(self, job: ImageJob, prod: Mapping[str, Mapping[str, AttributeValue]]) -> None:
         """Diff with prod; a dry run stops here, a live run hands the items to the batcher."""
-        plan = job.plan
-        diff = diff_with_prod(plan.items, prod, self.cfg.overwrite_changed)
-        self.report.diffed(plan, diff)
+        image = job.image
+        diff = diff_with_prod(image.items, prod, self.cfg.overwrite_changed)
+        self.tally.diffed(image, diff)
         job.diffed = True
         job.to_write = len(diff.to_write)
-        settled = len(plan.items) - job.to_write
-        plan.items = []  # from here on only the batches hold the items still to write
-        if self.writer is None:  # dry run: what the live run would write
+        settled = len(image.items) - job.to_write
+        image.items = []  # from here on only the batches hold the items still to write
+        if not self.live:  # dry run: what the live run would write
             self.dump.write(diff.to_write)
             self.release(job, job.held)
             self.finish(job)
@@ -3248,36 +3603,27 @@ class Migration:
             self.write_image_item(job)
             return
         job.unsettled = len(rest)
-        self.batcher.add((job, item) for item in rest)
+        self.writes.add((job, item) for item in rest)
 
     # --- writing ------------------------------------------------------------------
 
-    def submit_batch(self, batch: list[Entry]) -> None:
-        """The batcher counted this batch as in flight already."""
-        assert self.pool is not None
-        try:
-            self.pool.submit(self.write_batch, batch)
-        except RuntimeError:  # the pool is shut down: the run is being stopped
-            self.batcher.task_done()
+    def submit_writes(self, batch: list[Entry]) -> None:
+        """The write batcher counted this batch as in flight already."""
+        self.spawn(lambda: self.write_batch(batch), lambda: {job for job, _ in batch}, self.writes)
 
     def write_batch(self, batch: list[Entry]) -> None:
-        assert self.writer is not None
+        assert self.prod is not None
         try:
-            try:
-                self.writer.write([item for _, item in batch])
-                lost: set[tuple[str, str]] = set()
-                error: WriteError | None = None
-            except WriteError as exc:
-                lost, error = {item_key(i) for i in exc.unwritten}, exc
-            by_job: dict[ImageJob, list[dict[str, AttributeValue]]] = {}
-            for job, item in batch:
-                by_job.setdefault(job, []).append(item)
-            for job, items in by_job.items():
-                self.settle(job, items, lost, error)
-        except Exception as exc:
-            self.internal_error({job for job, _ in batch}, exc)
-        finally:
-            self.batcher.task_done()
+            self.prod.write([item for _, item in batch])
+            lost: set[tuple[str, str]] = set()
+            error: WriteError | None = None
+        except WriteError as exc:
+            lost, error = {item_key(i) for i in exc.unwritten}, exc
+        by_job: dict[ImageJob, list[dict[str, AttributeValue]]] = {}
+        for job, item in batch:
+            by_job.setdefault(job, []).append(item)
+        for job, items in by_job.items():
+            self.settle(job, items, lost, error)
 
     def settle(self, job: ImageJob, items: list[dict[str, AttributeValue]],
                lost: set[tuple[str, str]], error: WriteError | None) -> None:
@@ -3288,7 +3634,7 @@ class Migration:
         if written:
             with job.lock:
                 job.written += len(written)
-            self.report.count("written", len(written))
+            self.tally.written(len(written))
             self.dump.write(written)
             if self.progress:
                 self.progress.items_done(len(written))
@@ -3310,7 +3656,7 @@ class Migration:
             self.finish(job)
             return
         job.unsettled, job.image_sent = 1, True
-        self.batcher.add([(job, job.image_item)])
+        self.writes.add([(job, job.image_item)])
 
     def release(self, job: ImageJob, n: int) -> None:
         """Give back budget for items this job no longer holds (never more than it holds)."""
@@ -3340,20 +3686,18 @@ class Migration:
             if job.finished:
                 return
             job.finished = True
-        plan = job.plan
+        image = job.image
         if job.lost:
             job.errors.append(InputError(f"{job.lost} item(s) not written: {'; '.join(job.lost_reasons)}"))
         try:
             if job.errors:
-                if not job.diffed:  # e.g. prod could not be read: its items were never decided
-                    self.report.count("failed_before_diff", len(plan.items))
-                for error in job.errors:
-                    self.report.image_failed(plan.source, error)
+                # e.g. prod could not be read: its items were never decided
+                self.tally.failed(image.source, job.errors, 0 if job.diffed else len(image.items))
             elif job.in_prod and job.to_write == 0:
-                self.report.image_done(plan, "skipped_existing")
+                self.tally.done(image, "skipped_existing")
             else:
-                self.report.image_done(plan, "copied")
-                log.debug("%s: complete, %d item(s) written", plan.image_id, job.written)
+                self.tally.done(image, "copied")
+                log.debug("%s: complete, %d item(s) written", image.image_id, job.written)
             self.progress_image()
         finally:
             self.release(job, job.held)
@@ -3372,10 +3716,6 @@ def add_write_error(job: ImageJob, exc: WriteError, lost: Sequence[dict[str, Att
     job.lost += len(lost)
     if exc.reason not in job.lost_reasons:
         job.lost_reasons.append(exc.reason)
-
-
-class FatalError(Exception):
-    """An operation cannot go on (e.g. a state machine does not exist): exit 1."""
 
 
 class DumpFile:
@@ -3415,157 +3755,59 @@ class DumpFile:
                 self.error = self.error or exc
 
 
+class Progress:
+    """tqdm bars on stderr for images and items; silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool, images: int) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.lock = threading.Lock()
+        self.bars: list[Any] = []
+        if self.enabled:
+            from tqdm import tqdm
+            self.images = tqdm(total=images, desc="images", unit="img", file=sys.stderr,
+                               position=0, dynamic_ncols=True)
+            self.items = tqdm(total=0, desc="items ", unit="item", file=sys.stderr,
+                              position=1, dynamic_ncols=True)
+            self.bars = [self.images, self.items]
+
+    def planned(self, n: int) -> None:
+        if self.enabled:
+            with self.lock:
+                self.items.total += n
+                self.items.refresh()
+
+    def items_done(self, n: int) -> None:
+        if self.enabled:
+            with self.lock:
+                self.items.update(n)
+
+    def image_done(self) -> None:
+        if self.enabled:
+            with self.lock:
+                self.images.update(1)
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+
+
+class TqdmLogHandler(logging.Handler):
+    """Log lines go through tqdm.write so they never tear the progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
 # =============================================================================
-# 7. After the copy: embeddings, status, verification
+# 10. Workflows and waves
 # =============================================================================
 
-def count_waiting_embeddings(client: Any, table: str, retrier: Retrier,
-                             image_ids: Sequence[str] | None = None) -> dict[str, int]:
-    """Receipt lines/words still NONE, counted with the embedding pipeline's own GSI1 query
-    (never a scan); restricted to some images by a longer GSI1SK prefix."""
-    counts = {}
-    for kind, prefix in (("lines", "LINE#"), ("words", "WORD#")):
-        prefixes = [f"{prefix}IMAGE#{i}#" for i in image_ids] if image_ids is not None else [prefix]
-        total = 0
-        for sk_prefix in prefixes:
-            kwargs: dict[str, Any] = {
-                "TableName": table, "IndexName": "GSI1", "Select": "COUNT",
-                "KeyConditionExpression": "GSI1PK = :pk AND begins_with(GSI1SK, :sk)",
-                "ExpressionAttributeValues": {":pk": {"S": "EMBEDDING_STATUS#NONE"},
-                                              ":sk": {"S": sk_prefix}},
-            }
-            while True:
-                page = retrier.call(client.query, **kwargs)
-                total += page.get("Count", 0)
-                if "LastEvaluatedKey" not in page:
-                    break
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        counts[kind] = total
-    return counts
 
-
-def run_status(cfg: Config, client: Any, report: Report) -> None:
-    image_ids, absent = None, []
-    if cfg.export_dir_given or cfg.other_source or cfg.image_ids is not None:
-        sources = select_sources(cfg)
-        # An id the source lacks was never copied: 0 waiting would read as "done".
-        absent = [s for s in sources if s.absent]
-        for s in absent:
-            log.error("%s: %s", s.name, s.absent)
-        image_ids = [s.image_id for s in sources if not s.absent]
-    counts = count_waiting_embeddings(client, cfg.table or "", Retrier(cfg.max_retries), image_ids)
-    source = cfg.source_table or cfg.source_items or cfg.export_dir
-    scope = ("whole table" if image_ids is None else
-             f"{len(image_ids):,} image{'' if len(image_ids) == 1 else 's'} of {source}"
-             + (f"; {len(absent):,} not in it" if absent else ""))
-    print(f"Embedding status in {cfg.table} ({scope}), GSI1 EMBEDDING_STATUS#NONE:")
-    print(f"  receipt lines waiting: {counts['lines']:,}")
-    print(f"  receipt words waiting: {counts['words']:,}")
-    report.extra["status"] = {"scope": scope, "lines_none": counts["lines"], "words_none": counts["words"]}
-    if image_ids is not None:  # the ids asked for that the source lacks
-        report.extra["status"]["not_found"] = [s.image_id for s in absent]
-    if absent:
-        report.extra["operations_failed"] = True
-    if image_ids is not None:  # the whole table's images are not counted
-        report.operation_images.setdefault("total", len(image_ids))
-
-
-def verify_image(cfg: Config, client: Any, rules: Rules, source: ImageSource,
-                 stop: threading.Event | None = None) -> dict[str, Any]:
-    """Compare one exported image with prod; prod-owned embedding fields excepted. An image that
-    cannot be read (or whose prod items cannot be) is not checked: it gets an "error"."""
-    name = source.name
-    try:
-        plan = plan_image(source, source.read(), rules, cfg.ignore_unknown)
-    except InputError as exc:
-        return {"file": name, "image_id": source.image_id, "error": format_error(exc.record(source))}
-    except Exception as exc:
-        return {"file": name, "image_id": source.image_id,
-                "error": f"{name}: cannot read: {describe_error(exc)}"}
-    if not plan.has_receipts and not cfg.include_empty:
-        return {"file": name, "image_id": plan.image_id, "skipped": "no receipts"}
-    try:
-        prod = read_prod_versions(client, cfg.table or "", plan.items, Retrier(cfg.max_retries, stop=stop))
-    except Exception as exc:
-        return {"file": name, "image_id": plan.image_id,
-                "error": f"{name}: cannot read prod: {describe_error(exc)}"}
-    missing, different = [], []
-    for item in plan.items:
-        theirs = prod.get(item["SK"]["S"])
-        if theirs is None:
-            missing.append(item["SK"]["S"])
-            continue
-        names = meaningful_differences(item, differing_attributes(item, theirs))
-        if names:
-            different.append({"SK": item["SK"]["S"], "attributes": names})
-    return {"file": name, "image_id": plan.image_id, "items": len(plan.items),
-            "missing": missing, "different": different}
-
-
-def verify_summary(cfg: Config, images: Mapping[str, int], with_problems: int) -> str:
-    """One line whose numbers add up: every image is checked, not checked or skipped."""
-    source = cfg.source_table or cfg.source_items or cfg.export_dir
-    return (f"Verify: {plural(images['total'], 'image')} in {source}: {images['checked']:,} "
-            f"checked against {cfg.table} ({with_problems:,} of them with missing or different "
-            f"items), {images['not_checked']:,} not checked (could not be read"
-            + (": listed below" if images["not_checked"] else "")
-            + f"), {images['skipped_empty']:,} skipped (no receipts)")
-
-
-def run_verify(cfg: Config, client: Any, report: Report) -> None:
-    files = select_sources(cfg)
-    rules = Rules.from_config(cfg)
-    results: list[dict[str, Any]] = []
-    stop = threading.Event()
-    pool = ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="verify")
-    try:
-        for result in pool.map(lambda p: verify_image(cfg, client, rules, p, stop), files):
-            results.append(result)
-    except KeyboardInterrupt as exc:  # verify writes nothing: in-flight reads need not finish
-        stop.set()
-        compared = sum("items" in r for r in results)
-        report.extra["verify"] = {"images_checked": compared, "interrupted": True}
-        raise type(exc)(f"verify interrupted: {compared:,} of {plural(len(files), 'image')} checked "
-                        "(--verify writes nothing; run it again to check every image)") from None
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    checked = [r for r in results if "items" in r]
-    problems = [r for r in checked if r["missing"] or r["different"]]
-    not_checked = [r for r in results if "error" in r]
-    images = {"total": len(results), "checked": len(checked), "not_checked": len(not_checked),
-              "skipped_empty": len(results) - len(checked) - len(not_checked)}
-    report.operation_images.update(images)
-    print(verify_summary(cfg, images, len(problems)))
-    for r in problems:
-        print(f"  {r['image_id']}: {len(r['missing']):,} missing, {len(r['different']):,} different")
-        for sk in r["missing"][:20]:
-            print(f"    missing   {sk}")
-        for d in r["different"][:20]:
-            print(f"    different {d['SK']}: {', '.join(d['attributes'])}")
-    if not_checked:
-        print("Not checked (could not be read):")
-        for r in not_checked:
-            print(f"  {r['error']}")
-    if any(r["missing"] for r in problems):
-        print(f"To write the missing items: {repair_command(cfg, overwrite=False)}")
-    if any(r["different"] for r in problems):
-        print(f"To overwrite prod's differing items with the export's: {repair_command(cfg, overwrite=True)}")
-    report.extra["verify"] = {"images_checked": len(checked), "images_with_problems": len(problems),
-                              "images_not_checked": len(not_checked),
-                              "images_skipped_empty": images["skipped_empty"],
-                              "problems": problems, "not_checked": not_checked}
-    if problems or not_checked:
-        report.extra["operations_failed"] = True
-
-
-def resolve_state_machine(sfn: Any, name_or_arn: str) -> str:
-    if name_or_arn.startswith("arn:"):
-        return name_or_arn
-    for page in sfn.get_paginator("list_state_machines").paginate():
-        for machine in page["stateMachines"]:
-            if machine["name"] == name_or_arn:
-                return str(machine["stateMachineArn"])
-    raise FatalError(f"state machine {name_or_arn!r} not found (ListStateMachines)")
+EXECUTION_ENDED = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"})
 
 
 def new_run_id(cfg: Config, started: float) -> str:
@@ -3586,49 +3828,119 @@ def execution_name(run_id: str, kind: str, wave: int | None = None) -> str:
     return name
 
 
-def run_trigger_embeddings(cfg: Config, report: Report) -> None:
-    """Start the line and word embedding workflows with input {} unless one is running."""
-    if cfg.wave_size:
-        return  # the waves started (or, in a dry run, planned) them after each wave
-    machines = [("line", cfg.line_state_machine), ("word", cfg.word_state_machine)]
-    if report.failed:  # the same decision in a dry run: the plan is what the live run does
+def iso_time(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, dt.datetime) else None
+
+
+@dataclasses.dataclass
+class Workflow:
+    kind: str     # "line" or "word"
+    name: str     # as configured: name or ARN
+    arn: str = ""
+
+
+class Workflows:
+    """The line and word embedding workflows (Step Functions state machines): the one place
+    that talks to Step Functions. It resolves their names (read-only, so a dry run can do it
+    too), tells which executions are running, starts executions (input {}) and follows them
+    to their end. When to start them is the caller's policy: --trigger-embeddings skips a
+    workflow that is running, the waves wait for it."""
+
+    def __init__(self, cfg: Config, client: Any = None) -> None:
+        self.cfg, self.client = cfg, client
+        self.retrier = Retrier(cfg.max_retries)
+        self.machines = [Workflow("line", cfg.line_state_machine),
+                         Workflow("word", cfg.word_state_machine)]
+
+    def names(self) -> list[str]:
+        return [w.name for w in self.machines]
+
+    def connect(self) -> None:
+        """Resolve every name to its ARN; FatalError if one does not exist or Step Functions
+        cannot be reached."""
+        with errors_as(FatalError, "cannot reach Step Functions"):
+            self.client = self.client or make_client(self.cfg, "stepfunctions")
+            for w in self.machines:
+                w.arn = self.resolve(w.name)
+
+    def resolve(self, name_or_arn: str) -> str:
+        if name_or_arn.startswith("arn:"):
+            return name_or_arn
+        for page in self.client.get_paginator("list_state_machines").paginate():
+            for machine in page["stateMachines"]:
+                if machine["name"] == name_or_arn:
+                    return str(machine["stateMachineArn"])
+        raise FatalError(f"state machine {name_or_arn!r} not found (ListStateMachines)")
+
+    def running(self, machine: Workflow) -> list[str]:
+        """The ARNs of the machine's RUNNING executions, whoever started them."""
+        pages = self.client.get_paginator("list_executions").paginate(stateMachineArn=machine.arn,
+                                                                       statusFilter="RUNNING")
+        return [str(e["executionArn"]) for page in pages for e in page.get("executions", [])]
+
+    def start(self, machine: Workflow, name: str) -> dict[str, Any]:
+        """Start one execution with input {}; its record, followed by `follow`."""
+        arn = self.retrier.call(self.client.start_execution, stateMachineArn=machine.arn, name=name,
+                                input="{}")["executionArn"]
+        return {"kind": machine.kind, "state_machine": machine.arn, "name": name, "arn": str(arn),
+                "status": "RUNNING", "start": None, "stop": None}
+
+    def status(self, arn: str) -> str:
+        return str(self.retrier.call(self.client.describe_execution, executionArn=arn)["status"])
+
+    def follow(self, executions: Sequence[dict[str, Any]]) -> bool:
+        """Bring the records of executions not yet ended up to date; True when all ended."""
+        for e in executions:
+            if e["status"] not in EXECUTION_ENDED:
+                d = self.retrier.call(self.client.describe_execution, executionArn=e["arn"])
+                e.update(status=str(d["status"]), start=iso_time(d.get("startDate")),
+                         stop=iso_time(d.get("stopDate")))
+                for key in ("error", "cause"):
+                    if d.get(key):
+                        e[key] = d[key]
+        return all(e["status"] in EXECUTION_ENDED for e in executions)
+
+
+@dataclasses.dataclass
+class TriggerResult:
+    """--trigger-embeddings: each workflow started or not (and why)."""
+    started: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    refused: bool = False  # images failed: no workflow started, and the run fails
+
+
+def trigger_embeddings(cfg: Config, workflows: Workflows, run_id: str, images_failed: bool,
+                       resolve_in_dry_run: bool) -> TriggerResult:
+    """--trigger-embeddings: start the line and word workflows with input {}, each unless one
+    of its executions is running; none when images failed (the dry run decides the same)."""
+    if images_failed:
         print(("Would not start embeddings" if cfg.dry_run else "Not starting embeddings")
               + ": some images failed; fix them and re-run first.")
-        report.extra["operations_failed"] = True
-        return
+        return TriggerResult(refused=True)
     if cfg.dry_run:
-        for kind, name in machines:
-            print(f"Would start the {kind} embedding workflow {name} with input {{}}")
-        return
-    sfn = make_client(cfg, "stepfunctions")
-    report.region = report.region or client_region(cfg, sfn)
-    run_id = new_run_id(cfg, report.started)
+        if resolve_in_dry_run:  # what the live run resolves: a missing machine fails here too
+            workflows.connect()
+        for w in workflows.machines:
+            print(f"Would start the {w.kind} embedding workflow {w.name} with input {{}}")
+        return TriggerResult()
+    workflows.connect()
     started = []
-    for kind, name in machines:
-        arn = resolve_state_machine(sfn, name)
-        running = sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING",
-                                      maxResults=1).get("executions", [])
+    for w in workflows.machines:
+        running = workflows.running(w)
         if running:
-            print(f"Not starting the {kind} workflow: {running[0]['executionArn']} is still running")
-            started.append({"kind": kind, "state_machine": arn, "started": False,
-                            "running_execution": running[0]["executionArn"]})
+            print(f"Not starting the {w.kind} workflow: {running[0]} is still running")
+            started.append({"kind": w.kind, "state_machine": w.arn, "started": False,
+                            "running_execution": running[0]})
             continue
-        execution_id = execution_name(run_id, kind)
-        execution = sfn.start_execution(stateMachineArn=arn, name=execution_id,
-                                        input="{}")["executionArn"]
-        print(f"Started the {kind} embedding workflow: {execution}")
-        started.append({"kind": kind, "state_machine": arn, "started": True,
-                        "execution_name": execution_id, "execution_arn": execution})
-    report.extra["embeddings"] = started
+        execution = workflows.start(w, execution_name(run_id, w.kind))
+        print(f"Started the {w.kind} embedding workflow: {execution['arn']}")
+        started.append({"kind": w.kind, "state_machine": w.arn, "started": True,
+                        "execution_name": execution["name"], "execution_arn": execution["arn"]})
+    return TriggerResult(started)
 
 
 # --- waves: a big copy paced by the embedding pipeline -------------------------------------
 
-EXECUTION_ENDED = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"})
 POLL_FIRST, POLL_MAX, POLL_GROWTH = 3.0, 30.0, 1.5  # seconds between DescribeExecution calls
-# For tests only: COPY_DEV_TO_PROD_POLL_SECONDS=S polls every S seconds instead of 3 s growing
-# to 30 s, so tests against a local Step Functions do not sit through production intervals.
-POLL_ENV = "COPY_DEV_TO_PROD_POLL_SECONDS"
 QUIET_LOG_EVERY = 300.0  # without a terminal, a "still waiting" line every 5 minutes
 
 
@@ -3640,18 +3952,9 @@ def poll_delays(first: float = POLL_FIRST, cap: float = POLL_MAX) -> Iterator[fl
         delay = min(cap, delay * POLL_GROWTH)
 
 
-def poll_schedule(environ: Mapping[str, str]) -> tuple[float, float]:
-    text = environ.get(POLL_ENV)
-    return (float(text), float(text)) if text else (POLL_FIRST, POLL_MAX)
-
-
 def format_duration(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}h {s // 60 % 60:02d}m {s % 60:02d}s" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
-
-
-def iso_time(value: Any) -> str | None:
-    return value.isoformat() if isinstance(value, dt.datetime) else None
 
 
 class StatusLine:
@@ -3674,254 +3977,73 @@ class StatusLine:
             self.shown = False
 
 
+@dataclasses.dataclass(eq=False)
+class Wave:
+    """One wave: its images, its own tally, and what happened after its copy."""
+    index: int
+    images: list[PlannedImage]
+    tally: Tally = dataclasses.field(default_factory=Tally)
+    copied: bool = False                # its copy ran (a backlog wait may end the run first)
+    outcome: str | None = None
+    would_start: list[str] = dataclasses.field(default_factory=list)
+    executions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    waited_for_running: list[str] = dataclasses.field(default_factory=list)
+    seconds_waited: float | None = None
+    none_at_end: dict[str, int] | None = None
+
+    def image_ids(self) -> list[str]:
+        return [p.image_id for p in self.images]
+
+    def to_json(self, dry_run: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "images": len(self.images),
+                               "image_ids": self.image_ids()}
+        if self.copied:
+            out.update(images_copied=self.tally.images["copied"],
+                       items_planned=self.tally.items["planned"],
+                       items_to_write=self.tally.items["to_write"])
+            if not dry_run:
+                out["items_written"] = self.tally.items["written"]
+            if self.tally.images["failed"]:
+                out["images_failed"] = self.tally.images["failed"]
+        optional = {"outcome": self.outcome, "would_start": self.would_start,
+                    "waited_for_running": self.waited_for_running, "executions": self.executions,
+                    "seconds_waited": self.seconds_waited, "none_at_end": self.none_at_end}
+        out.update((k, v) for k, v in optional.items() if v not in (None, []))
+        return out
+
+
 @dataclasses.dataclass
-class Workflow:
-    kind: str     # "line" or "word"
-    name: str     # as configured: name or ARN
-    arn: str = ""
+class WaveRun:
+    """The waves of a run (--wave-size): how they were cut, and each one as it went."""
+    size: int
+    dry_run: bool
+    count: int = 0
+    images: int = 0
+    waves: list[Wave] = dataclasses.field(default_factory=list)
+
+    def plan_json(self) -> dict[str, Any]:
+        return {"wave_size": self.size, "waves": self.count, "images": self.images,
+                "dry_run": self.dry_run}
+
+    def waves_json(self) -> list[dict[str, Any]]:
+        return [w.to_json(self.dry_run) for w in self.waves]
 
 
-class WaveDriver:
-    """--wave-size: the images this run would copy go in waves. After a wave in which every image
-    copied, the line and word workflows start (input {}) and the next wave is copied only when
-    both ended SUCCEEDED, so the pipeline never sees more NONE records than one wave holds.
+class Waiter:
+    """Polls until a probe says done, with backoff. All waits of one wave together are bounded
+    by --wave-timeout; Ctrl-C and SIGTERM leave at once. Clock and sleep are injectable."""
 
-    Each wave is one Migration.run() on the same Report (counts add up). Waits poll with backoff
-    and are bounded by --wave-timeout per wave; clock and sleep are injectable for tests."""
-
-    def __init__(self, cfg: Config, rules: Rules, report: Report, client: Any, sfn: Any = None,
-                 clock: Callable[[], float] = time.monotonic,
+    def __init__(self, timeout: float, count: int = 0, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 poll: tuple[float, float] | None = None) -> None:
-        self.cfg, self.report, self.client, self.sfn = cfg, report, client, sfn
-        # The waves apply --limit themselves, up front.
-        self.migration = Migration(dataclasses.replace(cfg, limit=None), rules, report, client)
-        self.retrier = Retrier(cfg.max_retries)
-        self.clock, self.sleep = clock, sleep
-        self.poll = poll or poll_schedule(os.environ)
-        self.workflows = [Workflow("line", cfg.line_state_machine),
-                          Workflow("word", cfg.word_state_machine)]
-        self.run_id = new_run_id(cfg, report.started)
-        self.waves: list[dict[str, Any]] = report.extra.setdefault("waves", [])
-        self.count = 0
-        self.unstarted = 0
-        self.status = StatusLine(cfg.progress)
+                 poll: tuple[float, float] = (POLL_FIRST, POLL_MAX),
+                 status: StatusLine | None = None) -> None:
+        self.timeout, self.count, self.clock, self.sleep, self.poll = timeout, count, clock, sleep, poll
+        self.status = status or StatusLine(False)
 
-    def run(self, files: list[ImageSource]) -> None:
-        waves = self.plan(files)
-        self.count = len(waves)
-        self.report.extra["wave_plan"] = {"wave_size": self.cfg.wave_size, "waves": len(waves),
-                                          "images": sum(len(w) for w in waves),
-                                          "dry_run": self.cfg.dry_run}
-        if waves and not self.cfg.dry_run:
-            self.connect()  # a missing state machine stops the run before anything is copied
-        self.unstarted = sum(len(w) for w in waves)  # images not yet handed to a Migration
-        try:
-            for k, wave in enumerate(waves, 1):
-                entry: dict[str, Any] = {"index": k, "images": len(wave),
-                                         "image_ids": [s.image_id for s in wave]}
-                self.waves.append(entry)
-                if not self.copy_wave(k, wave, entry):
-                    return
-        finally:
-            # Images of waves a stop left uncopied are still found images: with no outcome,
-            # the report counts them as interrupted (re-running the same command copies them).
-            self.report.images["total"] += self.unstarted
-
-    def plan(self, files: list[ImageSource]) -> list[list[ImageSource]]:
-        """The images this run would copy: not in prod (one read-only BatchGetItem pass over their
-        IMAGE keys) unless --no-skip-existing, at most --limit new ones, in waves of --wave-size.
-        Images without receipts are found and counted inside their wave."""
-        in_prod: set[str] = set()
-        if self.client is not None:
-            try:
-                in_prod = existing_images(self.client, self.cfg.table or "", [s.image_id for s in files],
-                                          self.retrier)
-            except Exception as exc:
-                if botocore_setup_error(exc):
-                    raise
-                raise FatalError(f"cannot check which images prod holds: {describe_error(exc)}") from None
-        todo: list[ImageSource] = []
-        new = 0
-        for n, source in enumerate(files):
-            if source.image_id in in_prod and self.cfg.skip_existing:
-                self.report.image_skipped("skipped_existing")
-                continue
-            if source.image_id not in in_prod:
-                if self.cfg.limit is not None and new >= self.cfg.limit:
-                    self.report.not_reached = len(files) - n
-                    break
-                new += 1
-            todo.append(source)
-        self.report.images["total"] += len(files) - len(todo)  # each wave counts its own
-        size = self.cfg.wave_size or 1
-        return [todo[i:i + size] for i in range(0, len(todo), size)]
-
-    def connect(self) -> None:
-        try:
-            self.sfn = self.sfn or make_client(self.cfg, "stepfunctions")
-            for w in self.workflows:
-                w.arn = resolve_state_machine(self.sfn, w.name)
-        except FatalError:
-            raise
-        except Exception as exc:
-            if botocore_setup_error(exc):
-                raise
-            raise FatalError(f"cannot reach Step Functions: {describe_error(exc)}") from None
-
-    def copy_wave(self, k: int, wave: list[ImageSource], entry: dict[str, Any]) -> bool:
-        """Copy one wave and, live, let the pipeline take it. False: stop the run."""
-        report = self.report
-        if self.cfg.max_pending_embeddings is not None and not self.cfg.dry_run:
-            self.wait_for_backlog(k, entry)
-        items, copied, failed = dict(report.items), report.images["copied"], report.images["failed"]
-        self.unstarted -= len(wave)  # from here on the Migration counts them
-        self.migration.run(wave)
-        entry.update(images_copied=report.images["copied"] - copied,
-                     items_planned=report.items["planned"] - items["planned"],
-                     items_to_write=report.items["to_write"] - items["to_write"])
-        if not self.cfg.dry_run:
-            entry["items_written"] = report.items["written"] - items["written"]
-        # One decision for the plan and the live run: the plan is what the live run will do.
-        failed = report.images["failed"] - failed
-        if failed:
-            entry.update(outcome="images failed", images_failed=failed)
-            if self.cfg.dry_run:  # planned on, so the plan shows every image that would fail
-                return True
-            print(f"Wave {k} of {self.count}: {failed:,} image(s) failed: no "
-                  "workflows started, no further wave copied. Fix them and re-run the same command "
-                  "(copied images are skipped).")
-            return False
-        if entry["items_to_write" if self.cfg.dry_run else "items_written"] == 0:
-            entry["outcome"] = "nothing to write" if self.cfg.dry_run else "nothing written"
-            if not self.cfg.dry_run:
-                print(f"Wave {k} of {self.count}: nothing written (already in prod or no receipts), "
-                      "no workflows started")
-            return True
-        if self.cfg.dry_run:
-            entry.update(outcome="planned", would_start=[w.name for w in self.workflows])
-            return True
-        try:
-            self.run_workflows(k, entry)
-        except FatalError:
-            raise
-        except KeyboardInterrupt as exc:
-            if str(exc):  # stopped in a wait, which said what keeps running
-                raise
-            entry["outcome"] = "interrupted"
-            started = [e["arn"] for e in entry.get("executions", [])]
-            raise type(exc)(f"stopped in wave {k} of {self.count} "
-                            + (f"after starting {', '.join(started)}, which keep running in AWS"
-                               if started else "before its workflows started")
-                            + ". Re-running the same command continues (copied images are "
-                              "skipped).") from None
-        except Exception as exc:
-            if botocore_setup_error(exc):
-                raise
-            entry["outcome"] = "error"
-            raise FatalError(f"wave {k} of {self.count}: {describe_error(exc)}. Nothing is lost: "
-                             "re-running the same command continues (copied images are skipped).") from None
-        entry["outcome"] = "done"
-        return True
-
-    # --- the pipeline's turn ------------------------------------------------------------------
-
-    def run_workflows(self, k: int, entry: dict[str, Any]) -> None:
-        """Someone else's running execution first, then ours; both must end SUCCEEDED."""
-        self.wait_for_others(k, entry)
-        entry["executions"] = []
-        for w in self.workflows:
-            name = execution_name(self.run_id, w.kind, k)
-            arn = self.retrier.call(self.sfn.start_execution, stateMachineArn=w.arn, name=name,
-                                    input="{}")["executionArn"]
-            entry["executions"].append({"kind": w.kind, "state_machine": w.arn, "name": name, "arn": arn,
-                                        "status": "RUNNING", "start": None, "stop": None})
-            print(f"Wave {k} of {self.count}: started the {w.kind} embedding workflow {arn}")
-        self.wait_for_ours(k, entry)
-        entry["none_at_end"] = count_waiting_embeddings(self.client, self.cfg.table or "", self.retrier,
-                                                        entry["image_ids"])
-        bad = [e for e in entry["executions"] if e["status"] != "SUCCEEDED"]
-        if bad:
-            entry["outcome"] = "workflow failed"
-            raise FatalError(
-                f"wave {k} of {self.count}: " + "; ".join(
-                    f"the {e['kind']} embedding workflow ended {e['status']}: {e['arn']}"
-                    + (f" (error {e['error']!r}" + (f", cause {e['cause']!r}" if e.get("cause") else "") + ")"
-                       if e.get("error") else "")
-                    for e in bad)
-                + ". No further wave was copied. Fix the workflow, then re-run the same command: it "
-                  "continues with the images not yet copied (copied images are skipped).")
-        ended = ", ".join(f"{e['kind']} {e['status']}" for e in entry["executions"])
-        print(f"Wave {k} of {self.count}: workflows ended ({ended}) after "
-              f"{format_duration(entry.get('seconds_waited', 0))} of waiting")
-
-    def describe(self, arn: str) -> dict[str, Any]:
-        return dict(self.retrier.call(self.sfn.describe_execution, executionArn=arn))
-
-    def wait_for_others(self, k: int, entry: dict[str, Any]) -> None:
-        running: dict[str, str] = {}
-        for w in self.workflows:
-            for page in self.sfn.get_paginator("list_executions").paginate(stateMachineArn=w.arn,
-                                                                           statusFilter="RUNNING"):
-                running.update((e["executionArn"], "RUNNING") for e in page.get("executions", []))
-        if not running:
-            return
-        entry["waited_for_running"] = list(running)
-
-        def probe() -> tuple[bool, str]:
-            for arn in [a for a, s in running.items() if s == "RUNNING"]:
-                running[arn] = str(self.describe(arn)["status"])
-            left = sum(s == "RUNNING" for s in running.values())
-            return left == 0, f"{left} execution(s) started elsewhere still running"
-
-        self.wait(k, entry, probe,
-                  start="waiting for execution(s) already running before starting ours: "
-                        + ", ".join(running),
-                  interrupted="those executions keep running in AWS; ours were not started")
-
-    def wait_for_ours(self, k: int, entry: dict[str, Any]) -> None:
-        executions = entry["executions"]
-
-        def probe() -> tuple[bool, str]:
-            for e in executions:
-                if e["status"] not in EXECUTION_ENDED:
-                    d = self.describe(e["arn"])
-                    e.update(status=str(d["status"]), start=iso_time(d.get("startDate")),
-                             stop=iso_time(d.get("stopDate")))
-                    for key in ("error", "cause"):
-                        if d.get(key):
-                            e[key] = d[key]
-            done = all(e["status"] in EXECUTION_ENDED for e in executions)
-            text = ", ".join(f"{e['kind']} {e['status']}" for e in executions)
-            if not done and self.status.enabled:  # the wave's own backlog, for the operator's eye
-                n = count_waiting_embeddings(self.client, self.cfg.table or "", self.retrier,
-                                             entry["image_ids"])
-                text += f"; this wave still NONE: {n['lines']:,} lines, {n['words']:,} words"
-            return done, text
-
-        self.wait(k, entry, probe, start="waiting for the line and word workflows to end",
-                  interrupted="the executions keep running in AWS: "
-                  + ", ".join(e["arn"] for e in executions))
-
-    def wait_for_backlog(self, k: int, entry: dict[str, Any]) -> None:
-        limit = self.cfg.max_pending_embeddings or 0
-
-        def probe() -> tuple[bool, str]:
-            n = count_waiting_embeddings(self.client, self.cfg.table or "", self.retrier)
-            pending = n["lines"] + n["words"]
-            return pending <= limit, f"{pending:,} receipt lines/words NONE in the table"
-
-        self.wait(k, entry, probe,
-                  start=f"waiting until at most {limit:,} receipt lines/words are NONE "
-                        "(--max-pending-embeddings)",
-                  interrupted="nothing of this wave was written")
-
-    def wait(self, k: int, entry: dict[str, Any], probe: Callable[[], tuple[bool, str]],
-             start: str, interrupted: str) -> None:
-        """Poll until `probe` says done, with backoff. All waits of one wave together are bounded
-        by --wave-timeout; Ctrl-C leaves at once (exit 130, report written)."""
+    def wait(self, wave: Wave, probe: Callable[[], tuple[bool, str]], start: str, interrupted: str) -> None:
+        label = f"wave {wave.index} of {self.count}"
         began = self.clock()
-        before = float(entry.get("seconds_waited", 0.0))
+        before = wave.seconds_waited or 0.0
         delays = poll_delays(*self.poll)
         announced, last_log = False, began
         try:
@@ -3932,30 +4054,183 @@ class WaveDriver:
                 if done:
                     return
                 if not announced:
-                    print(f"Wave {k} of {self.count}: {start}")
+                    print(f"{label.capitalize()}: {start}")
                     announced = True
-                line = f"wave {k} of {self.count}: waited {format_duration(waited)}; {text}"
+                line = f"{label}: waited {format_duration(waited)}; {text}"
                 self.status.show(line)
                 if not self.status.enabled and now - last_log >= QUIET_LOG_EVERY:
                     log.info("%s", line)
                     last_log = now
-                left = self.cfg.wave_timeout - waited
+                left = self.timeout - waited
                 if left <= 0:
-                    entry["outcome"] = "timed out"
+                    wave.outcome = "timed out"
                     raise FatalError(
-                        f"wave {k} of {self.count}: still waiting after {format_duration(waited)} "
-                        f"(--wave-timeout {self.cfg.wave_timeout:g} s; {text}). Nothing is lost: "
+                        f"{label}: still waiting after {format_duration(waited)} "
+                        f"(--wave-timeout {self.timeout:g} s; {text}). Nothing is lost: "
                         "executions keep running in AWS, and re-running the same command continues "
                         "(copied images are skipped, running executions are waited for first).")
                 self.sleep(min(next(delays), left))
-        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (Terminated): the message says why
-            entry["outcome"] = "interrupted"
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
+            wave.outcome = "interrupted"
             self.status.clear()
-            raise type(exc)(f"stopped while waiting in wave {k} of {self.count}: {interrupted}. "
-                            "Re-running the same command continues (copied images are skipped).") from None
+            raise Stopped.by(exc, f"stopped while waiting in {label}: {interrupted}. Re-running the "
+                                  "same command continues (copied images are skipped).") from None
         finally:
-            entry["seconds_waited"] = round(before + self.clock() - began, 3)
+            wave.seconds_waited = round(before + self.clock() - began, 3)
             self.status.clear()
+
+
+class WaveDriver:
+    """--wave-size: the images the plan copies go in waves. After a wave in which every image
+    copied and something was written, the line and word workflows start (input {}) and the
+    next wave is copied only when both ended SUCCEEDED, so the pipeline never sees more NONE
+    records than one wave holds. Each wave is one Copier.run with a tally of its own, added to
+    the run's."""
+
+    def __init__(self, cfg: Config, plan: RunPlan, copier: Copier, workflows: Workflows,
+                 prod: ProdTable | None, tally: Tally, run: WaveRun, run_id: str, waiter: Waiter) -> None:
+        self.cfg, self.plan, self.copier, self.workflows = cfg, plan, copier, workflows
+        self.prod, self.tally, self.run_record, self.run_id, self.waiter = prod, tally, run, run_id, waiter
+
+    def run(self) -> None:
+        waves = self.plan.waves(self.cfg.wave_size or 1)
+        self.run_record.count = self.waiter.count = len(waves)
+        self.run_record.images = sum(len(w) for w in waves)
+        # What the live run resolves first (a missing state machine stops it before anything is
+        # copied), the dry run resolves too when it reads prod: the plan then fails the same way.
+        if waves and self.prod is not None:
+            self.workflows.connect()
+        for k, images in enumerate(waves, 1):
+            wave = Wave(k, images)
+            self.run_record.waves.append(wave)
+            if not self.copy_wave(wave):
+                return
+
+    def label(self, wave: Wave) -> str:
+        return f"Wave {wave.index} of {self.run_record.count}"
+
+    def copy_wave(self, wave: Wave) -> bool:
+        """Copy one wave and, live, let the pipeline take it. False: stop the run."""
+        dry = self.cfg.dry_run
+        if self.cfg.max_pending_embeddings is not None and not dry:
+            self.wait_for_backlog(wave)
+        wave.copied = True
+        try:
+            self.copier.run(wave.images, len(wave.images), wave.tally)
+        finally:
+            self.tally.add(wave.tally)
+        # One decision for the plan and the live run: the plan is what the live run will do.
+        failed = wave.tally.images["failed"]
+        if failed:
+            wave.outcome = "images failed"
+            if dry:  # planned on, so the plan shows every image that would fail
+                return True
+            print(f"{self.label(wave)}: {failed:,} image(s) failed: no workflows started, no further "
+                  "wave copied. Fix them and re-run the same command (copied images are skipped).")
+            return False
+        if wave.tally.items["to_write" if dry else "written"] == 0:
+            wave.outcome = "nothing to write" if dry else "nothing written"
+            if not dry:
+                print(f"{self.label(wave)}: nothing written (already in prod or no receipts), "
+                      "no workflows started")
+            return True
+        if dry:
+            wave.outcome, wave.would_start = "planned", self.workflows.names()
+            return True
+        try:
+            with errors_as(FatalError, f"wave {wave.index} of {self.run_record.count}",
+                           "Nothing is lost: re-running the same command continues (copied images "
+                           "are skipped)."):
+                self.run_workflows(wave)
+        except KeyboardInterrupt as exc:
+            wave.outcome = "interrupted"
+            started = [e["arn"] for e in wave.executions]
+            raise Stopped.by(exc, f"stopped in wave {wave.index} of {self.run_record.count} "
+                             + (f"after starting {', '.join(started)}, which keep running in AWS"
+                                if started else "before its workflows started")
+                             + ". Re-running the same command continues (copied images are "
+                               "skipped).") from None
+        except FatalError:
+            wave.outcome = wave.outcome or "error"
+            raise
+        wave.outcome = "done"
+        return True
+
+    def run_workflows(self, wave: Wave) -> None:
+        """Someone else's running execution first, then ours; both must end SUCCEEDED."""
+        self.wait_for_others(wave)
+        for w in self.workflows.machines:
+            execution = self.workflows.start(w, execution_name(self.run_id, w.kind, wave.index))
+            wave.executions.append(execution)
+            print(f"{self.label(wave)}: started the {w.kind} embedding workflow {execution['arn']}")
+        self.wait_for_ours(wave)
+        assert self.prod is not None
+        wave.none_at_end = self.prod.count_waiting(wave.image_ids())
+        bad = [e for e in wave.executions if e["status"] != "SUCCEEDED"]
+        if bad:
+            wave.outcome = "workflow failed"
+            raise FatalError(
+                f"wave {wave.index} of {self.run_record.count}: " + "; ".join(
+                    f"the {e['kind']} embedding workflow ended {e['status']}: {e['arn']}"
+                    + (f" (error {e['error']!r}" + (f", cause {e['cause']!r}" if e.get("cause") else "") + ")"
+                       if e.get("error") else "")
+                    for e in bad)
+                + ". No further wave was copied. Fix the workflow, then re-run the same command: it "
+                  "continues with the images not yet copied (copied images are skipped).")
+        ended = ", ".join(f"{e['kind']} {e['status']}" for e in wave.executions)
+        print(f"{self.label(wave)}: workflows ended ({ended}) after "
+              f"{format_duration(wave.seconds_waited or 0)} of waiting")
+
+    def wait_for_others(self, wave: Wave) -> None:
+        running = dict.fromkeys((arn for w in self.workflows.machines for arn in self.workflows.running(w)),
+                                "RUNNING")
+        if not running:
+            return
+        wave.waited_for_running = list(running)
+
+        def probe() -> tuple[bool, str]:
+            for arn in [a for a, s in running.items() if s == "RUNNING"]:
+                running[arn] = self.workflows.status(arn)
+            left = sum(s == "RUNNING" for s in running.values())
+            return left == 0, f"{left} execution(s) started elsewhere still running"
+
+        self.waiter.wait(wave, probe,
+                         start="waiting for execution(s) already running before starting ours: "
+                               + ", ".join(running),
+                         interrupted="those executions keep running in AWS; ours were not started")
+
+    def wait_for_ours(self, wave: Wave) -> None:
+        assert self.prod is not None
+        prod = self.prod
+
+        def probe() -> tuple[bool, str]:
+            done = self.workflows.follow(wave.executions)
+            text = ", ".join(f"{e['kind']} {e['status']}" for e in wave.executions)
+            if not done and self.waiter.status.enabled:  # the wave's own backlog, for the operator's eye
+                n = prod.count_waiting(wave.image_ids())
+                text += f"; this wave still NONE: {n['lines']:,} lines, {n['words']:,} words"
+            return done, text
+
+        self.waiter.wait(wave, probe, start="waiting for the line and word workflows to end",
+                         interrupted="the executions keep running in AWS: "
+                         + ", ".join(e["arn"] for e in wave.executions))
+
+    def wait_for_backlog(self, wave: Wave) -> None:
+        assert self.prod is not None
+        prod, limit = self.prod, self.cfg.max_pending_embeddings or 0
+
+        def probe() -> tuple[bool, str]:
+            n = prod.count_waiting()
+            pending = n["lines"] + n["words"]
+            return pending <= limit, f"{pending:,} receipt lines/words NONE in the table"
+
+        with errors_as(FatalError, f"wave {wave.index} of {self.run_record.count}: cannot count the "
+                       "backlog (--max-pending-embeddings)",
+                       "Nothing of this wave was written; re-running the same command continues."):
+            self.waiter.wait(wave, probe,
+                             start=f"waiting until at most {limit:,} receipt lines/words are NONE "
+                                   "(--max-pending-embeddings)",
+                             interrupted="nothing of this wave was written")
 
 
 def wave_preview(cfg: Config) -> str:
@@ -3965,170 +4240,217 @@ def wave_preview(cfg: Config) -> str:
             "with input {} and the next wave waits until both have ended")
 
 
-def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The summary's lines for --wave-size: one per wave (the plan, in a dry run)."""
-    if plan is None:
-        return []
-    # A wave stopped while waiting for the backlog (--max-pending-embeddings) never ran its copy.
-    ran = [w for w in waves if plan["dry_run"] or "images_copied" in w]
-    lines = [f"Waves of up to {plan['wave_size']:,} images: {len(ran):,} of {plan['waves']:,} "
-             + ("planned" if plan["dry_run"] else "run")
-             + (f" ({plan['images'] - sum(w['images'] for w in ran):,} images in the waves not run)"
-                if len(ran) < plan["waves"] else "")]
-    stops_at = 0
-    for w in waves:
-        text = f"  wave {w['index']} of {plan['waves']}: {plural(w['images'], 'image')}"
-        if plan["dry_run"]:
-            text += planned_wave_text(w, stops_at)
-            stops_at = stops_at or (w["index"] if w.get("outcome") == "images failed" else 0)
-        else:
-            text += f", {w.get('images_copied', 0):,} copied, {w.get('items_written', 0):,} items written"
-            if w.get("executions"):
-                text += "; " + ", ".join(f"{e['kind']} {e['status']}" for e in w["executions"])
-            if "seconds_waited" in w:
-                text += f"; waited {format_duration(w['seconds_waited'])}"
-            if "none_at_end" in w:
-                text += (f"; still NONE at the end: {w['none_at_end']['lines']:,} lines, "
-                         f"{w['none_at_end']['words']:,} words")
-            if w.get("outcome") not in (None, "done"):
-                text += f" [{w['outcome']}]"
-        lines.append(text)
-    return lines
+# For tests only: COPY_DEV_TO_PROD_POLL_SECONDS=S polls every S seconds instead of 3 s growing
+# to 30 s, so tests against a local Step Functions do not sit through production intervals.
+POLL_ENV = "COPY_DEV_TO_PROD_POLL_SECONDS"
 
 
-def planned_wave_text(w: Mapping[str, Any], stops_at: int) -> str:
-    """What the live run will do in this wave, decided as it decides (WaveDriver.copy_wave)."""
-    if w.get("outcome") == "images failed":
-        text = (f", {w['items_to_write']:,} items to write, {w['images_failed']:,} failed: would start "
-                "no workflows and stop the run here")  # the wave's other images are still copied
-    elif w.get("would_start"):
-        text = (f", {w['items_to_write']:,} items to write; would start "
-                + " and ".join(w["would_start"]) + " with input {}")
-    else:
-        text = ", nothing to write: would start no workflows"
-    if stops_at:
-        text += f" (not reached while wave {stops_at} fails)"
-    return text
-
-
-def run_operations(cfg: Config, report: Report) -> None:
-    """Each requested operation runs; one that fails says why and the exit code says so."""
-    client = make_client(cfg, meter=report.capacity) if cfg.verify or cfg.status else None
-    if client is not None:  # (a copy before the operations set these for its own reads)
-        report.prod_checked = True
-        report.region = client_region(cfg, client)
-    operations = [(cfg.verify, "verify", lambda: run_verify(cfg, client, report)),
-                  (cfg.status, "status", lambda: run_status(cfg, client, report)),
-                  (cfg.trigger_embeddings, "trigger-embeddings",
-                   lambda: run_trigger_embeddings(cfg, report))]
-    for wanted, name, operation in operations:
-        if not wanted:
-            continue
-        try:
-            operation()
-        except Exception as exc:
-            if botocore_setup_error(exc):
-                raise
-            message = exc.args[0] if isinstance(exc, FatalError) else describe_error(exc)
-            print(f"error: --{name} failed: {message}", file=sys.stderr)
-            report.extra.setdefault("operation_errors", []).append({"operation": name,
-                                                                    "message": message})
-            report.extra["operations_failed"] = True
+def poll_schedule(environ: Mapping[str, str]) -> tuple[float, float]:
+    text = environ.get(POLL_ENV)
+    return (float(text), float(text)) if text else (POLL_FIRST, POLL_MAX)
 
 
 # =============================================================================
-# 8. Report
+# 11. Read-only operations: status, verify
 # =============================================================================
+
+
+@dataclasses.dataclass
+class StatusResult:
+    """--status: receipt lines/words still NONE, in the whole table or in the selected images."""
+    scope: str
+    lines_none: int
+    words_none: int
+    images: int | None = None             # the images counted (None: the whole table)
+    not_found: list[str] | None = None    # ids asked for that the source lacks
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.not_found)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"scope": self.scope, "lines_none": self.lines_none,
+                               "words_none": self.words_none}
+        if self.not_found is not None:
+            out["not_found"] = self.not_found
+        return out
+
+
+def run_status(cfg: Config, prod: ProdTable) -> StatusResult:
+    image_ids, absent = None, []
+    if cfg.export_dir_given or cfg.other_source or cfg.image_ids is not None:
+        sources = select_sources(cfg)
+        # An id the source lacks was never copied: 0 waiting would read as "done".
+        absent = [s for s in sources if s.absent]
+        for s in absent:
+            log.error("%s: %s", s.name, s.absent)
+        image_ids = [s.image_id for s in sources if not s.absent]
+    counts = prod.count_waiting(image_ids)
+    scope = ("whole table" if image_ids is None else
+             f"{plural(len(image_ids), 'image')} of {source_name(cfg)}"
+             + (f"; {len(absent):,} not in it" if absent else ""))
+    print(f"Embedding status in {prod.name} ({scope}), GSI1 EMBEDDING_STATUS#NONE:")
+    print(f"  receipt lines waiting: {counts['lines']:,}")
+    print(f"  receipt words waiting: {counts['words']:,}")
+    return StatusResult(scope, counts["lines"], counts["words"],
+                        None if image_ids is None else len(image_ids),
+                        None if image_ids is None else [s.image_id for s in absent])
+
+
+@dataclasses.dataclass
+class VerifyResult:
+    """--verify: every selected image compared with prod; each checked, not checked (it could
+    not be read) or skipped (no receipts)."""
+    images: int = 0
+    checked: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    not_checked: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    skipped_empty: int = 0
+    interrupted: bool = False
+
+    @property
+    def problems(self) -> list[dict[str, Any]]:
+        return [r for r in self.checked if r["missing"] or r["different"]]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.problems or self.not_checked or self.interrupted)
+
+    def image_counts(self) -> dict[str, int]:
+        return {"total": self.images, "checked": len(self.checked),
+                "not_checked": len(self.not_checked), "skipped_empty": self.skipped_empty}
+
+    def to_json(self) -> dict[str, Any]:
+        if self.interrupted:
+            return {"images_checked": len(self.checked), "interrupted": True}
+        return {"images_checked": len(self.checked), "images_with_problems": len(self.problems),
+                "images_not_checked": len(self.not_checked),
+                "images_skipped_empty": self.skipped_empty,
+                "problems": self.problems, "not_checked": self.not_checked}
+
+
+def verify_image(cfg: Config, prod: ProdTable, rules: Rules, source: ImageSource) -> dict[str, Any]:
+    """Compare one exported image with prod by the copy's own diff (prod-owned embedding
+    fields excepted). An image that cannot be read (or whose prod items cannot be) is not
+    checked: it gets an "error"."""
+    name = source.name
+    try:
+        image = convert_image(source, source.read(), rules, cfg.ignore_unknown)
+    except InputError as exc:
+        return {"file": name, "image_id": source.image_id, "error": format_error(exc.record(source))}
+    except Exception as exc:
+        return {"file": name, "image_id": source.image_id,
+                "error": f"{name}: cannot read: {describe_error(exc)}"}
+    if not image.has_receipts and not cfg.include_empty:
+        return {"file": name, "image_id": image.image_id, "skipped": "no receipts"}
+    try:
+        versions = prod.read_versions(image.items)
+    except Exception as exc:
+        return {"file": name, "image_id": image.image_id,
+                "error": f"{name}: cannot read prod: {describe_error(exc)}"}
+    diff = diff_with_prod(image.items, versions, overwrite_changed=False)
+    return {"file": name, "image_id": image.image_id, "items": len(image.items),
+            "missing": [item["SK"]["S"] for item in diff.missing],
+            "different": [{"SK": c["SK"], "attributes": c["attributes"]} for c in diff.conflicts]}
+
+
+def run_verify(cfg: Config, prod: ProdTable, result: VerifyResult) -> None:
+    """Fill `result` (the report holds it, so an interrupted verify reports what it checked)."""
+    sources = select_sources(cfg)
+    rules = Rules.from_config(cfg)
+    result.images = len(sources)
+    pool = ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="verify")
+    try:
+        for r in pool.map(lambda s: verify_image(cfg, prod, rules, s), sources):
+            if "items" in r:
+                result.checked.append(r)
+            elif "error" in r:
+                result.not_checked.append(r)
+            else:
+                result.skipped_empty += 1
+    except KeyboardInterrupt as exc:  # verify writes nothing: in-flight reads need not finish
+        prod.stop.set()
+        result.interrupted = True
+        raise Stopped.by(exc, f"verify interrupted: {len(result.checked):,} of "
+                              f"{plural(len(sources), 'image')} checked (--verify writes nothing; "
+                              "run it again to check every image)") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    print_verify(cfg, prod, result)
+
+
+def print_verify(cfg: Config, prod: ProdTable, result: VerifyResult) -> None:
+    images = result.image_counts()
+    problems = result.problems
+    # One line whose numbers add up: every image is checked, not checked or skipped.
+    print(f"Verify: {plural(images['total'], 'image')} in {source_name(cfg)}: {images['checked']:,} "
+          f"checked against {prod.name} ({len(problems):,} of them with missing or different "
+          f"items), {images['not_checked']:,} not checked (could not be read"
+          + (": listed below" if images["not_checked"] else "")
+          + f"), {images['skipped_empty']:,} skipped (no receipts)")
+    for r in problems:
+        print(f"  {r['image_id']}: {len(r['missing']):,} missing, {len(r['different']):,} different")
+        for sk in r["missing"][:20]:
+            print(f"    missing   {sk}")
+        for d in r["different"][:20]:
+            print(f"    different {d['SK']}: {', '.join(d['attributes'])}")
+    if result.not_checked:
+        print("Not checked (could not be read):")
+        for r in result.not_checked:
+            print(f"  {r['error']}")
+    if any(r["missing"] for r in problems):
+        print(f"To write the missing items: {repair_command(cfg, overwrite=False)}")
+    if any(r["different"] for r in problems):
+        print("To overwrite prod's differing items with the export's: "
+              f"{repair_command(cfg, overwrite=True)}")
+
+
+# =============================================================================
+# 12. Report
+# =============================================================================
+
 
 class Report:
-    """What the run did, image by image; printed as a summary and written as JSON. A dry
-    run and a live run fill the same fields (a dry run writes nothing, so `written` is 0).
-    A run that copies nothing has no copy outcomes: its `images` are the operation's own
-    counts (--verify: checked, not_checked, skipped_empty, adding up to total; --status
-    with an export: total), or null (--status of the whole table, --trigger-embeddings)."""
+    """What the run did, rendered from who knows it: the plan's decisions and the copier's tally
+    (a copy), the waves, and the read-only operations' results; printed as a summary and
+    written as JSON. A dry run and a live run fill the same fields (a dry run writes nothing,
+    so `written` is 0). A run that copies nothing has no copy outcomes: its `images` are the
+    operation's own counts (--verify: checked, not_checked, skipped_empty, adding up to total;
+    --status with an export: total), or null (--status of the whole table,
+    --trigger-embeddings)."""
 
-    # Every image gets exactly one of these; "interrupted" is what is left: images that
-    # never got an outcome (stopped with Ctrl-C or SIGTERM) and have no IMAGE item yet.
+    # Every selected image gets exactly one of these: from the plan (skipped, failed, left for
+    # later) or from the copier (copied, skipped when prod held everything, failed);
+    # "interrupted" is what is left: images the run was stopped before finishing.
     OUTCOMES = ("copied", "skipped_existing", "skipped_empty", "failed", "not_reached_limit",
                 "interrupted")
     SHOWN_CONFLICTS = 10
     SHOWN_ERRORS = 50
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, prod: ProdTable | None = None) -> None:
         self.cfg = cfg
         self.mode = cfg.mode
-        self.lock = threading.Lock()
-        self.images = {"total": 0, "copied": 0, "skipped_existing": 0, "skipped_empty": 0,
-                       "failed": 0}
-        self.entities: Counter[str] = Counter()
-        self.items = {"planned": 0, "to_write": 0, "written": 0, "unchanged": 0,
-                      "prod_progress_kept": 0, "conflicts": 0, "failed_before_diff": 0}
-        self.excluded: Counter[str] = Counter()
-        self.ignored: Counter[str] = Counter()
-        self.other_types: Counter[str] = Counter()  # by TYPE, never written
-        self.errors: list[dict[str, Any]] = []
-        self.conflicts: list[dict[str, Any]] = []
-        self.failed_images: list[str] = []
-        self.failed_sources: set[str] = set()
-        self.not_reached = 0
-        self.interrupted = False
-        self.operation_images: dict[str, int] = {}
+        self.plan: RunPlan | None = None
+        self.tally = Tally()                     # the copier's, every wave's added up
+        self.waves: WaveRun | None = None
+        self.status: StatusResult | None = None
+        self.verify: VerifyResult | None = None
+        self.trigger: TriggerResult | None = None
+        self.operation_errors: list[dict[str, str]] = []
         # (region, where it came from) of the clients this run made; None until one is made.
         self.region: tuple[str, str] | None = None
-        self.prod_checked = False  # prod was read: a copy or dry run with a table, --verify, --status
+        self.prod_checked = prod is not None  # a copy or dry run with a table, --verify, --status
+        self.capacity = prod.capacity if prod is not None else CapacityMeter()
         self.copy_started = False
-        self.dump_started = False
+        self.interrupted = False
         self.report_error: str | None = None  # why --report could not be written
         self.summary_printed = False
-        self.capacity = CapacityMeter()
-        self.extra: dict[str, Any] = {}
         self.started = time.time()
 
-    def count(self, key: str, n: int) -> None:
-        with self.lock:
-            self.items[key] += n
-
-    def image_planned(self, plan: ImagePlan) -> None:
-        with self.lock:
-            self.items["planned"] += len(plan.items)
-            self.excluded.update(plan.excluded)
-            self.ignored.update(plan.ignored)
-            self.other_types.update(plan.other_types)
-
-    def image_done(self, plan: ImagePlan, outcome: str) -> None:
-        with self.lock:
-            self.images[outcome] += 1
-            if outcome == "copied":
-                self.entities.update(plan.entities)
-
-    def image_skipped(self, outcome: str) -> None:
-        with self.lock:
-            self.images[outcome] += 1
-
-    def diffed(self, plan: ImagePlan, diff: Diff) -> None:
-        with self.lock:
-            self.items["to_write"] += len(diff.to_write)
-            self.items["unchanged"] += diff.unchanged
-            self.items["prod_progress_kept"] += diff.prod_progress
-            self.items["conflicts"] += len(diff.conflicts)
-            self.conflicts.extend(dict(c, image_id=plan.image_id) for c in diff.conflicts)
-        for c in diff.conflicts:
-            log.warning("conflict: %s %s differs in prod (%s); %s", c["PK"], c["SK"],
-                        ", ".join(c["attributes"]), c["action"])
-
-    def image_failed(self, source: ImageSource, exc: InputError) -> None:
-        """Record an error; the image counts as failed once, however many errors it has."""
-        error = exc.record(source)
-        log.error("%s", format_error(error))
-        with self.lock:
-            self.errors.append(error)
-            if source.name not in self.failed_sources:
-                self.failed_sources.add(source.name)
-                self.failed_images.append(source.image_id)
-                self.images["failed"] += 1
-
     def image_counts(self) -> dict[str, int]:
-        counts = dict(self.images, not_reached_limit=self.not_reached)
+        settled = self.plan.outcomes() if self.plan else Counter()
+        counts = {"total": len(self.plan.sources) if self.plan else 0}
+        for outcome in self.OUTCOMES[:-1]:
+            counts[outcome] = settled[outcome] + self.tally.images[outcome]
         counts["interrupted"] = counts["total"] - sum(counts[k] for k in self.OUTCOMES[:-1])
         return counts
 
@@ -4136,19 +4458,39 @@ class Report:
         """Every planned item is decided once (to write, unchanged, prod's progress kept, or a
         conflict prod keeps) or was never decided: its image failed before the diff, or the
         run was stopped before it (what is left, like the images' "interrupted")."""
-        counts = dict(self.items)
+        counts = {k: self.tally.items[k] for k in Tally.ITEMS}
         kept = 0 if self.cfg.overwrite_changed else counts["conflicts"]  # else they are to_write
         decided = counts["to_write"] + counts["unchanged"] + counts["prod_progress_kept"] + kept
         counts["interrupted_before_diff"] = counts["planned"] - decided - counts["failed_before_diff"]
         return counts
 
+    def errors(self) -> list[dict[str, Any]]:
+        return (self.plan.errors() if self.plan else []) + self.tally.errors
+
+    def failed_images(self) -> list[str]:
+        planned = [p.image_id for p in self.plan.decided if p.outcome == "failed"] if self.plan else []
+        return planned + self.tally.failed_images
+
     @property
     def failed(self) -> bool:
-        return self.images["failed"] > 0 or self.interrupted
+        return self.image_counts()["failed"] > 0 or self.interrupted
+
+    @property
+    def operations_failed(self) -> bool:
+        return bool(self.operation_errors or (self.status and self.status.failed)
+                    or (self.verify and self.verify.failed) or (self.trigger and self.trigger.refused))
+
+    def operation_images(self) -> dict[str, int] | None:
+        """A run that copies nothing: the images its operation counted, if any."""
+        if self.verify is not None and not self.verify.interrupted:
+            return self.verify.image_counts()
+        if self.status is not None and self.status.images is not None:
+            return {"total": self.status.images}
+        return None
 
     def to_json(self) -> dict[str, Any]:
-        cfg = self.cfg
-        return {
+        cfg, tally = self.cfg, self.tally
+        out: dict[str, Any] = {
             "tool_version": __version__,
             "mode": self.mode,
             "table": cfg.table,
@@ -4159,19 +4501,30 @@ class Report:
             "prod_checked": self.prod_checked,
             "started_at": dt.datetime.fromtimestamp(self.started, dt.timezone.utc).isoformat(),
             "elapsed_seconds": round(time.time() - self.started, 3),
-            "images": self.image_counts() if cfg.copies else (self.operation_images or None),
-            "entities": dict(self.entities),
+            "images": self.image_counts() if cfg.copies else self.operation_images(),
+            "entities": dict(tally.entities),
             "items": self.item_counts(),
             "capacity": self.capacity.to_json(),
-            "excluded": dict(self.excluded),
-            "ignored": dict(self.ignored),
-            "other_types": dict(self.other_types),
-            "errors": self.errors,
-            "failed_images": self.failed_images,
-            "conflicts": self.conflicts,
+            "excluded": dict(tally.excluded),
+            "ignored": dict(tally.ignored),
+            "other_types": dict(tally.other_types),
+            "errors": self.errors(),
+            "failed_images": self.failed_images(),
+            "conflicts": tally.conflicts,
             "interrupted": self.interrupted,
-            **self.extra,
+            "operations_failed": self.operations_failed,
         }
+        if self.waves is not None:
+            out["wave_plan"], out["waves"] = self.waves.plan_json(), self.waves.waves_json()
+        if self.status is not None:
+            out["status"] = self.status.to_json()
+        if self.verify is not None:
+            out["verify"] = self.verify.to_json()
+        if self.trigger is not None and not cfg.dry_run and not self.trigger.refused:
+            out["embeddings"] = self.trigger.started
+        if self.operation_errors:
+            out["operation_errors"] = self.operation_errors
+        return out
 
     def write_json(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n",
@@ -4227,7 +4580,8 @@ class Report:
         elif dry:
             lines.append("Prod not checked (no table given): every image and item counts as new")
         lines += self.entity_lines() + self.conflict_lines() + self.error_lines()
-        lines += wave_summary_lines(self.extra.get("wave_plan"), self.extra.get("waves", []))
+        if self.waves is not None:
+            lines += wave_summary_lines(self.waves.plan_json(), self.waves.waves_json())
         elapsed = time.time() - self.started
         done = it["planned"] if dry else it["written"]
         lines.append(f"Elapsed {elapsed:,.1f} s, {done / elapsed if elapsed else 0:,.0f} items/s "
@@ -4237,42 +4591,88 @@ class Report:
         return lines
 
     def entity_lines(self) -> list[str]:
-        lines = []
-        if self.entities:  # what the copied images hold (planned items include the others)
+        tally, lines = self.tally, []
+        if tally.entities:  # what the copied images hold (planned items include the others)
             lines.append("Entity counts (images to copy):" if self.mode == "dry-run"
                          else "Entity counts (images copied):")
-            lines += [f"  {k.export_key}: {self.entities[k.export_key]:,}" for k in KINDS
-                      if k.export_key in self.entities]
-        if self.excluded:
-            lines.append("Excluded (never copied):")
-            lines += [f"  {k}: {n:,}" for k, n in sorted(self.excluded.items())]
-        if self.other_types:
-            lines.append("Other types in image partitions (not exported, never copied):")
-            lines += [f"  {k}: {n:,}" for k, n in sorted(self.other_types.items())]
-        if self.ignored:
-            lines.append("Ignored unknown lists (--ignore-unknown):")
-            lines += [f"  {k}: {n:,}" for k, n in sorted(self.ignored.items())]
+            lines += [f"  {k.export_key}: {tally.entities[k.export_key]:,}" for k in KINDS
+                      if k.export_key in tally.entities]
+        for title, counts in (("Excluded (never copied):", tally.excluded),
+                              ("Other types in image partitions (not exported, never copied):",
+                               tally.other_types),
+                              ("Ignored unknown lists (--ignore-unknown):", tally.ignored)):
+            if counts:
+                lines.append(title)
+                lines += [f"  {k}: {n:,}" for k, n in sorted(counts.items())]
         return lines
 
     def conflict_lines(self) -> list[str]:
-        if not self.conflicts:
+        conflicts = self.tally.conflicts
+        if not conflicts:
             return []
-        shown = self.conflicts[:self.SHOWN_CONFLICTS]
+        shown = conflicts[:self.SHOWN_CONFLICTS]
         lines = ["Conflicts (prod differs from the export):"]
         lines += [f"  {c['PK']} {c['SK']}: {', '.join(c['attributes'])}" for c in shown]
         where = f"--report {self.cfg.report}" if self.cfg.report else "a run with --report FILE"
-        rest = len(self.conflicts) - len(shown)
+        rest = len(conflicts) - len(shown)
         lines.append(f"  {f'... and {rest:,} more; ' if rest else ''}prod's and the export's values "
                      f"of every conflict: {where}")
         return lines
 
     def error_lines(self) -> list[str]:
-        if not self.errors:
+        errors = self.errors()
+        if not errors:
             return []
-        lines = ["Errors:"] + [f"  {format_error(e)}" for e in self.errors[:self.SHOWN_ERRORS]]
-        if len(self.errors) > self.SHOWN_ERRORS:
-            lines.append(f"  ... and {len(self.errors) - self.SHOWN_ERRORS:,} more (see --report)")
+        lines = ["Errors:"] + [f"  {format_error(e)}" for e in errors[:self.SHOWN_ERRORS]]
+        if len(errors) > self.SHOWN_ERRORS:
+            lines.append(f"  ... and {len(errors) - self.SHOWN_ERRORS:,} more (see --report)")
         return lines
+
+
+def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The summary's lines for --wave-size: one per wave (the plan, in a dry run)."""
+    if plan is None:
+        return []
+    # A wave stopped while waiting for the backlog (--max-pending-embeddings) never ran its copy.
+    ran = [w for w in waves if plan["dry_run"] or "images_copied" in w]
+    lines = [f"Waves of up to {plan['wave_size']:,} images: {len(ran):,} of {plan['waves']:,} "
+             + ("planned" if plan["dry_run"] else "run")
+             + (f" ({plan['images'] - sum(w['images'] for w in ran):,} images in the waves not run)"
+                if len(ran) < plan["waves"] else "")]
+    stops_at = 0
+    for w in waves:
+        text = f"  wave {w['index']} of {plan['waves']}: {plural(w['images'], 'image')}"
+        if plan["dry_run"]:
+            text += planned_wave_text(w, stops_at)
+            stops_at = stops_at or (w["index"] if w.get("outcome") == "images failed" else 0)
+        else:
+            text += f", {w.get('images_copied', 0):,} copied, {w.get('items_written', 0):,} items written"
+            if w.get("executions"):
+                text += "; " + ", ".join(f"{e['kind']} {e['status']}" for e in w["executions"])
+            if "seconds_waited" in w:
+                text += f"; waited {format_duration(w['seconds_waited'])}"
+            if "none_at_end" in w:
+                text += (f"; still NONE at the end: {w['none_at_end']['lines']:,} lines, "
+                         f"{w['none_at_end']['words']:,} words")
+            if w.get("outcome") not in (None, "done"):
+                text += f" [{w['outcome']}]"
+        lines.append(text)
+    return lines
+
+
+def planned_wave_text(w: Mapping[str, Any], stops_at: int) -> str:
+    """What the live run will do in this wave, decided as it decides (WaveDriver.copy_wave)."""
+    if w.get("outcome") == "images failed":
+        text = (f", {w['items_to_write']:,} items to write, {w['images_failed']:,} failed: would start "
+                "no workflows and stop the run here")  # the wave's other images are still copied
+    elif w.get("would_start"):
+        text = (f", {w['items_to_write']:,} items to write; would start "
+                + " and ".join(w["would_start"]) + " with input {}")
+    else:
+        text = ", nothing to write: would start no workflows"
+    if stops_at:
+        text += f" (not reached while wave {stops_at} fails)"
+    return text
 
 
 def plural(n: int, word: str) -> str:
@@ -4289,8 +4689,9 @@ def format_error(e: Mapping[str, Any]) -> str:
 
 
 # =============================================================================
-# Main
+# 13. Main
 # =============================================================================
+
 
 def setup_logging(verbose: bool) -> None:
     # Without tqdm (a dry run on a bare Python) log lines go straight to stderr.
@@ -4328,80 +4729,85 @@ def print_header(cfg: Config, files: int, region: tuple[str, str] | None) -> Non
     print()
 
 
-def confirm_live_run(cfg: Config, files: list[ImageSource], client: Any,
-                     region: tuple[str, str] | None) -> None:
-    """On a terminal, show what the run will do and ask; without one, demand --yes."""
-    if cfg.yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError("a live run needs confirmation: run it on a terminal or pass --yes")
-    name, where = region or client_region(cfg, client)
+def confirm_live_run(cfg: Config, plan: RunPlan, region: tuple[str, str] | None) -> None:
+    """On a terminal, show what the settled plan will do and ask."""
+    name, where = region or ("?", "unknown")
     print(f"About to copy into table {cfg.table!r}, region {name} ({where}), "
           f"endpoint {cfg.endpoint_url or '(AWS)'}:")
-    print("  " + preview_copy(cfg, files, client))
+    print("  " + plan.preview())
     if cfg.wave_size:
         print("  " + wave_preview(cfg))
     try:
         answer = input("Type 'yes' to continue: ")
     except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM) instead of an answer
         print()
-        raise type(exc)("stopped at the confirmation prompt: nothing was written") from None
+        raise Stopped.by(exc, "stopped at the confirmation prompt: nothing was written") from None
     if answer.strip().lower() not in ("y", "yes"):
         raise UsageError("aborted: not confirmed")
 
 
-def preview_copy(cfg: Config, files: list[ImageSource], client: Any) -> str:
-    """What the run will do, by the walk's rules (prod's IMAGE items, skip-existing, empty
-    images, --limit); items are counted from the export, so "up to": the copy's diff
-    then skips what prod already holds."""
-    in_prod = existing_images(client, cfg.table or "", [s.image_id for s in files],
-                              Retrier(cfg.max_retries))
-    counts: Counter[str] = Counter()
-    items = 0
-    for source in files:
-        if source.image_id in in_prod and cfg.skip_existing:
-            counts["already in prod, skipped"] += 1
-            continue
-        if cfg.limit is not None and counts["copy"] >= cfg.limit and source.image_id not in in_prod:
-            counts["left for a later run (--limit)"] += 1
+def run_copy(cfg: Config, report: Report, prod: ProdTable | None) -> None:
+    """Plan the run, ask (live, on a terminal), then copy: in waves, or straight through."""
+    rules = Rules.from_config(cfg)
+    sources = select_sources(cfg)
+    print_header(cfg, len(sources), report.region)
+    plan = report.plan = RunPlan(cfg, sources, prod, rules)
+    asks = not cfg.dry_run and not cfg.yes
+    if asks and not sys.stdin.isatty():
+        raise UsageError("a live run needs confirmation: run it on a terminal or pass --yes")
+    if asks or cfg.wave_size:  # both need every decision up front
+        plan.settle()
+    if asks:
+        confirm_live_run(cfg, plan, report.region)
+    report.copy_started = True
+    dump = DumpFile(cfg.dump_items)
+    try:
+        copier = Copier(cfg, rules, prod, dump)
+        if cfg.wave_size:
+            report.waves = WaveRun(cfg.wave_size, cfg.dry_run)
+            waiter = Waiter(cfg.wave_timeout, poll=poll_schedule(os.environ),
+                            status=StatusLine(cfg.progress))
+            WaveDriver(cfg, plan, copier, Workflows(cfg), prod, report.tally, report.waves,
+                       new_run_id(cfg, report.started), waiter).run()
+        else:
+            copier.run(plan.walk(), len(sources), report.tally)
+    finally:
+        dump.close()
+    dump.check()  # the dump's last lines failed to reach the disk
+
+
+def run_operations(cfg: Config, report: Report, prod: ProdTable | None) -> None:
+    """Each requested operation runs; one that fails says why and the exit code says so."""
+    def verify() -> None:
+        assert prod is not None
+        report.verify = VerifyResult()
+        run_verify(cfg, prod, report.verify)
+
+    def status() -> None:
+        assert prod is not None
+        report.status = run_status(cfg, prod)
+
+    def trigger() -> None:
+        workflows = Workflows(cfg)
+        report.trigger = trigger_embeddings(cfg, workflows, new_run_id(cfg, report.started),
+                                            report.failed, resolve_in_dry_run=prod is not None)
+        if workflows.client is not None:
+            report.region = report.region or client_region(cfg, workflows.client)
+
+    operations = [(cfg.verify, "verify", verify), (cfg.status, "status", status),
+                  # with waves, the waves started (or, in a dry run, planned) them
+                  (cfg.trigger_embeddings and not cfg.wave_size, "trigger-embeddings", trigger)]
+    for wanted, name, operation in operations:
+        if not wanted:
             continue
         try:
-            data = source.read()  # parsed, not converted: a count; the run validates
-        except (InputError, OSError):
-            counts["unreadable"] += 1
-            continue
-        if not data.get("receipts") and not cfg.include_empty:
-            counts["without receipts, skipped"] += 1
-            continue
-        counts["re-synced (already in prod)" if source.image_id in in_prod else "copy"] += 1
-        items += sum(len(v) for k, v in data.items() if k in KINDS_BY_KEY and isinstance(v, list))
-    others = ", ".join(f"{n:,} {what}" for what, n in counts.items() if what != "copy")
-    return (f"{plural(counts['copy'], 'image')} to copy" + (f" ({others})" if others else "")
-            + f", with up to {items:,} items; items prod already holds are not rewritten")
-
-
-def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
-    client = make_client(cfg, meter=report.capacity) if cfg.table else None
-    report.prod_checked = client is not None
-    if client is not None:
-        report.region = client_region(cfg, client)
-    files = select_sources(cfg)
-    print_header(cfg, len(files), report.region)
-    if not cfg.dry_run:
-        confirm_live_run(cfg, files, client, report.region)
-    report.copy_started = True
-    if cfg.wave_size:
-        WaveDriver(cfg, rules, report, client).run(files)
-    else:
-        Migration(cfg, rules, report, client).run(files)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what AWS Batch and CI runners send): stopped like Ctrl-C, exit 143."""
-
-
-def raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
+            operation()
+        except Exception as exc:
+            if botocore_setup_error(exc):
+                raise
+            message = exc.args[0] if isinstance(exc, FatalError) else describe_error(exc)
+            print(f"error: --{name} failed: {message}", file=sys.stderr)
+            report.operation_errors.append({"operation": name, "message": message})
 
 
 def stop_message(report: Report | None) -> str:
@@ -4435,21 +4841,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in warnings:
             log.warning("%s", warning)
         check_output_paths(cfg)
-        if cfg.reads_table:
-            check_table_readable(cfg)
-        report = Report(cfg)
+        prod = ProdTable(cfg) if cfg.reads_table else None
+        if prod is not None:
+            prod.check_readable(cfg.source("table"))
+        report = Report(cfg, prod)
+        if prod is not None:
+            report.region = client_region(cfg, prod.client)
         if cfg.copies:
-            run_copy(cfg, Rules.from_config(cfg), report)
-        run_operations(cfg, report)
+            run_copy(cfg, report, prod)
+        run_operations(cfg, report, prod)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: in-flight batches have finished
+    except (KeyboardInterrupt, Stopped) as exc:  # Ctrl-C or SIGTERM: in-flight batches have finished
         if report:
             report.interrupted = True
             finish_report(cfg, report)
-        print(str(exc) or stop_message(report), file=sys.stderr)  # waves say what goes on in AWS
-        return 143 if isinstance(exc, Terminated) else 130
+        print(exc.explanation if isinstance(exc, Stopped) else stop_message(report), file=sys.stderr)
+        terminated = exc.terminated if isinstance(exc, Stopped) else isinstance(exc, Terminated)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except FatalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if report:
@@ -4467,40 +4877,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return finish_report(cfg, report)
 
 
-def check_table_readable(cfg: Config) -> None:
-    """One DescribeTable before any work: a missing table, an unreachable endpoint or missing
-    permissions is one line and exit 2, not one failure per image after all retries."""
-    from botocore.exceptions import ClientError
-
-    client = make_client(cfg)
-    where = cfg.endpoint_url or f"region {client.meta.region_name}"
-    try:
-        table = Retrier(cfg.max_retries).call(client.describe_table, TableName=cfg.table)["Table"]
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
-            raise UsageError(f"table {cfg.table!r} ({cfg.source('table')}) not found at {where}") \
-                from None
-        raise UsageError(f"cannot read table {cfg.table!r} at {where}: {describe_error(exc)}") \
-            from None
-    except Exception as exc:
-        if botocore_setup_error(exc):
-            raise
-        raise UsageError(f"cannot reach DynamoDB at {where}: {describe_error(exc)}") from None
-    keys = {k.get("AttributeName"): k.get("KeyType") for k in table.get("KeySchema", [])}
-    if keys != {"PK": "HASH", "SK": "RANGE"}:
-        raise UsageError(f"table {cfg.table!r} at {where} has the key schema {keys}, not the "
-                         "receipts table's PK (hash) and SK (range)")
-
-
-def botocore_setup_error(exc: Exception) -> bool:
-    """Missing region, credentials or profile: a configuration problem, not a crash."""
-    return type(exc).__name__ in (
-        "NoRegionError", "NoCredentialsError", "ProfileNotFound", "PartialCredentialsError",
-        "InvalidEndpointURL", "InvalidRegionError", "ConfigParseError", "ConfigNotFound",
-        "CredentialRetrievalError", "InvalidConfigError", "SSOTokenLoadError",
-        "UnauthorizedSSOTokenError", "TokenRetrievalError", "UnknownCredentialError")
-
-
 def finish_report(cfg: Config, report: Report) -> int:
     """Write the report, then print the summary. A report that cannot be written (disk full,
     its directory removed during the run) costs the file, never the summary, and exits 1."""
@@ -4514,7 +4890,7 @@ def finish_report(cfg: Config, report: Report) -> int:
         print(f"error: --report {cfg.report}: cannot write: {report.report_error}; "
               "the summary above is this run's record", file=sys.stderr)
         return EXIT_FAILED
-    return EXIT_FAILED if report.failed or report.extra.get("operations_failed") else EXIT_OK
+    return EXIT_FAILED if report.failed or report.operations_failed else EXIT_OK
 
 
 if __name__ == "__main__":

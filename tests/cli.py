@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -198,6 +198,15 @@ def in_process_config(table: str, url: str, *extra: str) -> tool.Config:
     with, for tests that run the tool's classes in-process."""
     args = tool.build_parser().parse_args(live_args(table, url, GOLDEN_EXPORT, *extra))
     return tool.resolve_config(args, {})
+
+
+def copy_in_process(cfg: tool.Config, client: Any) -> tool.Report:
+    """The copy as main runs it (confirmed: --yes), in this process, through ``client``."""
+    cfg = replace(cfg, yes=True)
+    prod = tool.ProdTable(cfg, client)
+    report = tool.Report(cfg, prod)
+    tool.run_copy(cfg, report, prod)
+    return report
 
 
 # --------------------------------------------------------------------------- the summary

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import CliResult, in_process_config, live_args, run_cli
+from cli import CliResult, copy_in_process, in_process_config, live_args, run_cli
 from conftest import TableHandle
 from fault_proxy import FaultProxy
 from items import (
@@ -257,8 +257,7 @@ class RecordingClient:
 def test_in_process_image_item_written_after_every_other_item_confirmed(ddblocal_table: TableHandle) -> None:
     cfg = in_process_config(ddblocal_table.name, ddblocal_table.url, "--max-workers", "6")
     client = RecordingClient(make_client(ddblocal_table.url))
-    report = tool.Report(cfg)
-    tool.Migration(cfg, tool.Rules.from_config(cfg), report, client).run(tool.select_sources(cfg))
+    report = copy_in_process(cfg, client)
     assert not report.failed
     sends = [items for what, items in client.log if what == "sent"]
     assert check_write_requests(sends) == []
@@ -597,8 +596,6 @@ def test_item_budget_wait_idle() -> None:
 def test_report_counts_in_process_run_match_table(ddblocal_table: TableHandle) -> None:
     """In-process run with the real client: the report agrees with a scan of the table."""
     cfg = in_process_config(ddblocal_table.name, ddblocal_table.url, "--region", REGION)
-    report = tool.Report(cfg)
-    client = make_client(ddblocal_table.url)
-    tool.Migration(cfg, tool.Rules.from_config(cfg), report, client).run(tool.select_sources(cfg))
-    assert report.items["written"] == len(EXPECTED)
+    report = copy_in_process(cfg, make_client(ddblocal_table.url))
+    assert report.item_counts()["written"] == len(EXPECTED)
     assert_table_equals(ddblocal_table.client, ddblocal_table.name, EXPECTED)

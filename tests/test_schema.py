@@ -42,10 +42,10 @@ PK = f"IMAGE#{IMG}"
 
 
 def plan(data: dict[str, Any], *, ignore_unknown: bool = False, rules: tool.Rules = RULES,
-         name: str | None = None) -> tool.ImagePlan:
+         name: str | None = None) -> tool.ConvertedImage:
     image_id = data["images"][0]["image_id"]
     source = tool.ImageSource.from_file(Path(name or f"{image_id}.json"))
-    return tool.plan_image(source, data, rules, ignore_unknown)
+    return tool.convert_image(source, tool.ExportImage(data), rules, ignore_unknown)
 
 
 def items(data: dict[str, Any], **kwargs: Any) -> dict[Key, Item]:

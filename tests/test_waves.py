@@ -719,10 +719,11 @@ def test_dry_run_prints_the_plan_and_starts_nothing(setup: Setup, tmp_path: Path
 
 
 def test_dry_run_plan_is_what_the_live_run_does_wave_by_wave(setup: Setup, tmp_path: Path) -> None:
-    """Waves of one image: one to copy, one without receipts, one already in prod unchanged
-    (--no-skip-existing), one to copy, one that fails. The plan says, wave by wave, what the
-    live run then does: workflows only after a wave that writes something, none after one
-    that writes nothing, and the run stopping at the wave with the failed image."""
+    """Five images: one to copy, one without receipts, one already in prod unchanged
+    (--no-skip-existing), one to copy, one that fails. The run plan decides each once: the
+    waves (of one image) are the three it copies or re-syncs; the empty and the failing image
+    are outcomes of the plan, in no wave, and everything else goes on. The dry run says, wave
+    by wave, what the live run then does: workflows only after a wave that writes something."""
     export = tmp_path / "export"
     ids = [fake_uuid(n, str(n)) for n in range(1, 6)]
     for image_id, source in zip(ids, GOLDEN_IDS):
@@ -740,20 +741,91 @@ def test_dry_run_plan_is_what_the_live_run_does_wave_by_wave(setup: Setup, tmp_p
     assert live.returncode == 1, live.stdout + live.stderr
 
     planned, done = plan["waves"], report["waves"]
-    assert [w["image_ids"] for w in planned] == [[i] for i in ids] == [w["image_ids"] for w in done]
+    waved = [[ids[0]], [ids[2]], [ids[3]]]
+    assert [w["image_ids"] for w in planned] == waved == [w["image_ids"] for w in done]
+    assert plan["wave_plan"]["waves"] == report["wave_plan"]["waves"] == 3
     assert [bool(p.get("would_start")) for p in planned] == [bool(d.get("executions")) for d in done]
     for p, d in zip(planned, done):
         assert p["images_copied"] == d["images_copied"], (p, d)
         assert p["items_to_write"] == d["items_written"], (p, d)
-    assert [bool(d.get("executions")) for d in done] == [True, False, False, True, False]
-    assert done[4]["outcome"] == planned[4]["outcome"] == "images failed"
+    assert [bool(d.get("executions")) for d in done] == [True, False, True]
+    assert [d["outcome"] for d in done] == ["done", "nothing written", "done"]
+    for result in (plan, report):
+        assert result["failed_images"] == [ids[4]], result["failed_images"]
+        images = result["images"]
+        assert (images["skipped_empty"], images["failed"], images["interrupted"]) == (1, 1, 0), images
     lines = [line for line in dry.stdout.splitlines() if line.startswith("  wave ")]
-    assert ["with input {}" in line for line in lines] == [True, False, False, True, False]
-    assert "nothing to write: would start no workflows" in lines[1] and "nothing to write" in lines[2]
-    assert (f"{planned[4]['items_to_write']:,} items to write, 1 failed: would start no workflows "
-            "and stop the run here") in lines[4], lines[4]
+    assert ["with input {}" in line for line in lines] == [True, False, True]
+    assert "nothing to write: would start no workflows" in lines[1]
     assert all(e["status"] == "SUCCEEDED" for k in ("line", "word") for e in setup.executions(k))
     assert len(setup.executions("line")) == len(setup.executions("word")) == 2
+    assert setup.image_ids_in_prod() == {ids[0], ids[2], ids[3]}
+
+
+@pytest.mark.parametrize("waves", [False, True], ids=["straight", "waves"])
+def test_limit_counts_only_images_the_plan_copies(setup: Setup, tmp_path: Path, waves: bool) -> None:
+    """One rule for --limit, with waves or without: an image without receipts and a failing
+    one are not copies, so `--limit 1` still copies one image (it copied none, forever, with
+    --wave-size when the first image was empty)."""
+    export = tmp_path / "export"
+    ids = [fake_uuid(n, "1a") for n in range(1, 5)]
+    for image_id, source in zip(ids, GOLDEN_IDS * 2):
+        write_export(export, clone_export(source, image_id))
+    mutate(export / f"{ids[0]}.json", lambda d: d.update({k: [] for k in d if k.startswith("receipt")}))
+    mutate(export / f"{ids[1]}.json", lambda d: d["receipt_words"][0].update(confidence=1.5))
+    extra = ["--wave-size", 1] if waves else []
+    proc, report = run(setup.args(export, "--limit", 1, *extra), tmp_path / "r.json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the failing image
+    assert setup.image_ids_in_prod() == {ids[2]}
+    images = report["images"]
+    assert (images["copied"], images["skipped_empty"], images["failed"], images["not_reached_limit"],
+            images["interrupted"], images["total"]) == (1, 1, 1, 1, 0, 4), images
+    if waves:
+        assert [w["image_ids"] for w in report["waves"]] == [[ids[2]]]
+
+
+def test_a_run_failing_before_its_first_wave_counts_every_planned_image(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """A state machine that does not exist stops the live run before anything is copied, and
+    the dry run (which reads prod) resolves the names as the live run does and fails the same
+    way. Either way every planned image is counted: none was copied, none is "done"."""
+    make_export(tmp_path / "export", 4)
+    args = [a if a != setup.machines["word"].rsplit(":", 1)[1] else "nope"
+            for a in setup.args(tmp_path / "export", "--wave-size", 2)]
+    for dry in (True, False):
+        proc, report = run([a for a in args if a != "--no-dry-run"] if dry else args, tmp_path / "r.json")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "state machine 'nope' not found" in proc.stderr, proc.stderr
+        assert "would start nope" not in proc.stdout
+        assert re.search(r"^Images found:\s+4$", proc.stdout, re.M), proc.stdout
+        assert report["images"]["total"] == 4 and report["images"]["copied"] == 0, report["images"]
+        assert report["images"]["interrupted"] == 4 and report["wave_plan"]["images"] == 4
+        assert "nothing is left to do" not in proc.stdout + proc.stderr
+    assert setup.items() == {}
+
+
+def test_a_wave_stopped_mid_copy_counts_what_it_wrote(setup: Setup, tmp_path: Path) -> None:
+    """SIGTERM while the first wave is being copied: the wave's numbers are its own tally's,
+    so what it says it wrote is what the run wrote (it said 0 while the report said 375)."""
+    make_export(tmp_path / "export", 3)
+    bg = Background(setup.args(tmp_path / "export", "--wave-size", 3, "--max-workers", 1,
+                               "--max-items-per-second", 60, "--report", tmp_path / "r.json"))
+    try:
+        deadline = time.monotonic() + 120
+        while not setup.items():
+            assert bg.proc.poll() is None and time.monotonic() < deadline, bg.output
+            time.sleep(0.05)
+        bg.proc.send_signal(signal.SIGTERM)
+        assert bg.wait(60) == 143, bg.output
+    finally:
+        bg.kill()
+    report = json.loads((tmp_path / "r.json").read_text())
+    [wave] = report["waves"]
+    written = len(setup.items())
+    assert 0 < wave["items_written"] == report["items"]["written"] == written, (wave, report["items"])
+    assert report["images"]["total"] == 3 and report["images"]["interrupted"] >= 1, report["images"]
+    assert setup.executions("line") == []
 
 
 def test_single_trigger_names_its_executions(sfn_url: str, tmp_path: Path) -> None:
@@ -833,36 +905,27 @@ def test_polls_back_off_to_thirty_seconds_and_the_timeout_is_exact() -> None:
         sleeps.append(seconds)
         now[0] += seconds
 
-    cfg = tool.Config(export_dir=Path("."), dry_run=False, wave_size=5, wave_timeout=600, progress=False)
-    report = tool.Report(cfg)
-    driver = tool.WaveDriver(
-        cfg,
-        tool.Rules.from_config(cfg),
-        report,
-        None,
-        clock=lambda: now[0],
-        sleep=sleep,
-        poll=(tool.POLL_FIRST, tool.POLL_MAX),
-    )
-    entry: dict[str, Any] = {}
+    waiter = tool.Waiter(600, 2, clock=lambda: now[0], sleep=sleep, poll=(tool.POLL_FIRST, tool.POLL_MAX))
+    wave = tool.Wave(1, [])
     with pytest.raises(tool.FatalError, match="--wave-timeout 600 s"):
-        driver.wait(1, entry, lambda: (False, "line RUNNING"), start="waiting", interrupted="-")
+        waiter.wait(wave, lambda: (False, "line RUNNING"), start="waiting", interrupted="-")
     assert 2 <= sleeps[0] <= 5 and max(sleeps) == 30  # a few seconds, growing to 30
     assert sleeps[:-1] == sorted(sleeps[:-1])  # the last one is cut to the timeout
-    assert sum(sleeps) == pytest.approx(600) and entry["seconds_waited"] == pytest.approx(600)
+    assert sum(sleeps) == pytest.approx(600) and wave.seconds_waited == pytest.approx(600)
+    assert wave.outcome == "timed out"
 
     # A probe that succeeds on its third call: two sleeps, then back without error; a later wait
     # of the same wave shares its budget (the wave has waited 90 s of 100).
     answers = iter([False, False, True])
     sleeps.clear()
-    entry = {"seconds_waited": 90.0}
-    cfg.wave_timeout = 100
-    driver.wait(2, entry, lambda: (next(answers), ""), start="waiting", interrupted="-")
-    assert sleeps == [3.0, 4.5] and entry["seconds_waited"] == pytest.approx(97.5)
+    wave = tool.Wave(2, [], seconds_waited=90.0)
+    waiter.timeout = 100
+    waiter.wait(wave, lambda: (next(answers), ""), start="waiting", interrupted="-")
+    assert sleeps == [3.0, 4.5] and wave.seconds_waited == pytest.approx(97.5)
     sleeps.clear()
     with pytest.raises(tool.FatalError):
-        driver.wait(2, entry, lambda: (False, ""), start="waiting", interrupted="-")
-    assert sum(sleeps) == pytest.approx(2.5) and entry["seconds_waited"] == pytest.approx(100)
+        waiter.wait(wave, lambda: (False, ""), start="waiting", interrupted="-")
+    assert sum(sleeps) == pytest.approx(2.5) and wave.seconds_waited == pytest.approx(100)
 
 
 def test_execution_names_are_valid_and_unique() -> None:
