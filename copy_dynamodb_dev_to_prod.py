@@ -192,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     aws.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION, else the "
                      "profile's AWS config; the header and the prompt show which)")
     aws.add_argument("--profile", help="AWS profile name")
-    aws.add_argument("--endpoint-url", help="DynamoDB endpoint (e.g. a local moto server); "
-                     "AWS_ENDPOINT_URL_DYNAMODB is honoured too")
+    aws.add_argument("--endpoint-url", help="DynamoDB endpoint (e.g. a local moto server; default: "
+                     "AWS_ENDPOINT_URL_DYNAMODB, else AWS_ENDPOINT_URL, else AWS)")
 
     run = p.add_argument_group("run")
     mode = run.add_mutually_exclusive_group()
@@ -244,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--word-state-machine", default=DEFAULT_WORD_MACHINE,
                      help=f"name or ARN (default {DEFAULT_WORD_MACHINE})")
     emb.add_argument("--sfn-endpoint-url",
-                     help="Step Functions endpoint (default: --endpoint-url, e.g. one moto server)")
+                     help="Step Functions endpoint (default: a non-AWS --endpoint-url, e.g. one "
+                          "moto server, else AWS_ENDPOINT_URL_SFN, AWS_ENDPOINT_URL_STEPFUNCTIONS "
+                          "or AWS_ENDPOINT_URL, else AWS)")
     emb.add_argument("--wave-size", type=int, metavar="N",
                      help="copy in waves of N images; after each wave that wrote something start "
                           "the line and word workflows and wait until both ended before the next "
@@ -467,6 +469,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
         raise UsageError("--limit must be at least 1 (a dry run shows the plan without copying)")
     if args.max_items_per_second is not None and not args.max_items_per_second > 0:
         raise UsageError("--max-items-per-second must be > 0")
+    poll_schedule(environ)  # a bad value is refused now, not when the first wave waits
     stages = {stage: load_stage(args, stage, environ) for stage in ("dev", "prod")}
     named: dict[str, str | None] = {}
     sources: dict[str, str] = {}
@@ -488,9 +491,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
     derived = {
         "export_dir": args.export_dir or Path("dev.export"),
         "export_dir_given": args.export_dir is not None,
-        "endpoint_url": args.endpoint_url or environ.get("AWS_ENDPOINT_URL_DYNAMODB") or None,
-        # botocore reads AWS_ENDPOINT_URL_SFN itself when this is None.
-        "sfn_endpoint_url": args.sfn_endpoint_url or args.endpoint_url,
+        **endpoint_settings(args, environ, sources),
         "shard": parse_shard(args.shard),
         "progress": not args.no_progress,
         # --overwrite-changed means "make prod match the export", which images skipped whole
@@ -509,6 +510,85 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
     return Config(**as_given, **derived)
 
 
+# Where Step Functions requests go when --sfn-endpoint-url is not given, after --endpoint-url:
+# botocore reads AWS_ENDPOINT_URL_<service id> (Step Functions' id is SFN) and then
+# AWS_ENDPOINT_URL; the tool reads them itself (and AWS_ENDPOINT_URL_STEPFUNCTIONS, which
+# botocore does not) and passes what it found, so the header says where the workflows start.
+SFN_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_STEPFUNCTIONS", "AWS_ENDPOINT_URL")
+AWS_ENDPOINT_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws", ".c2s.ic.gov",
+                        ".sc2s.sgov.gov")
+
+
+def endpoint_settings(args: argparse.Namespace, environ: Mapping[str, str],
+                      sources: dict[str, str]) -> dict[str, str | None]:
+    """DynamoDB's and Step Functions' endpoints (None: AWS), each checked like a flag, and
+    where each came from (in `sources`). A non-AWS --endpoint-url, a local engine such as
+    moto, is used for Step Functions too unless --sfn-endpoint-url is given; an AWS one is
+    DynamoDB's own, never Step Functions'."""
+    def first(name: str, candidates: Iterable[tuple[str | None, str, str]]) -> str | None:
+        for value, what, source in candidates:
+            if value:
+                sources[name] = source
+                return endpoint_value(value, what)
+        return None
+
+    env = [(environ.get(v), f"environment {v}", f"from environment {v}") for v in SFN_ENDPOINT_VARS]
+    local = args.endpoint_url if args.endpoint_url and not is_aws_endpoint(args.endpoint_url) else None
+    return {
+        "endpoint_url": first("endpoint_url", [
+            (args.endpoint_url, "--endpoint-url", "given as --endpoint-url"),
+            *[(environ.get(v), f"environment {v}", f"from environment {v}")
+              for v in ("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL")]]),
+        "sfn_endpoint_url": first("sfn_endpoint_url", [
+            (args.sfn_endpoint_url, "--sfn-endpoint-url", "given as --sfn-endpoint-url"),
+            (local, "--endpoint-url", "given as --endpoint-url"), *env]),
+    }
+
+
+def endpoint_value(url: str, what: str) -> str:
+    """An endpoint URL as botocore takes it: http(s)://host[:port][/path]."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and \
+            (parts.port is None or parts.port > 0)  # .port raises ValueError for a bad port
+    except ValueError:
+        valid = False
+    if not valid:
+        raise UsageError(f"{what} {url!r}: not an endpoint URL (expected http://HOST[:PORT] or "
+                         "https://HOST[:PORT])")
+    return url
+
+
+def is_aws_endpoint(url: str | None) -> bool:
+    """True for None (botocore's default, AWS) and for AWS's own host names."""
+    import urllib.parse
+
+    if url is None:
+        return True
+    host = (urllib.parse.urlsplit(url).hostname or "").lower().rstrip(".")
+    return host.endswith(AWS_ENDPOINT_DOMAINS)
+
+
+def check_sfn_endpoint(cfg: Config) -> None:
+    """A rehearsal against a local DynamoDB must not start prod's workflows: where DynamoDB goes
+    to a non-AWS endpoint, Step Functions may not silently go to AWS."""
+    if cfg.trigger_embeddings and not is_aws_endpoint(cfg.endpoint_url) and cfg.sfn_endpoint_url is None:
+        flag = "--wave-size" if cfg.wave_size else "--trigger-embeddings"
+        raise UsageError(f"DynamoDB goes to {cfg.endpoint_url} ({cfg.source('endpoint_url')}) but Step "
+                         f"Functions would go to AWS, where {flag} would start prod's workflows: "
+                         "give the Step Functions endpoint with --sfn-endpoint-url URL or "
+                         "AWS_ENDPOINT_URL_SFN")
+
+
+def sfn_endpoint_text(cfg: Config) -> str:
+    """Where workflows are started, as the header, the prompt and --trigger-embeddings say it."""
+    if cfg.sfn_endpoint_url is None:
+        return "Step Functions: (AWS)"
+    return f"Step Functions: {cfg.sfn_endpoint_url} ({cfg.source('sfn_endpoint_url')})"
+
+
 def check_config(cfg: Config) -> list[str]:
     """Refuse configurations that cannot work or are unsafe; return warnings. Each operation is
     checked only for the values it uses, and messages say where a value came from."""
@@ -518,6 +598,7 @@ def check_config(cfg: Config) -> list[str]:
         raise UsageError(f"{flag} goes with a copy" + ("" if cfg.wave_size else " or on its own")
                          + ", not with --status/--verify (run those on their own)")
     check_source_config(cfg)
+    check_sfn_endpoint(cfg)
     if (cfg.copies or cfg.verify or cfg.export_dir_given) and not cfg.other_source \
             and not cfg.export_dir.is_dir():
         raise UsageError(f"export directory not found: {cfg.export_dir}" if not cfg.export_dir.exists()
@@ -585,6 +666,8 @@ def check_source_config(cfg: Config) -> None:
                   if getattr(cfg, f"source_{n.replace('-', '_')}")]
     if connection and not cfg.source_table:
         raise UsageError(f"{', '.join(connection)} only go with --source-table")
+    if cfg.source_endpoint_url:
+        endpoint_value(cfg.source_endpoint_url, "--source-endpoint-url")
     if cfg.source_table is not None and cfg.source_table in (cfg.table, ""):
         raise UsageError(f"--source-table {cfg.source_table!r} is the prod table (--table): "
                          "the source is read, the target written")
@@ -3596,6 +3679,8 @@ def run_trigger_embeddings(cfg: Config, report: Report) -> None:
               + ": some images failed; fix them and re-run first.")
         report.extra["operations_failed"] = True
         return
+    if not cfg.copies:  # on its own: no header said where the workflows start
+        print(sfn_endpoint_text(cfg))
     if cfg.dry_run:
         for kind, name in machines:
             print(f"Would start the {kind} embedding workflow {name} with input {{}}")
@@ -3641,8 +3726,17 @@ def poll_delays(first: float = POLL_FIRST, cap: float = POLL_MAX) -> Iterator[fl
 
 
 def poll_schedule(environ: Mapping[str, str]) -> tuple[float, float]:
+    """resolve_config calls it first, so a bad value is refused before anything is done."""
     text = environ.get(POLL_ENV)
-    return (float(text), float(text)) if text else (POLL_FIRST, POLL_MAX)
+    if not text:
+        return POLL_FIRST, POLL_MAX
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise UsageError(f"environment {POLL_ENV} {text!r}: expected a number of seconds > 0")
+    return seconds, seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -4321,6 +4415,8 @@ def print_header(cfg: Config, files: int, region: tuple[str, str] | None) -> Non
         target = cfg.prod_raw_bucket if kind == "raw" else cfg.prod_cdn_bucket
         print(f"{kind.upper()} bucket: {renames} -> {target}" if renames
               else f"{kind.upper()} bucket: not rewritten (not configured)")
+    if cfg.trigger_embeddings:
+        print(sfn_endpoint_text(cfg))
     if cfg.overwrite_changed:
         print("Images already in prod: " + ("skipped (--skip-existing), so not overwritten"
               if cfg.skip_existing else "compared; items that differ are overwritten "
@@ -4341,6 +4437,8 @@ def confirm_live_run(cfg: Config, files: list[ImageSource], client: Any,
     print("  " + preview_copy(cfg, files, client))
     if cfg.wave_size:
         print("  " + wave_preview(cfg))
+    if cfg.trigger_embeddings:
+        print("  " + sfn_endpoint_text(cfg))
     try:
         answer = input("Type 'yes' to continue: ")
     except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM) instead of an answer
