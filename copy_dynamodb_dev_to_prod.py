@@ -319,6 +319,10 @@ class Config:
     source_endpoint_url: str | None = None
     source_items: Path | None = None
     image_ids: tuple[str, ...] | None = None
+    # the files the configuration was read from (outputs must never overwrite them)
+    dev_config: Path | None = None
+    prod_config: Path | None = None
+    image_ids_file: Path | None = None
 
     @property
     def other_source(self) -> bool:
@@ -693,6 +697,7 @@ def check_output_paths(cfg: Config) -> None:
                if path is not None]
     for flag, path in outputs:
         parent = path.parent if str(path.parent) else Path(".")
+        check_output_kind(flag, path)
         if path.is_dir():
             raise UsageError(f"{flag} {path}: is a directory")
         if not parent.is_dir():
@@ -700,16 +705,67 @@ def check_output_paths(cfg: Config) -> None:
         if not os.access(path if path.exists() else parent, os.W_OK):
             raise UsageError(f"{flag} {path}: not writable")
         check_not_an_input(cfg, flag, path)
-    if len(outputs) == 2 and outputs[0][1].resolve() == outputs[1][1].resolve():
+    if len(outputs) == 2 and same_file(outputs[0][1], outputs[1][1]) and \
+            not same_file(outputs[0][1], Path(os.devnull)):
         raise UsageError(f"--report and --dump-items both name {cfg.report}: each needs a file of its own")
 
 
+# Outputs that are no regular file but are fine to write to. /dev/full is a full disk (every
+# write fails with ENOSPC, which the run reports): the tests' stand-in for a disk that fills up.
+SPECIAL_OUTPUTS = ("/dev/null", "/dev/stdout", "/dev/full")
+
+
+def check_output_kind(flag: str, path: Path) -> None:
+    """A FIFO would block the run at the end (opening it waits for a reader), a socket cannot be
+    opened, a device is no record: refused by stat, without opening them."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # not there yet: it is created as a regular file
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or os.path.abspath(path) in SPECIAL_OUTPUTS \
+            or same_file(path, Path(os.devnull)):
+        return
+    try:
+        check_regular(mode)
+    except InputError as exc:
+        raise UsageError(f"{flag} {path}: {exc.message}; give a regular file (or /dev/null)") from None
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """The same file: the same resolved path, or the same device and inode (a hard link, a
+    symlink, another spelling of the path)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except (OSError, RuntimeError):  # missing (nothing to overwrite), or a symlink loop
+        return False
+
+
+def run_inputs(cfg: Config) -> Iterator[tuple[str, Path]]:
+    """Every file this run reads, and how messages name it. Export files are listed (not just
+    the directory): one may be a symlink to a file elsewhere."""
+    for flag, path in (("--dev-config", cfg.dev_config), ("--prod-config", cfg.prod_config),
+                       ("--image-ids-file", cfg.image_ids_file), ("--source-items", cfg.source_items)):
+        if path is not None:
+            yield f"the {flag} file", path
+    if cfg.source_items is not None and cfg.source_items.is_dir():
+        for data in item_files(cfg.source_items).files:
+            yield f"a data file of --source-items {cfg.source_items}", data
+    if not cfg.other_source and cfg.export_dir.is_dir():
+        for export_file in list_export_files(cfg.export_dir):
+            yield f"the export file {export_file.name}", export_file
+
+
 def check_not_an_input(cfg: Config, flag: str, path: Path) -> None:
-    """Writing over the data being migrated would destroy it; a file written into the export
-    directory would be read as an image by the next run."""
+    """Writing over the data being migrated, or over a file the run reads, would destroy it; a
+    file written into the export directory would be read as an image by the next run."""
     target = path.resolve()
-    if cfg.source_items is not None and target == cfg.source_items.resolve():
-        raise UsageError(f"{flag} {path}: is the --source-items file, the input of this run")
+    if os.path.lexists(path) and not same_file(path, Path(os.devnull)):
+        for what, input_path in run_inputs(cfg):
+            if same_file(path, input_path):
+                raise UsageError(f"{flag} {path}: is {what}, which this run reads: writing it would "
+                                 "destroy it; write it elsewhere")
     export = cfg.export_dir.resolve()
     if target == export or export in target.parents:
         raise UsageError(f"{flag} {path}: is inside the export directory {cfg.export_dir} "
