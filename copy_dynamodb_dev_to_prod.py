@@ -1031,7 +1031,7 @@ def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, .
                   if line.strip()]
     first: dict[str, str] = {}  # an id listed again in another case is the same image
     for image_id, where in found:
-        if not UUID_RE.match(image_id):
+        if not UUID_RE.fullmatch(image_id):
             raise UsageError(f"{where}: {image_id!r} is not an image id (a version 4/5 UUID)")
         first.setdefault(image_id.lower(), image_id)
     return tuple(first.values())
@@ -1351,7 +1351,7 @@ def fixed_text(v: Any, places: int) -> str:
     # but not as text: a hit needs no further checks.
     text = cache.get(v) if type(v) is float and v else None
     if text is None:
-        f = float(finite_number(v))
+        f = float_of(v)
         try:
             q = Decimal(repr(f)).quantize(Decimal(1).scaleb(-places), context=NUMBER_CONTEXT)
         except InvalidOperation:
@@ -1370,24 +1370,41 @@ FIXED_CACHE: dict[int, dict[float, str]] = {}
 
 
 def repr_text(v: Any) -> str:
-    """R(v): Python's float repr; ints become floats first (0 -> '0.0')."""
-    f = float(finite_number(v))
+    """R(v): Python's float repr; ints become floats first (0 -> '0.0'). The bounds are exact
+    for the text written: repr is the shortest text that reads back as the float, so it keeps
+    the floats' order, and the float bounds' reprs are exactly 1e-130 and 1e126."""
+    f = float_of(v)
     if f != 0 and not MIN_DYNAMODB_NUMBER <= abs(f) < MAX_DYNAMODB_NUMBER:
         raise FieldError(f"{v!r} is outside the range DynamoDB can store (1e-130 .. 1e126)")
     return repr(f)
 
 
+def float_of(v: Any) -> float:
+    """A number as the float these codecs write; an int too large for a float is a FieldError
+    (float() raises OverflowError past 1.8e308), not a crash."""
+    try:
+        return float(finite_number(v))
+    except OverflowError:
+        raise FieldError(f"{v} is outside the range DynamoDB can store (1e-130 .. 1e126)") from None
+
+
 def int_text(v: int) -> str:
-    """An integer as DynamoDB N text: at most 38 significant digits."""
+    """An integer as DynamoDB N text: at most 38 significant digits, below 10**126. Compared
+    as integers: the float 1e126 is 7.5e109 below 10**126, so 38 nines times 10**88 would
+    be refused by a comparison with it, though DynamoDB stores it."""
     text = str(v)
-    if len(text.lstrip("-").rstrip("0")) > 38 or abs(v) >= MAX_DYNAMODB_NUMBER:
+    if len(text.lstrip("-").rstrip("0")) > 38:
         raise FieldError(f"{v} has more digits than DynamoDB can store (38)")
+    if abs(v) >= MAX_DYNAMODB_INT:
+        raise FieldError(f"{v} is outside the range DynamoDB can store (below 10**126)")
     return text
 
 
-# DynamoDB numbers: 38 significant digits, magnitude 1e-130 .. 9.99...e125.
+# DynamoDB numbers: 38 significant digits, magnitude 1e-130 .. 9.99...e125. The float bounds
+# are for floats only (repr_text); integers are compared with the exact integer bound.
 MIN_DYNAMODB_NUMBER = 1e-130
 MAX_DYNAMODB_NUMBER = 1e126
+MAX_DYNAMODB_INT = 10**126
 
 
 def int_value(v: Any, minimum: int | None = None) -> int:
@@ -1406,7 +1423,9 @@ def str_value(v: Any, allow_empty: bool = True) -> str:
     return v
 
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[45][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.I)
+# Used with fullmatch: `$` also matches before a trailing newline, so "<uuid>\n" would pass a
+# ^...$ match and become a key no other tool finds. \A...\Z keeps even .match() exact.
+UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[45][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z", re.I)
 
 
 def parse_isoformat(text: str) -> dt.datetime:
@@ -1475,7 +1494,7 @@ def key_int(minimum: int) -> Codec:
 
 
 def key_uuid(v: Any) -> object:
-    if not isinstance(v, str) or not UUID_RE.match(v):
+    if not isinstance(v, str) or not UUID_RE.fullmatch(v):
         raise FieldError(f"not a version 4/5 UUID: {v!r}")
     return KEY_ONLY
 
@@ -2226,7 +2245,7 @@ def plan_image(source: ImageSource, data: dict[str, Any], rules: Rules,
         raise InputError(f"an export file holds exactly one image, found {len(images)}",
                          entity="images")
     image_id = images[0].get("image_id")
-    if not isinstance(image_id, str) or not UUID_RE.match(image_id):
+    if not isinstance(image_id, str) or not UUID_RE.fullmatch(image_id):
         raise InputError(f"not a version 4/5 UUID: {image_id!r}", entity="images", index=0,
                          field="image_id")
     if source.image_id != image_id:
