@@ -4559,6 +4559,7 @@ def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
     if client is not None:
         report.region = client_region(cfg, client)
     files = select_sources(cfg)
+    check_export_side(cfg, files)
     print_header(cfg, len(files), report.region)
     if not cfg.dry_run:
         confirm_live_run(cfg, files, client, report.region)
@@ -4567,6 +4568,40 @@ def run_copy(cfg: Config, rules: Rules, report: Report) -> None:
         WaveDriver(cfg, rules, report, client).run(files)
     else:
         Migration(cfg, rules, report, client).run(files)
+
+
+def check_export_side(cfg: Config, sources: Sequence[ImageSource]) -> None:
+    """Swapped --dev-config/--prod-config (with table names that do not say "dev") would copy
+    into the dev table. Where both raw bucket names are configured, the first image that names
+    its raw bucket (images[0] and its receipts) shows which side the export came from: if
+    every name is the configured prod bucket and not the dev one, a live copy is refused and a
+    dry run warns. Not for --source-table: reading it costs a Query, and check_source_config
+    already refuses a source table that is the target (swapped configs make the dev table it)."""
+    dev, prod = cfg.dev_raw_bucket, cfg.prod_raw_bucket
+    if cfg.force or cfg.source_table or not dev or not prod or dev == prod:
+        return
+    for source in sources:
+        try:
+            data = source.read()
+        except Exception:  # unreadable: the copy fails this image and says why
+            continue
+        images, receipts = data.get("images"), data.get("receipts")
+        image = images[0] if isinstance(images, list) and images and isinstance(images[0], dict) else {}
+        if not isinstance(image.get("raw_s3_bucket"), str):
+            continue
+        names = {image["raw_s3_bucket"]} | {
+            r["raw_s3_bucket"] for r in (receipts if isinstance(receipts, list) else [])
+            if isinstance(r, dict) and isinstance(r.get("raw_s3_bucket"), str)}
+        if names != {prod}:
+            return
+        message = (f"{source.name}: the export's raw_s3_bucket is {prod!r}, the configured prod raw "
+                   f"bucket ({cfg.source('prod_raw_bucket')}), not the dev one {dev!r} "
+                   f"({cfg.source('dev_raw_bucket')}): the export comes from the prod side, or "
+                   "--dev-config and --prod-config are swapped")
+        if not cfg.dry_run:
+            raise UsageError(f"{message}; refusing to copy into {cfg.table!r} (--force overrides)")
+        log.warning("%s; a live copy would refuse to start", message)
+        return
 
 
 class Terminated(KeyboardInterrupt):
