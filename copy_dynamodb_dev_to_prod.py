@@ -292,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     aws.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION, else the "
                      "profile's AWS config; the header and the prompt show which)")
     aws.add_argument("--profile", help="AWS profile name")
-    aws.add_argument("--endpoint-url", help="DynamoDB endpoint (e.g. a local moto server); "
-                     "AWS_ENDPOINT_URL_DYNAMODB is honoured too")
+    aws.add_argument("--endpoint-url", help="DynamoDB endpoint (e.g. a local moto server; default: "
+                     "AWS_ENDPOINT_URL_DYNAMODB, else AWS_ENDPOINT_URL, else AWS)")
 
     run = p.add_argument_group("run")
     mode = run.add_mutually_exclusive_group()
@@ -344,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--word-state-machine", default=DEFAULT_WORD_MACHINE,
                      help=f"name or ARN (default {DEFAULT_WORD_MACHINE})")
     emb.add_argument("--sfn-endpoint-url",
-                     help="Step Functions endpoint (default: --endpoint-url, e.g. one moto server)")
+                     help="Step Functions endpoint (default: a non-AWS --endpoint-url, e.g. one "
+                          "moto server, else AWS_ENDPOINT_URL_SFN, AWS_ENDPOINT_URL_STEPFUNCTIONS "
+                          "or AWS_ENDPOINT_URL, else AWS)")
     emb.add_argument("--wave-size", type=int, metavar="N",
                      help="copy in waves of N images; after each wave that wrote something start "
                           "the line and word workflows and wait until both ended before the next "
@@ -417,6 +419,10 @@ class Config:
     source_endpoint_url: str | None = None
     source_items: Path | None = None
     image_ids: tuple[str, ...] | None = None
+    # the files the configuration was read from (outputs must never overwrite them)
+    dev_config: Path | None = None
+    prod_config: Path | None = None
+    image_ids_file: Path | None = None
 
     @property
     def other_source(self) -> bool:
@@ -567,6 +573,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
         raise UsageError("--limit must be at least 1 (a dry run shows the plan without copying)")
     if args.max_items_per_second is not None and not args.max_items_per_second > 0:
         raise UsageError("--max-items-per-second must be > 0")
+    poll_schedule(environ)  # a bad value is refused now, not when the first wave waits
     stages = {stage: load_stage(args, stage, environ) for stage in ("dev", "prod")}
     named: dict[str, str | None] = {}
     sources: dict[str, str] = {}
@@ -588,9 +595,7 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
     derived = {
         "export_dir": args.export_dir or Path("dev.export"),
         "export_dir_given": args.export_dir is not None,
-        "endpoint_url": args.endpoint_url or environ.get("AWS_ENDPOINT_URL_DYNAMODB") or None,
-        # botocore reads AWS_ENDPOINT_URL_SFN itself when this is None.
-        "sfn_endpoint_url": args.sfn_endpoint_url or args.endpoint_url,
+        **endpoint_settings(args, environ, sources),
         "shard": parse_shard(args.shard),
         "progress": not args.no_progress,
         # --overwrite-changed means "make prod match the export", which images skipped whole
@@ -609,7 +614,88 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
     return Config(**as_given, **derived)
 
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[45][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.I)
+# Where Step Functions requests go when --sfn-endpoint-url is not given, after --endpoint-url:
+# botocore reads AWS_ENDPOINT_URL_<service id> (Step Functions' id is SFN) and then
+# AWS_ENDPOINT_URL; the tool reads them itself (and AWS_ENDPOINT_URL_STEPFUNCTIONS, which
+# botocore does not) and passes what it found, so the header says where the workflows start.
+SFN_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_STEPFUNCTIONS", "AWS_ENDPOINT_URL")
+AWS_ENDPOINT_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws", ".c2s.ic.gov",
+                        ".sc2s.sgov.gov")
+
+
+def endpoint_settings(args: argparse.Namespace, environ: Mapping[str, str],
+                      sources: dict[str, str]) -> dict[str, str | None]:
+    """DynamoDB's and Step Functions' endpoints (None: AWS), each checked like a flag, and
+    where each came from (in `sources`). A non-AWS --endpoint-url, a local engine such as
+    moto, is used for Step Functions too unless --sfn-endpoint-url is given; an AWS one is
+    DynamoDB's own, never Step Functions'."""
+    def first(name: str, candidates: Iterable[tuple[str | None, str, str]]) -> str | None:
+        for value, what, source in candidates:
+            if value:
+                sources[name] = source
+                return endpoint_value(value, what)
+        return None
+
+    env = [(environ.get(v), f"environment {v}", f"from environment {v}") for v in SFN_ENDPOINT_VARS]
+    local = args.endpoint_url if args.endpoint_url and not is_aws_endpoint(args.endpoint_url) else None
+    return {
+        "endpoint_url": first("endpoint_url", [
+            (args.endpoint_url, "--endpoint-url", "given as --endpoint-url"),
+            *[(environ.get(v), f"environment {v}", f"from environment {v}")
+              for v in ("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL")]]),
+        "sfn_endpoint_url": first("sfn_endpoint_url", [
+            (args.sfn_endpoint_url, "--sfn-endpoint-url", "given as --sfn-endpoint-url"),
+            (local, "--endpoint-url", "given as --endpoint-url"), *env]),
+    }
+
+
+def endpoint_value(url: str, what: str) -> str:
+    """An endpoint URL as botocore takes it: http(s)://host[:port][/path]."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and \
+            (parts.port is None or parts.port > 0)  # .port raises ValueError for a bad port
+    except ValueError:
+        valid = False
+    if not valid:
+        raise UsageError(f"{what} {url!r}: not an endpoint URL (expected http://HOST[:PORT] or "
+                         "https://HOST[:PORT])")
+    return url
+
+
+def is_aws_endpoint(url: str | None) -> bool:
+    """True for None (botocore's default, AWS) and for AWS's own host names."""
+    import urllib.parse
+
+    if url is None:
+        return True
+    host = (urllib.parse.urlsplit(url).hostname or "").lower().rstrip(".")
+    return host.endswith(AWS_ENDPOINT_DOMAINS)
+
+
+def check_sfn_endpoint(cfg: Config) -> None:
+    """A rehearsal against a local DynamoDB must not start prod's workflows: where DynamoDB goes
+    to a non-AWS endpoint, Step Functions may not silently go to AWS."""
+    if cfg.trigger_embeddings and not is_aws_endpoint(cfg.endpoint_url) and cfg.sfn_endpoint_url is None:
+        flag = "--wave-size" if cfg.wave_size else "--trigger-embeddings"
+        raise UsageError(f"DynamoDB goes to {cfg.endpoint_url} ({cfg.source('endpoint_url')}) but Step "
+                         f"Functions would go to AWS, where {flag} would start prod's workflows: "
+                         "give the Step Functions endpoint with --sfn-endpoint-url URL or "
+                         "AWS_ENDPOINT_URL_SFN")
+
+
+def sfn_endpoint_text(cfg: Config) -> str:
+    """Where workflows are started, as the header, the prompt and --trigger-embeddings say it."""
+    if cfg.sfn_endpoint_url is None:
+        return "Step Functions: (AWS)"
+    return f"Step Functions: {cfg.sfn_endpoint_url} ({cfg.source('sfn_endpoint_url')})"
+
+
+# Used with fullmatch: `$` also matches before a trailing newline, so "<uuid>\n" would pass a
+# ^...$ match and become a key no other tool finds. \A...\Z keeps even .match() exact.
+UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[45][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z", re.I)
 
 
 def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, ...] | None:
@@ -627,7 +713,7 @@ def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, .
                   if line.strip()]
     first: dict[str, str] = {}  # an id listed again in another case is the same image
     for image_id, where in found:
-        if not UUID_RE.match(image_id):
+        if not UUID_RE.fullmatch(image_id):
             raise UsageError(f"{where}: {image_id!r} is not an image id (a version 4/5 UUID)")
         first.setdefault(image_id.lower(), image_id)
     return tuple(first.values())
@@ -642,6 +728,7 @@ def check_config(cfg: Config) -> list[str]:
         raise UsageError(f"{flag} goes with a copy" + ("" if cfg.wave_size else " or on its own")
                          + ", not with --status/--verify (run those on their own)")
     check_source_config(cfg)
+    check_sfn_endpoint(cfg)
     if (cfg.copies or cfg.verify or cfg.export_dir_given) and not cfg.other_source \
             and not cfg.export_dir.is_dir():
         raise UsageError(f"export directory not found: {cfg.export_dir}" if not cfg.export_dir.exists()
@@ -709,6 +796,8 @@ def check_source_config(cfg: Config) -> None:
                   if getattr(cfg, f"source_{n.replace('-', '_')}")]
     if connection and not cfg.source_table:
         raise UsageError(f"{', '.join(connection)} only go with --source-table")
+    if cfg.source_endpoint_url:
+        endpoint_value(cfg.source_endpoint_url, "--source-endpoint-url")
     if cfg.source_table is not None and cfg.source_table in (cfg.table, ""):
         raise UsageError(f"--source-table {cfg.source_table!r} is the prod table (--table): "
                          "the source is read, the target written")
@@ -740,6 +829,7 @@ def check_output_paths(cfg: Config) -> None:
                if path is not None]
     for flag, path in outputs:
         parent = path.parent if str(path.parent) else Path(".")
+        check_output_kind(flag, path)
         if path.is_dir():
             raise UsageError(f"{flag} {path}: is a directory")
         if not parent.is_dir():
@@ -747,16 +837,67 @@ def check_output_paths(cfg: Config) -> None:
         if not os.access(path if path.exists() else parent, os.W_OK):
             raise UsageError(f"{flag} {path}: not writable")
         check_not_an_input(cfg, flag, path)
-    if len(outputs) == 2 and outputs[0][1].resolve() == outputs[1][1].resolve():
+    if len(outputs) == 2 and same_file(outputs[0][1], outputs[1][1]) and \
+            not same_file(outputs[0][1], Path(os.devnull)):
         raise UsageError(f"--report and --dump-items both name {cfg.report}: each needs a file of its own")
 
 
+# Outputs that are no regular file but are fine to write to. /dev/full is a full disk (every
+# write fails with ENOSPC, which the run reports): the tests' stand-in for a disk that fills up.
+SPECIAL_OUTPUTS = ("/dev/null", "/dev/stdout", "/dev/full")
+
+
+def check_output_kind(flag: str, path: Path) -> None:
+    """A FIFO would block the run at the end (opening it waits for a reader), a socket cannot be
+    opened, a device is no record: refused by stat, without opening them."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # not there yet: it is created as a regular file
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or os.path.abspath(path) in SPECIAL_OUTPUTS \
+            or same_file(path, Path(os.devnull)):
+        return
+    try:
+        check_regular(mode)
+    except InputError as exc:
+        raise UsageError(f"{flag} {path}: {exc.message}; give a regular file (or /dev/null)") from None
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """The same file: the same resolved path, or the same device and inode (a hard link, a
+    symlink, another spelling of the path)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except (OSError, RuntimeError):  # missing (nothing to overwrite), or a symlink loop
+        return False
+
+
+def run_inputs(cfg: Config) -> Iterator[tuple[str, Path]]:
+    """Every file this run reads, and how messages name it. Export files are listed (not just
+    the directory): one may be a symlink to a file elsewhere."""
+    for flag, path in (("--dev-config", cfg.dev_config), ("--prod-config", cfg.prod_config),
+                       ("--image-ids-file", cfg.image_ids_file), ("--source-items", cfg.source_items)):
+        if path is not None:
+            yield f"the {flag} file", path
+    if cfg.source_items is not None and cfg.source_items.is_dir():
+        for data in item_files(cfg.source_items).files:
+            yield f"a data file of --source-items {cfg.source_items}", data
+    if not cfg.other_source and cfg.export_dir.is_dir():
+        for export_file in list_export_files(cfg.export_dir):
+            yield f"the export file {export_file.name}", export_file
+
+
 def check_not_an_input(cfg: Config, flag: str, path: Path) -> None:
-    """Writing over the data being migrated would destroy it; a file written into the export
-    directory would be read as an image by the next run."""
+    """Writing over the data being migrated, or over a file the run reads, would destroy it; a
+    file written into the export directory would be read as an image by the next run."""
     target = path.resolve()
-    if cfg.source_items is not None and target == cfg.source_items.resolve():
-        raise UsageError(f"{flag} {path}: is the --source-items file, the input of this run")
+    if os.path.lexists(path) and not same_file(path, Path(os.devnull)):
+        for what, input_path in run_inputs(cfg):
+            if same_file(path, input_path):
+                raise UsageError(f"{flag} {path}: is {what}, which this run reads: writing it would "
+                                 "destroy it; write it elsewhere")
     export = cfg.export_dir.resolve()
     if target == export or export in target.parents:
         raise UsageError(f"{flag} {path}: is inside the export directory {cfg.export_dir} "
@@ -873,7 +1014,7 @@ def fixed_text(v: Any, places: int) -> str:
     # but not as text: a hit needs no further checks.
     text = cache.get(v) if type(v) is float and v else None
     if text is None:
-        f = float(finite_number(v))
+        f = float_of(v)
         try:
             q = Decimal(repr(f)).quantize(Decimal(1).scaleb(-places), context=NUMBER_CONTEXT)
         except InvalidOperation:
@@ -891,26 +1032,41 @@ def fixed_text(v: Any, places: int) -> str:
 FIXED_CACHE: dict[int, dict[float, str]] = {}
 
 
-# DynamoDB numbers: 38 significant digits, magnitude 1e-130 .. 9.99...e125.
+# DynamoDB numbers: 38 significant digits, magnitude 1e-130 .. 9.99...e125. The float bounds
+# are for floats only (repr_text); integers are compared with the exact integer bound.
 MIN_DYNAMODB_NUMBER = 1e-130
-
-
 MAX_DYNAMODB_NUMBER = 1e126
+MAX_DYNAMODB_INT = 10**126
 
 
 def repr_text(v: Any) -> str:
-    """R(v): Python's float repr; ints become floats first (0 -> '0.0')."""
-    f = float(finite_number(v))
+    """R(v): Python's float repr; ints become floats first (0 -> '0.0'). The bounds are exact
+    for the text written: repr is the shortest text that reads back as the float, so it keeps
+    the floats' order, and the float bounds' reprs are exactly 1e-130 and 1e126."""
+    f = float_of(v)
     if f != 0 and not MIN_DYNAMODB_NUMBER <= abs(f) < MAX_DYNAMODB_NUMBER:
         raise FieldError(f"{v!r} is outside the range DynamoDB can store (1e-130 .. 1e126)")
     return repr(f)
 
 
+def float_of(v: Any) -> float:
+    """A number as the float these codecs write; an int too large for a float is a FieldError
+    (float() raises OverflowError past 1.8e308), not a crash."""
+    try:
+        return float(finite_number(v))
+    except OverflowError:
+        raise FieldError(f"{v} is outside the range DynamoDB can store (1e-130 .. 1e126)") from None
+
+
 def int_text(v: int) -> str:
-    """An integer as DynamoDB N text: at most 38 significant digits."""
+    """An integer as DynamoDB N text: at most 38 significant digits, below 10**126. Compared
+    as integers: the float 1e126 is 7.5e109 below 10**126, so 38 nines times 10**88 would
+    be refused by a comparison with it, though DynamoDB stores it."""
     text = str(v)
-    if len(text.lstrip("-").rstrip("0")) > 38 or abs(v) >= MAX_DYNAMODB_NUMBER:
+    if len(text.lstrip("-").rstrip("0")) > 38:
         raise FieldError(f"{v} has more digits than DynamoDB can store (38)")
+    if abs(v) >= MAX_DYNAMODB_INT:
+        raise FieldError(f"{v} is outside the range DynamoDB can store (below 10**126)")
     return text
 
 
@@ -995,7 +1151,7 @@ def key_int(minimum: int) -> Codec:
 
 
 def key_uuid(v: Any) -> object:
-    if not isinstance(v, str) or not UUID_RE.match(v):
+    if not isinstance(v, str) or not UUID_RE.fullmatch(v):
         raise FieldError(f"not a version 4/5 UUID: {v!r}")
     return KEY_ONLY
 
@@ -1813,7 +1969,7 @@ def convert_image(source: ImageSource, image: ExportImage, rules: Rules,
         raise InputError(f"an export file holds exactly one image, found {len(images)}",
                          entity="images")
     image_id = images[0].get("image_id")
-    if not isinstance(image_id, str) or not UUID_RE.match(image_id):
+    if not isinstance(image_id, str) or not UUID_RE.fullmatch(image_id):
         raise InputError(f"not a version 4/5 UUID: {image_id!r}", entity="images", index=0,
                          field="image_id")
     if source.image_id != image_id:
@@ -3057,6 +3213,40 @@ def convert_source(source: ImageSource, rules: Rules, ignore_unknown: bool) -> C
     return image
 
 
+def check_export_side(cfg: Config, sources: Sequence[ImageSource]) -> None:
+    """Swapped --dev-config/--prod-config (with table names that do not say "dev") would copy
+    into the dev table. Where both raw bucket names are configured, the first image that names
+    its raw bucket (images[0] and its receipts) shows which side the export came from: if
+    every name is the configured prod bucket and not the dev one, a live copy is refused and a
+    dry run warns. Not for --source-table: reading it costs a Query, and check_source_config
+    already refuses a source table that is the target (swapped configs make the dev table it)."""
+    dev, prod = cfg.dev_raw_bucket, cfg.prod_raw_bucket
+    if cfg.force or cfg.source_table or not dev or not prod or dev == prod:
+        return
+    for source in sources:
+        try:
+            data = source.read().data
+        except Exception:  # unreadable: the copy fails this image and says why
+            continue
+        images, receipts = data.get("images"), data.get("receipts")
+        image = images[0] if isinstance(images, list) and images and isinstance(images[0], dict) else {}
+        if not isinstance(image.get("raw_s3_bucket"), str):
+            continue
+        names = {image["raw_s3_bucket"]} | {
+            r["raw_s3_bucket"] for r in (receipts if isinstance(receipts, list) else [])
+            if isinstance(r, dict) and isinstance(r.get("raw_s3_bucket"), str)}
+        if names != {prod}:
+            return
+        message = (f"{source.name}: the export's raw_s3_bucket is {prod!r}, the configured prod raw "
+                   f"bucket ({cfg.source('prod_raw_bucket')}), not the dev one {dev!r} "
+                   f"({cfg.source('dev_raw_bucket')}): the export comes from the prod side, or "
+                   "--dev-config and --prod-config are swapped")
+        if not cfg.dry_run:
+            raise UsageError(f"{message}; refusing to copy into {cfg.table!r} (--force overrides)")
+        log.warning("%s; a live copy would refuse to start", message)
+        return
+
+
 # What the plan settles for an image itself; an image it does not settle is to be copied,
 # and the copier gives it its outcome (copied, skipped_existing when nothing differed, failed).
 PLAN_OUTCOMES = ("skipped_existing", "skipped_empty", "failed", "not_reached_limit")
@@ -3916,6 +4106,8 @@ def trigger_embeddings(cfg: Config, workflows: Workflows, run_id: str, images_fa
         print(("Would not start embeddings" if cfg.dry_run else "Not starting embeddings")
               + ": some images failed; fix them and re-run first.")
         return TriggerResult(refused=True)
+    if not cfg.copies:  # on its own: no header said where the workflows start
+        print(sfn_endpoint_text(cfg))
     if cfg.dry_run:
         if resolve_in_dry_run:  # what the live run resolves: a missing machine fails here too
             workflows.connect()
@@ -3941,6 +4133,9 @@ def trigger_embeddings(cfg: Config, workflows: Workflows, run_id: str, images_fa
 # --- waves: a big copy paced by the embedding pipeline -------------------------------------
 
 POLL_FIRST, POLL_MAX, POLL_GROWTH = 3.0, 30.0, 1.5  # seconds between DescribeExecution calls
+# For tests only: COPY_DEV_TO_PROD_POLL_SECONDS=S polls every S seconds instead of 3 s growing
+# to 30 s, so tests against a local Step Functions do not sit through production intervals.
+POLL_ENV = "COPY_DEV_TO_PROD_POLL_SECONDS"
 QUIET_LOG_EVERY = 300.0  # without a terminal, a "still waiting" line every 5 minutes
 
 
@@ -3950,6 +4145,20 @@ def poll_delays(first: float = POLL_FIRST, cap: float = POLL_MAX) -> Iterator[fl
     while True:
         yield delay
         delay = min(cap, delay * POLL_GROWTH)
+
+
+def poll_schedule(environ: Mapping[str, str]) -> tuple[float, float]:
+    """resolve_config calls it first, so a bad value is refused before anything is done."""
+    text = environ.get(POLL_ENV)
+    if not text:
+        return POLL_FIRST, POLL_MAX
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise UsageError(f"environment {POLL_ENV} {text!r}: expected a number of seconds > 0")
+    return seconds, seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -4238,16 +4447,6 @@ def wave_preview(cfg: Config) -> str:
     return (f"in waves of {plural(cfg.wave_size or 0, 'image')}: after each wave that wrote something "
             f"the line and word workflows ({cfg.line_state_machine}, {cfg.word_state_machine}) start "
             "with input {} and the next wave waits until both have ended")
-
-
-# For tests only: COPY_DEV_TO_PROD_POLL_SECONDS=S polls every S seconds instead of 3 s growing
-# to 30 s, so tests against a local Step Functions do not sit through production intervals.
-POLL_ENV = "COPY_DEV_TO_PROD_POLL_SECONDS"
-
-
-def poll_schedule(environ: Mapping[str, str]) -> tuple[float, float]:
-    text = environ.get(POLL_ENV)
-    return (float(text), float(text)) if text else (POLL_FIRST, POLL_MAX)
 
 
 # =============================================================================
@@ -4722,6 +4921,8 @@ def print_header(cfg: Config, files: int, region: tuple[str, str] | None) -> Non
         target = cfg.prod_raw_bucket if kind == "raw" else cfg.prod_cdn_bucket
         print(f"{kind.upper()} bucket: {renames} -> {target}" if renames
               else f"{kind.upper()} bucket: not rewritten (not configured)")
+    if cfg.trigger_embeddings:
+        print(sfn_endpoint_text(cfg))
     if cfg.overwrite_changed:
         print("Images already in prod: " + ("skipped (--skip-existing), so not overwritten"
               if cfg.skip_existing else "compared; items that differ are overwritten "
@@ -4737,6 +4938,8 @@ def confirm_live_run(cfg: Config, plan: RunPlan, region: tuple[str, str] | None)
     print("  " + plan.preview())
     if cfg.wave_size:
         print("  " + wave_preview(cfg))
+    if cfg.trigger_embeddings:
+        print("  " + sfn_endpoint_text(cfg))
     try:
         answer = input("Type 'yes' to continue: ")
     except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM) instead of an answer
@@ -4750,6 +4953,7 @@ def run_copy(cfg: Config, report: Report, prod: ProdTable | None) -> None:
     """Plan the run, ask (live, on a terminal), then copy: in waves, or straight through."""
     rules = Rules.from_config(cfg)
     sources = select_sources(cfg)
+    check_export_side(cfg, sources)
     print_header(cfg, len(sources), report.region)
     plan = report.plan = RunPlan(cfg, sources, prod, rules)
     asks = not cfg.dry_run and not cfg.yes
