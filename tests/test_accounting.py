@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +33,16 @@ from items import (
     GOLDEN_IDS,
     IMG_LEGACY,
     IMG_VERBATIM,
+    Item,
+    Key,
     canonical_item,
     load_expected,
     put_items,
     table_values,
 )
 from servers import env_for_subprocess
+from waiting import wait_for
 
-Item = dict[str, Any]
-Key = tuple[str, str]
 OUTCOMES = ("copied", "skipped_existing", "skipped_empty", "failed", "not_reached_limit", "interrupted")
 RECEIPT_LISTS = ("receipts", "receipt_lines", "receipt_words", "receipt_letters",
                  "receipt_word_labels", "receipt_places", "receipt_metadatas", "receipt_barcodes")
@@ -193,18 +193,21 @@ def start_tool(args: list[str]) -> subprocess.Popen[str]:
                             text=True)
 
 
-def wait_for(condition: Any, proc: subprocess.Popen[str], what: str, timeout: float = 120) -> None:
+def wait_until(condition: Any, proc: subprocess.Popen[str], what: str, timeout: float = 120) -> None:
     """Poll until ``condition()``; fail if the tool exits first. (The timeout only turns a hang
     into a failure; nothing depends on it.)"""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the tool exited {proc.returncode} before {what}:\n{out}\n{err}")
-        if time.monotonic() > deadline:
+
+    def exited() -> str | None:
+        return None if proc.poll() is None else f"the tool exited {proc.returncode}"
+
+    try:
+        wait_for(condition, timeout=timeout, interval=0.02, what=what, give_up=exited,
+                 details=lambda: "\n".join(proc.communicate()) if proc.poll() is not None else "")
+    except AssertionError:
+        if proc.poll() is None:
             proc.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
+            proc.wait(10)
+        raise
 
 
 RATE = 50  # items per second: the 756 golden items take >= 15 s; the signal comes after ~50
@@ -222,7 +225,7 @@ def test_interrupted_copy_counts_every_image_and_a_rerun_finishes(
     args = live_args(ddblocal_table.name, proxy.url, export, "--report", str(report_path))
     try:
         proc = start_tool([*args, "--max-items-per-second", str(RATE), "--max-workers", "4"])
-        wait_for(lambda: proxy.forwarded.get("BatchWriteItem", 0) >= 2, proc, "the first writes")
+        wait_until(lambda: proxy.forwarded.get("BatchWriteItem", 0) >= 2, proc, "the first writes")
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
         table = table_values(ddblocal_table.client, ddblocal_table.name)  # as the interrupted run left it
