@@ -6,6 +6,7 @@ each run as the CLI on DynamoDB Local or as a dry run without a table."""
 from __future__ import annotations
 
 import time
+import uuid
 import zlib
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,16 @@ from typing import Any
 import pytest
 from cli import BUCKET_FLAGS, live_args, run_cli
 from conftest import TableHandle
-from exports import multiplied_export
+from exports import clone_export, multiplied_export, write_export
 from items import (
     GOLDEN_EXPORT,
+    GOLDEN_IDS,
     Item,
     Key,
     assert_items_equal,
     assert_table_equals,
     by_key,
+    expected_for_clone,
     image_of,
     load_expected,
     read_jsonl,
@@ -98,6 +101,43 @@ def test_each_shard_copies_exactly_its_images(shard_export: tuple[Path, dict[Key
         assert_table_equals(table.client, table.name, wanted)
         assert result.report is not None
         assert result.report["images"]["copied"] == len({image_of(key) for key in wanted})
+
+
+def upper_case_ids(count: int) -> list[str]:
+    """``count`` upper-case UUIDs whose upper-case text hashes to another shard of SHARDS than
+    their lower-case one: a shard rule that forgot to lower-case would file them elsewhere."""
+    ids = []
+    for n in range(200):
+        candidate = str(uuid.uuid5(uuid.NAMESPACE_URL, f"upper-{n}")).upper()
+        if zlib.crc32(candidate.encode("utf-8")) % SHARDS != crc_shard(candidate, SHARDS):
+            ids.append(candidate)
+    assert len(ids) >= count
+    return ids[:count]
+
+
+def test_an_upper_case_image_id_is_in_the_shard_of_its_lower_case_spelling(tmp_path: Path) -> None:
+    """A UUID is the same id in any case, so an export filed under upper-case ids is sharded as
+    its lower-case spelling is (CRC-32 of the lower-cased id): each image is planned by exactly
+    the shard of its lower-case id, with its items under the id as the export spells it."""
+    export_dir = tmp_path / "export"
+    ids = upper_case_ids(2 * SHARDS)
+    expected: dict[Key, Item] = {}
+    for n, image_id in enumerate(ids):
+        source = GOLDEN_IDS[n % len(GOLDEN_IDS)]
+        write_export(export_dir, clone_export(source, image_id))
+        expected.update(expected_for_clone(source, image_id))
+    assert {image_of(key) for key in expected} == set(ids)  # every clone has receipts: all are planned
+    for k in range(SHARDS):
+        dump = tmp_path / f"shard{k}.jsonl"
+        result = run_cli(["--export-dir", str(export_dir), *BUCKET_FLAGS, "--no-progress", "--shard",
+                          f"{k}/{SHARDS}", "--dump-items", str(dump)],
+                         env=env_for_subprocess(credentials=False), report=tmp_path / f"shard{k}.json")
+        assert result.returncode == 0 and result.report is not None, result.describe()
+        mine = {image_id for image_id in ids if crc_shard(image_id, SHARDS) == k}
+        planned = by_key(read_jsonl(dump))
+        assert {image_of(key) for key in planned} == mine, f"shard {k}"
+        assert_items_equal(planned, {key: item for key, item in expected.items() if image_of(key) in mine})
+        assert result.report["images"]["total"] == len(mine), (k, result.report["images"])
 
 
 def test_shard_assignment_is_stable_across_processes(tmp_path: Path) -> None:
