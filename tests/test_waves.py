@@ -36,6 +36,7 @@ from waves import (
     make_export,
     none_items_per_image,
     run,
+    wait_definition,
 )
 
 import copy_dynamodb_dev_to_prod as tool
@@ -183,6 +184,50 @@ def test_failing_word_workflow_stops_the_run_and_a_rerun_finishes(
         assert report["images"]["skipped_existing"] == 5 and report["images"]["copied"] == 5
         actual, want = s.items(), embedded(expected)  # the second word run embedded both waves' words
         assert set(actual) == set(want) and [k for k in want if actual[k] != want[k]] == []
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("status", ["ABORTED", "TIMED_OUT"])
+def test_a_workflow_ended_aborted_or_timed_out_stops_the_run(
+    fresh_table: TableHandle, sfn_url: str, tmp_path: Path, status: str
+) -> None:
+    """Only SUCCEEDED lets the next wave go: a word workflow someone stopped (ABORTED, stopped
+    here by the test while the tool waits) or that ran out of its TimeoutSeconds (TIMED_OUT)
+    stops the run like a FAILED one: exit 1, the status named, no further wave copied."""
+    definition = wait_definition(3600, timeout_seconds=1 if status == "TIMED_OUT" else None)
+    s = Setup(fresh_table, sfn_url, word_definition=definition)
+    try:
+        ids, _ = make_export(tmp_path / "export", 4)
+        # --wave-timeout only bounds a run that (wrongly) goes on to wait for a second wave
+        args = s.args(tmp_path / "export", "--wave-size", 2, "--wave-timeout", 120,
+                      "--report", tmp_path / "r.json")
+        bg = Background(args)
+        try:
+            if status == "ABORTED":
+                bg.wait_for("waiting for the line and word workflows to end")
+                [running] = s.executions("word")
+                s.sfn.stop_execution(executionArn=running["executionArn"], error="Stopped",
+                                     cause="stopped by the operator")
+            code = bg.wait(300)
+        finally:
+            bg.kill()
+        assert code == 1, bg.output
+        words = s.executions("word")
+        assert len(words) == 1, f"a second wave's workflow was started:\n{bg.output}"
+        ended = words[0]
+        assert ended["status"] == status, ended
+        assert f"the word embedding workflow ended {status}: {ended['executionArn']}" in bg.output, bg.output
+        assert "No further wave was copied" in bg.output, bg.output
+        # Nothing of the second wave was written.
+        assert s.image_ids_in_prod() == set(ids[:2])
+        assert {pk for pk, _ in s.items()} == {f"IMAGE#{i}" for i in ids[:2]}
+        assert len(s.executions("line")) == 1
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert len(report["waves"]) == 1 and report["waves"][0]["outcome"] == "workflow failed"
+        assert [e["status"] for e in report["waves"][0]["executions"]] == ["SUCCEEDED", status]
+        images = report["images"]
+        assert images["total"] == 4 and images["copied"] == 2 and images["interrupted"] == 2, images
     finally:
         s.close()
 

@@ -128,6 +128,19 @@ FAIL_DEFINITION = json.dumps(
 )
 
 
+def wait_definition(seconds: int, timeout_seconds: int | None = None) -> str:
+    """One Wait state of ``seconds``: an execution that stays RUNNING until something stops it
+    (StopExecution: ABORTED), or, with ``timeout_seconds`` shorter, one that Step Functions
+    ends TIMED_OUT (moto's executing backend enforces the machine's TimeoutSeconds)."""
+    definition: dict[str, Any] = {
+        "StartAt": "Wait",
+        "States": {"Wait": {"Type": "Wait", "Seconds": seconds, "End": True}},
+    }
+    if timeout_seconds is not None:
+        definition["TimeoutSeconds"] = timeout_seconds
+    return json.dumps(definition)
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 
