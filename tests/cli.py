@@ -4,10 +4,11 @@
   returns a :class:`CliResult`: exit code, stdout, stderr, seconds, and the parsed JSON
   report when ``report=`` names one;
 * :func:`live_args` is the argument list of a live copy of an export into a table;
-* :func:`run_through` runs that copy through a fault proxy, :func:`run_on_pty` with a
-  terminal that answers the confirmation prompt (or a shell line, e.g. a printed command),
-  :func:`in_process_config` is its configuration for tests that drive the tool's classes
-  in-process;
+* :func:`run_through` runs that copy through a fault proxy; :func:`in_process_config` is its
+  configuration for tests that drive the tool's classes in-process;
+* :class:`Terminal` is the one pseudo-terminal driver (the tool, or a shell line, with a
+  terminal as any of its streams: wait for a text, type, signal); :func:`run_on_pty` runs the
+  tool on one and answers the confirmation prompt (or a shell line, e.g. a printed command);
 * :func:`summary_errors`, :func:`summary_counts`, :func:`summary_entities` read the summary.
 
 The environment comes from ``servers.env_for_subprocess`` (dummy credentials, nothing of the
@@ -20,10 +21,10 @@ import json
 import os
 import pty
 import re
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from typing import Any, Protocol
 from fault_proxy import FaultProxy
 from items import GOLDEN_EXPORT, REPO_ROOT
 from servers import REGION, env_for_subprocess
+from waiting import wait_for
 
 import copy_dynamodb_dev_to_prod as tool
 
@@ -146,51 +148,155 @@ def run_through(table: Endpoint, tmp_path: Path, *extra: str, faults: list[str],
     return result, proxy
 
 
-def run_on_pty(args: list[str], answer: str | None, timeout: float = 60, *,
+#: What a confirmation prompt looks like on the terminal.
+PROMPT = re.compile(r"(?i)type 'yes'|continue\?|\[y/n\]|confirm")
+STREAMS = ("stdin", "stdout", "stderr")
+
+
+class Terminal:
+    """The one pseudo-terminal driver: ``command`` runs with a pseudo-terminal as the streams
+    named in ``on_terminal`` (default all three); a stdin that is not on it is closed
+    (``/dev/null``), a stdout/stderr that is not on it is captured (``stdout``/``stderr``).
+    Threads read everything as it comes, so the test can wait for a text on the terminal
+    (:meth:`wait_for_output`), type (:meth:`type`), signal (:meth:`send_signal`) and wait for
+    the exit (:meth:`wait`). Use it as a context manager: leaving kills a process still running.
+    The terminal is not the process's controlling one: Ctrl-C is ``send_signal(SIGINT)``."""
+
+    def __init__(self, command: Sequence[str], *, env: Mapping[str, str] | None = None,
+                 cwd: Path | None = None, on_terminal: Sequence[str] = STREAMS) -> None:
+        assert set(on_terminal) <= set(STREAMS), on_terminal
+        self.command = list(command)
+        self.master, slave = pty.openpty()
+        stdin: Any = slave if "stdin" in on_terminal else subprocess.DEVNULL
+        stdout: Any = slave if "stdout" in on_terminal else subprocess.PIPE
+        stderr: Any = slave if "stderr" in on_terminal else subprocess.PIPE
+        try:
+            self.proc = subprocess.Popen(
+                self.command, env=dict(env) if env is not None else env_for_subprocess(),
+                cwd=str(cwd or REPO_ROOT), stdin=stdin, stdout=stdout, stderr=stderr, close_fds=True)
+        except BaseException:
+            os.close(self.master)
+            raise
+        finally:
+            os.close(slave)
+        self._terminal: list[bytes] = []
+        self._pipes: dict[str, list[bytes]] = {}
+        self._readers = [threading.Thread(target=self._read_terminal, daemon=True)]
+        for name, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
+            if pipe is not None:
+                chunks: list[bytes] = []
+                self._pipes[name] = chunks
+                self._readers.append(threading.Thread(target=self._read_pipe, args=(pipe, chunks),
+                                                      daemon=True))
+        for reader in self._readers:
+            reader.start()
+        self._closed = False
+
+    def _read_terminal(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: every process holding the terminal has closed it
+                return
+            if not chunk:
+                return
+            self._terminal.append(chunk)
+
+    @staticmethod
+    def _read_pipe(pipe: Any, chunks: list[bytes]) -> None:
+        for chunk in iter(lambda: pipe.read1(65536), b""):
+            chunks.append(chunk)
+
+    @property
+    def output(self) -> str:
+        """Everything written to the terminal so far."""
+        return b"".join(self._terminal).decode("utf-8", "replace")
+
+    @property
+    def stdout(self) -> str:
+        """The captured stdout (empty when stdout is the terminal)."""
+        return b"".join(self._pipes.get("stdout", [])).decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        """The captured stderr (empty when stderr is the terminal)."""
+        return b"".join(self._pipes.get("stderr", [])).decode("utf-8", "replace")
+
+    def describe(self) -> str:
+        """For assertion messages."""
+        code = self.proc.poll()
+        return (f"{' '.join(self.command)[-300:]}\n{'running' if code is None else f'exit {code}'}"
+                f"\n--- terminal ---\n{self.output[-4000:]}\n--- stdout ---\n{self.stdout[-4000:]}"
+                f"\n--- stderr ---\n{self.stderr[-4000:]}")
+
+    def wait_for_output(self, pattern: str | re.Pattern[str], *, timeout: float = 120,
+                        what: str | None = None) -> str:
+        """Wait until the terminal shows ``pattern`` (a text, or a regular expression); fail if
+        the process exits without showing it. Returns the terminal output at that moment."""
+
+        def seen() -> str | None:
+            out = self.output
+            found = pattern.search(out) if isinstance(pattern, re.Pattern) else pattern in out
+            return out if found else None
+
+        def ended() -> str | None:
+            if self.proc.poll() is None or self._readers[0].is_alive():
+                return None
+            return f"the process exited {self.proc.returncode} without showing it"
+
+        return wait_for(seen, timeout=timeout, what=what or f"{pattern!r} on the terminal",
+                        give_up=ended, details=self.describe)
+
+    def type(self, text: str) -> None:
+        """Type ``text`` on the terminal (with the newline, if one is wanted)."""
+        os.write(self.master, text.encode())
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 120) -> int:
+        """Wait for the exit and for everything written to have been read; the exit code."""
+        code = self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(10)
+        return code
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for reader in self._readers:
+            reader.join(10)
+        os.close(self.master)
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_on_pty(args: Sequence[Any], answer: str | None, timeout: float = 60, *,
                shell_line: str | None = None, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
-    """Run the tool with a pseudo-terminal as stdin/stdout/stderr; answer its prompt
-    (``answer=None``: Ctrl-C instead, a SIGINT sent once the prompt is shown).
+    """Run the tool on a :class:`Terminal` (stdin, stdout and stderr) and answer its confirmation
+    prompt (``answer=None``: Ctrl-C instead, a SIGINT sent once the prompt is shown).
     ``shell_line``: run this line with bash in the repository instead (a command the tool
     printed, run exactly as printed; ``args`` is then ignored). ``env``: default
     ``env_for_subprocess()``. Returns (exit code, output before the answer, whole output)."""
-    master, slave = pty.openpty()
-    command = ["bash", "-c", shell_line] if shell_line is not None else tool_command(args)
-    proc = subprocess.Popen(command, env=dict(env) if env is not None else env_for_subprocess(),
-                            cwd=REPO_ROOT, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
-    os.close(slave)
-    out = b""
-    before = ""
-    answered = False
     deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            if not answered and re.search(rb"(?i)type 'yes'|continue\?|\[y/n\]|confirm", out):
-                before = out.decode("utf-8", "replace")
-                time.sleep(0.1)
-                if answer is None:
-                    proc.send_signal(signal.SIGINT)
-                else:
-                    os.write(master, answer.encode() + b"\n")
-                answered = True
-            if proc.poll() is not None and not ready:
-                break
-        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    assert answered, f"no confirmation prompt seen:\n{out.decode('utf-8', 'replace')}"
-    return proc.returncode, before, out.decode("utf-8", "replace")
+    command = ["bash", "-c", shell_line] if shell_line is not None else tool_command(args)
+    with Terminal(command, env=env) as term:
+        before = term.wait_for_output(PROMPT, timeout=timeout, what="the confirmation prompt")
+        time.sleep(0.1)  # the prompt is printed just before the tool reads its answer
+        if answer is None:
+            term.send_signal(signal.SIGINT)
+        else:
+            term.type(answer + "\n")
+        code = term.wait(timeout=max(1.0, deadline - time.monotonic()))
+        return code, before, term.output
 
 
 def in_process_config(table: str, url: str, *extra: str) -> tool.Config:

@@ -5,13 +5,17 @@
   process is replaced by a fresh one between tests);
 * ``moto_server`` / ``fresh_table``: moto, where the receipt system's CI runs the tool, and
   for Step Functions;
-* ``ddb_table``: a table on each engine (parametrized), for tests of the harness itself.
+* ``ddb_table``: a table on each engine (parametrized), for tests of the harness itself;
+* ``sfn_url`` / ``wave_setup``: Step Functions that really run workflows, and the waves harness
+  (``waves.py``) on a fresh moto table.
 
 The helpers are plain modules (``tests/`` is on ``sys.path``), and test modules import only
 from them, never from each other: ``servers`` (engines, clients, moto's Step Functions
 machines, the CLI's environment), ``cli`` (running the tool: as a subprocess, through a fault
 proxy, on a terminal, or its configuration for in-process tests), ``items`` (golden and table
-items, comparison), ``exports`` (building export dirs), ``fault_proxy``.
+items, the ``Item``/``Key`` types, comparison), ``exports`` (building export dirs),
+``fault_proxy``, ``waiting`` (``wait_for``: every poll, with a deadline), ``waves`` (workflows
+that run, the embedding pipeline's stand-in, runs with --wave-size).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from botocore.retries.standard import ExponentialBackoff
@@ -46,6 +50,9 @@ from servers import (  # noqa: E402
     start_ddblocal,
     start_moto_server,
 )
+
+if TYPE_CHECKING:
+    from waves import Setup
 
 _table_numbers = itertools.count(1)
 
@@ -197,6 +204,29 @@ def ddblocal_table(
 def ddb_table(ddb_server: LocalServer, table_factory: Callable[[LocalServer], TableHandle]) -> TableHandle:
     """A new, empty receipts table on moto and on DynamoDB Local (parametrized)."""
     return table_factory(ddb_server)
+
+
+@pytest.fixture(scope="module")
+def sfn_url() -> Iterator[str]:
+    """A moto server of the test module's own (a subprocess) with Step Functions executing
+    (``waves.executing_sfn_server``): the workflows of the waves tests really run."""
+    from waves import executing_sfn_server  # not at the top: waves imports this module
+
+    with executing_sfn_server() as url:
+        yield url
+
+
+@pytest.fixture
+def wave_setup(fresh_table: TableHandle, sfn_url: str) -> Iterator[Setup]:
+    """A fresh moto table, two fresh callback workflows and the pipeline's stand-in
+    (``waves.Setup``), closed after the test."""
+    from waves import Setup
+
+    setup = Setup(fresh_table, sfn_url)
+    try:
+        yield setup
+    finally:
+        setup.close()
 
 
 # --------------------------------------------------------------------------- proxies

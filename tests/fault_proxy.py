@@ -56,13 +56,14 @@ import json
 import random
 import socket
 import threading
-import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from waiting import wait_for
 
 TARGET_PREFIX = "DynamoDB_20120810."
 ERROR_PREFIX = "com.amazonaws.dynamodb.v20120810#"
@@ -281,11 +282,9 @@ class FaultProxy:
         """Wait until no client connection is open: every request the proxy received has been
         forwarded and answered (after a client is killed, what it had sent still reaches the
         engine; this waits for that)."""
-        deadline = time.monotonic() + timeout
-        while self._server.open_connections():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"connections still open after {timeout}s")
-            time.sleep(0.01)
+        wait_for(lambda: not self._server.open_connections(), timeout=timeout, interval=0.01,
+                 what="the proxy's client connections to close",
+                 details=lambda: f"{self._server.open_connections()} still open")
 
     def __enter__(self) -> FaultProxy:
         return self

@@ -190,6 +190,16 @@ def item_count(client: Any, table: str) -> int:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+def change_a_receipt_word(client: Any, table: str) -> tuple[Item, Item]:
+    """Prod changes one receipt word after a copy (its text); returns (the copied item, the
+    changed one)."""
+    items = table_items(client, table)
+    item = next(v for _, v in sorted(items.items()) if v["TYPE"]["S"] == "RECEIPT_WORD")
+    changed = {**item, "text": {"S": item["text"]["S"] + "-changed-in-prod"}}
+    client.put_item(TableName=table, Item=changed)
+    return item, changed
+
+
 def images_in_table(client: Any, table: str) -> set[str]:
     """Ids of the images whose IMAGE item is in the table."""
     return {image_of(k) for k in table_items(client, table) if k[1] == "IMAGE"}

@@ -23,7 +23,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from typing import Any, Protocol
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from waiting import wait_for
 
 REGION = "us-east-1"
 DUMMY_KEY_ID = "testing"
@@ -75,20 +75,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def answers_http(url: str, timeout: float = 2.0) -> bool:
+    """Whether something answers HTTP at ``url`` now (any status code counts)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered, that is all we need
+    except OSError:  # connection refused, reset, timeout ...
+        return False
+
+
 def wait_http(url: str, timeout: float = 20.0) -> None:
     """Wait until something answers HTTP at ``url`` (any status code counts)."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # it answered, that is all we need
-        except OSError as exc:  # connection refused, reset, timeout ...
-            last = exc
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing answered at {url} within {timeout}s: {last!r}")
+    wait_for(lambda: answers_http(url), timeout=timeout, what=f"something to answer HTTP at {url}")
 
 
 # --------------------------------------------------------------------------- moto
@@ -143,17 +143,13 @@ def start_moto_server() -> MotoServer:
 
 
 def wait_started(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
-    """Wait until the server process ``proc`` answers HTTP at ``url``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with code {proc.returncode}")
-        try:
-            wait_http(url, timeout=0.5)
-            return
-        except TimeoutError:
-            continue
-    raise TimeoutError(f"the server did not answer at {url} within {timeout}s")
+    """Wait until the server process ``proc`` answers HTTP at ``url``; fail at once if it exits."""
+
+    def exited() -> str | None:
+        return None if proc.poll() is None else f"the server exited with code {proc.returncode}"
+
+    wait_for(lambda: answers_http(url, timeout=0.5), timeout=timeout,
+             what=f"the server to answer at {url}", give_up=exited)
 
 
 def die_with_parent() -> None:
@@ -479,17 +475,17 @@ def create_table(client: Any, name: str, *, timeout: float = 30.0) -> dict[str, 
 
 
 def wait_table_active(client: Any, name: str, *, timeout: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+    last: list[str] = []
+
+    def active() -> dict[str, Any] | None:
         table: dict[str, Any] = client.describe_table(TableName=name)["Table"]
-        statuses = [table["TableStatus"]] + [
+        last[:] = [table["TableStatus"]] + [
             g.get("IndexStatus", "ACTIVE") for g in table.get("GlobalSecondaryIndexes", [])
         ]
-        if all(s == "ACTIVE" for s in statuses):
-            return table
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"table {name} not ACTIVE after {timeout}s: {statuses}")
-        time.sleep(0.05)
+        return table if all(s == "ACTIVE" for s in last) else None
+
+    return wait_for(active, timeout=timeout, what=f"table {name} and its indexes to be ACTIVE",
+                    details=lambda: f"statuses: {last}")
 
 
 def delete_table(client: Any, name: str) -> None:

@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +33,18 @@ from items import (
     GOLDEN_IDS,
     IMG_LEGACY,
     IMG_VERBATIM,
+    Item,
+    Key,
     canonical_item,
+    expected_for_clone,
     load_expected,
     put_items,
     table_values,
 )
 from servers import env_for_subprocess
+from waiting import wait_for
+from waves import Background, Setup
 
-Item = dict[str, Any]
-Key = tuple[str, str]
 OUTCOMES = ("copied", "skipped_existing", "skipped_empty", "failed", "not_reached_limit", "interrupted")
 RECEIPT_LISTS = ("receipts", "receipt_lines", "receipt_words", "receipt_letters",
                  "receipt_word_labels", "receipt_places", "receipt_metadatas", "receipt_barcodes")
@@ -193,18 +195,21 @@ def start_tool(args: list[str]) -> subprocess.Popen[str]:
                             text=True)
 
 
-def wait_for(condition: Any, proc: subprocess.Popen[str], what: str, timeout: float = 120) -> None:
+def wait_until(condition: Any, proc: subprocess.Popen[str], what: str, timeout: float = 120) -> None:
     """Poll until ``condition()``; fail if the tool exits first. (The timeout only turns a hang
     into a failure; nothing depends on it.)"""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the tool exited {proc.returncode} before {what}:\n{out}\n{err}")
-        if time.monotonic() > deadline:
+
+    def exited() -> str | None:
+        return None if proc.poll() is None else f"the tool exited {proc.returncode}"
+
+    try:
+        wait_for(condition, timeout=timeout, interval=0.02, what=what, give_up=exited,
+                 details=lambda: "\n".join(proc.communicate()) if proc.poll() is not None else "")
+    except AssertionError:
+        if proc.poll() is None:
             proc.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
+            proc.wait(10)
+        raise
 
 
 RATE = 50  # items per second: the 756 golden items take >= 15 s; the signal comes after ~50
@@ -222,7 +227,7 @@ def test_interrupted_copy_counts_every_image_and_a_rerun_finishes(
     args = live_args(ddblocal_table.name, proxy.url, export, "--report", str(report_path))
     try:
         proc = start_tool([*args, "--max-items-per-second", str(RATE), "--max-workers", "4"])
-        wait_for(lambda: proxy.forwarded.get("BatchWriteItem", 0) >= 2, proc, "the first writes")
+        wait_until(lambda: proxy.forwarded.get("BatchWriteItem", 0) >= 2, proc, "the first writes")
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
         table = table_values(ddblocal_table.client, ddblocal_table.name)  # as the interrupted run left it
@@ -259,6 +264,106 @@ def test_interrupted_copy_counts_every_image_and_a_rerun_finishes(
     assert rerun.report["images"]["interrupted"] == 0
     assert table_values(ddblocal_table.client, ddblocal_table.name) == \
         {k: canonical_item(v) for k, v in expected.items()}
+
+
+MANY = 60  # images, ~9,000 items: more than the copy holds in flight (5,000), so the walk through
+# the images waits for writes to settle, and at RATE_MANY most images are not even started when
+# the signal comes after the first write
+RATE_MANY = 100
+OUTCOME_LINES = ("Copied", "Skipped (already in prod)", "Skipped (no receipts)", "Failed",
+                 "Interrupted (no IMAGE item yet)", "Left for later (--limit)")
+
+
+def many_images(dst: Path, count: int = MANY) -> dict[Key, Item]:
+    """``count`` golden images cloned under new ids; returns their expected items."""
+    expected: dict[Key, Item] = {}
+    for n in range(count):
+        source, new_id = GOLDEN_IDS[n % len(GOLDEN_IDS)], fake_uuid(n, "5e1f")
+        write_export(dst, clone_export(source, new_id))
+        expected.update(expected_for_clone(source, new_id))
+    return expected
+
+
+def assert_every_image_counted(report: dict[str, Any], out: str, err: str, expected: dict[Key, Item],
+                               done: set[str]) -> None:
+    """A run stopped while most images were not started: the report's and the summary's images
+    add up to every image of the selection, the unstarted ones counted as interrupted."""
+    total = len({pk for pk, _ in expected})
+    assert report["interrupted"] is True
+    # the precondition: images were left unstarted (their items never planned)
+    assert report["items"]["planned"] < len(expected), report["items"]
+    assert_accounted(report, total)
+    images = report["images"]
+    assert images["copied"] == len(done), (images, done)
+    assert images["interrupted"] == total - len(done) > 0, images
+    counts = summary_counts(out)
+    assert counts["Images found"] == f"{total:,}", out
+    shown = [int(counts[label].split()[0].replace(",", "")) for label in OUTCOME_LINES if label in counts]
+    assert sum(shown) == total, out
+    assert counts["Interrupted (no IMAGE item yet)"].split()[0] == f"{total - len(done):,}", out
+    assert re.search(rf"^stopped: {total - len(done):,} images? not finished\b", err, re.M), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_images_not_yet_started_when_stopped_are_counted(
+        ddblocal_table: TableHandle, tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    """Stopped after the first write of a copy of many images, most of them not yet read: those
+    are found images too, counted as interrupted in the report and the summary."""
+    export = tmp_path / "export"
+    expected = many_images(export)
+    proxy = FaultProxy(ddblocal_table.url, rate=0.0)
+    report_path = tmp_path / "stopped.json"
+    args = live_args(ddblocal_table.name, proxy.url, export, "--report", str(report_path),
+                     "--max-items-per-second", str(RATE_MANY), "--max-workers", "2")
+    try:
+        proc = start_tool(args)
+        wait_until(lambda: proxy.forwarded.get("BatchWriteItem", 0) >= 1, proc, "the first write")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proxy.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == code, f"exit {proc.returncode}\n{out}\n{err}"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    table = table_values(ddblocal_table.client, ddblocal_table.name)
+    assert_image_last(table, expected)
+    assert_every_image_counted(report, out, err, expected, images_with_image_item(table))
+    assert_items_add_up(report, out)
+
+
+def test_images_of_a_wave_not_yet_started_when_stopped_are_counted(wave_setup: Setup,
+                                                                   tmp_path: Path) -> None:
+    """The same with --wave-size: stopped (SIGTERM) during the first wave's copy, the images the
+    wave had not started and those of the wave after it are counted as interrupted; no workflow
+    was started."""
+    export = tmp_path / "export"
+    expected = many_images(export)
+    proxy = FaultProxy(wave_setup.table.url, rate=0.0)
+    report_path = tmp_path / "stopped.json"
+    args = wave_setup.args(export, "--wave-size", 40, "--max-items-per-second", RATE_MANY,
+                           "--max-workers", 2, "--report", report_path)
+    args[args.index("--endpoint-url") + 1] = proxy.url
+    try:
+        bg = Background(args)  # stdout and stderr together
+        try:
+            wait_until(lambda: proxy.forwarded.get("BatchWriteItem", 0) >= 1, bg.proc, "the first write")
+            bg.proc.send_signal(signal.SIGTERM)
+            code = bg.wait(120)
+        finally:
+            bg.kill()
+    finally:
+        proxy.stop()
+    assert code == 143, bg.output
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    table = table_values(wave_setup.table.client, wave_setup.table.name)
+    assert_image_last(table, expected)
+    assert_every_image_counted(report, bg.output, bg.output, expected, images_with_image_item(table))
+    assert report["wave_plan"]["waves"] == 2 and len(report["waves"]) == 1, report["waves"]
+    assert wave_setup.executions("line") == wave_setup.executions("word") == []
 
 
 def test_interruption_after_every_image_finished_says_nothing_is_left(

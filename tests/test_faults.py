@@ -138,7 +138,7 @@ def test_every_write_failing_marks_no_image_complete(ddblocal_table: TableHandle
 def test_every_call_failing_reports_every_image_failed(ddblocal_table: TableHandle, tmp_path: Path) -> None:
     """Reads fail too (the prod check cannot even start): exit 1, nothing written, and the report
     must not read as a clean run of 0 images. DescribeTable is spared: when it fails too, the
-    table check before the copy stops the run with one line (tests/test_operator.py)."""
+    table check before the copy stops the run with one line (tests/test_configuration.py)."""
     proxy = FaultProxy(ddblocal_table.url, seed=7, rate=1.0, faults=(THROTTLING, ERROR_BEFORE),
                        targets=DEFAULT_TARGETS)
     try:

@@ -1,5 +1,5 @@
-"""Live runs of the CLI against DynamoDB Local (subprocess), plus in-process unit tests of the
-writer, the prod diff, the rate limiter and the item budget."""
+"""Live runs of the CLI against DynamoDB Local (subprocess; --overwrite-changed also on moto),
+plus in-process unit tests of the writer, the prod diff, the rate limiter and the item budget."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from items import (
     assert_items_equal,
     assert_table_equals,
     by_key,
+    change_a_receipt_word,
     check_write_requests,
     count_types,
     load_expected,
@@ -186,6 +187,34 @@ def test_changed_label_is_a_conflict_kept_unless_overwrite(ddblocal_table: Table
     assert_table_equals(ddblocal_table.client, ddblocal_table.name, EXPECTED)
 
 
+def copy_golden_on(table: TableHandle, tmp_path: Path) -> None:
+    proc = run_cli(live_args(table.name, table.url, GOLDEN_EXPORT), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_overwrite_changed_overwrites_images_already_in_prod(fresh_table: TableHandle,
+                                                             tmp_path: Path) -> None:
+    copy_golden_on(fresh_table, tmp_path)
+    original, _ = change_a_receipt_word(fresh_table.client, fresh_table.name)
+    proc = run_cli(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, "--overwrite-changed"),
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    key = (original["PK"]["S"], original["SK"]["S"])
+    assert table_items(fresh_table.client, fresh_table.name)[key] == original
+
+
+def test_overwrite_changed_with_explicit_skip_existing_warns(fresh_table: TableHandle,
+                                                             tmp_path: Path) -> None:
+    copy_golden_on(fresh_table, tmp_path)
+    _, changed = change_a_receipt_word(fresh_table.client, fresh_table.name)
+    proc = run_cli(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, "--overwrite-changed",
+                             "--skip-existing"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "--overwrite-changed with --skip-existing" in proc.stderr
+    key = (changed["PK"]["S"], changed["SK"]["S"])
+    assert table_items(fresh_table.client, fresh_table.name)[key] == changed
+
+
 def query_gsi1_all(client: Any, table: str, prefix: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {
@@ -315,6 +344,14 @@ def throttled() -> Exception:
     return ClientError(response, "BatchWriteItem")
 
 
+def expected_backoff(retries: int, seed: int = 1) -> list[float]:
+    """The documented backoff of retries 1..``retries``, full jitter: uniform(0, min(cap, base *
+    2**retry)), drawn from the same seeded generator ``writer_for`` gives the Retrier."""
+    rng = random.Random(seed)
+    return [rng.uniform(0, min(tool.BACKOFF_CAP, tool.BACKOFF_BASE * 2 ** retry))
+            for retry in range(1, retries + 1)]
+
+
 def test_batch_writer_resends_exactly_the_unprocessed_items() -> None:
     client = FakeBatchClient([10, 3, 0])
     sleeps: list[float] = []
@@ -323,6 +360,7 @@ def test_batch_writer_resends_exactly_the_unprocessed_items() -> None:
     assert [len(c) for c in client.calls] == [25, 10, 3]
     assert client.calls[1] == items[15:] and client.calls[2] == items[22:]
     assert len(sleeps) == 2
+    assert sleeps == expected_backoff(2)
 
 
 def test_batch_writer_backoff_is_bounded_and_gives_up_after_max_retries() -> None:
@@ -338,6 +376,7 @@ def test_batch_writer_backoff_is_bounded_and_gives_up_after_max_retries() -> Non
     assert len(sleeps) == max_retries
     for attempt, delay in enumerate(sleeps, start=1):
         assert 0 <= delay <= min(tool.BACKOFF_CAP, tool.BACKOFF_BASE * 2 ** attempt)
+    assert sleeps == expected_backoff(max_retries)
 
 
 def test_batch_writer_backoff_is_capped_for_many_retries() -> None:
@@ -347,6 +386,7 @@ def test_batch_writer_backoff_is_capped_for_many_retries() -> None:
         writer_for(client, 40, sleeps).write([item(1), item(2)])
     assert len(sleeps) == 40 and max(sleeps) <= tool.BACKOFF_CAP
     assert sum(sleeps) <= 40 * tool.BACKOFF_CAP
+    assert sleeps == expected_backoff(40)
 
 
 def test_batch_writer_max_retries_zero_sends_once() -> None:
@@ -362,6 +402,7 @@ def test_batch_writer_retries_throttling_errors_then_succeeds() -> None:
     items = [item(n) for n in range(3)]
     writer_for(client, 5, sleeps).write(items)
     assert client.calls == [items, items, items] and len(sleeps) == 2
+    assert sleeps == expected_backoff(2)
 
 
 def test_batch_writer_throttled_until_out_of_retries_reports_every_pending_item() -> None:
@@ -500,6 +541,8 @@ def test_rate_limiter_average_rate() -> None:
         limiter.acquire(25)
     elapsed = c.now - start
     assert 1000 / 100 - 1.0 <= elapsed <= 1000 / 100 + 0.01
+    # exact with the fake clock: the bucket starts empty, every batch waits for its own 25 tokens
+    assert c.slept == [0.25] * 40 and elapsed == 10.0
 
 
 def test_rate_limiter_burst_is_bounded_after_idle() -> None:
@@ -512,6 +555,8 @@ def test_rate_limiter_burst_is_bounded_after_idle() -> None:
     elapsed = c.now - start
     assert elapsed >= (500 - 50) / 50 - 1e-9
     assert elapsed <= 500 / 50 + 0.01
+    # exact: one second's worth (50 tokens, two batches) banked, every later batch waits 0.5 s
+    assert c.slept == [0.5] * 18 and elapsed == 9.0
 
 
 def test_rate_limiter_small_rate_still_admits_a_full_batch() -> None:
@@ -519,7 +564,7 @@ def test_rate_limiter_small_rate_still_admits_a_full_batch() -> None:
     limiter = tool.RateLimiter(2.0, clock=c.clock, sleep=c.sleep)
     limiter.acquire(25)
     limiter.acquire(25)
-    assert c.now - 1000.0 == pytest.approx(50 / 2.0, abs=0.01)
+    assert c.slept == [12.5, 12.5] and c.now - 1000.0 == 50 / 2.0
 
 
 def test_rate_limiter_threads_share_the_budget() -> None:

@@ -32,6 +32,8 @@ from items import (
     IMG_PLACE_EMPTY_ID,
     IMG_ROUNDING,
     IMG_VERBATIM,
+    Item,
+    Key,
     canonical_item,
     expected_for_clone,
     item_key,
@@ -41,9 +43,6 @@ from items import (
     table_values,
 )
 from servers import REGION
-
-Item = dict[str, Any]
-Key = tuple[str, str]
 
 # image role -> the golden image it is cloned from
 ABSENT_1, ABSENT_2, PARTIAL, DAMAGED, COMPLETE, EMPTY, BAD = (

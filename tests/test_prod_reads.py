@@ -18,11 +18,9 @@ from typing import Any
 import pytest
 from cli import copy_in_process, in_process_config, run_through
 from conftest import TableHandle
-from items import GOLDEN_IDS, canonical_item, load_expected, put_items, table_values
+from items import GOLDEN_IDS, Item, canonical_item, load_expected, put_items, table_values
 
 import copy_dynamodb_dev_to_prod as tool
-
-Item = dict[str, Any]
 
 
 def probed_partitions(proxy: Any) -> list[str]:

@@ -16,14 +16,13 @@ One substitution: the AWS Batch example's `/data/dev.export` (a container path) 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from cli import TOOL
+from cli import TOOL, Terminal
 from conftest import TableHandle
 from items import DEV_EXPORT, GOLDEN_EXPECTED, REPO_ROOT, assert_items_equal, load_expected, table_items
 from servers import create_pass_machines, env_for_subprocess
@@ -78,16 +77,10 @@ def scratch_clone(root: Path, table: str) -> Path:
 
 def run_on_a_terminal(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """bash -c COMMAND with stdin a terminal that has "yes" typed into it; stdout/stderr captured."""
-    master, slave = os.openpty()
-    try:
-        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdin=slave,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        os.close(slave)
-        os.write(master, b"yes\n")
-        out, err = proc.communicate(timeout=300)
-    finally:
-        os.close(master)
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+    with Terminal(["bash", "-c", command], cwd=cwd, env=env, on_terminal=["stdin"]) as term:
+        term.type("yes\n")
+        code = term.wait(300)
+        return subprocess.CompletedProcess(command, code, term.stdout, term.stderr)
 
 
 def test_readme_commands_run_as_written(fresh_table: TableHandle, tmp_path: Path) -> None:

@@ -13,12 +13,10 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from items import load_expected
+from items import Item, load_expected
 from servers import DUMMY_KEY_ID, DUMMY_SECRET, REGION
 
 import copy_dynamodb_dev_to_prod as tool
-
-Item = dict[str, Any]
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ from exports import multiplied_export
 from fault_proxy import PARTIAL_BATCH, PARTIAL_BATCH_GET, THROTTLING, FaultProxy
 from items import (
     GOLDEN_IDS,
+    Item,
+    Key,
     canonical_item,
     check_write_requests,
     item_key,
@@ -32,10 +34,6 @@ from items import (
 )
 
 import copy_dynamodb_dev_to_prod as tool
-
-Item = dict[str, Any]
-Key = tuple[str, str]
-
 
 # --------------------------------------------------------------------------- errors: exactly 1 + N sends
 
@@ -221,9 +219,11 @@ def test_retrier_sends_at_most_one_plus_max_retries_times() -> None:
         calls.append(1)
         raise invalid
 
+    assert len(sleeps) == 2 * (0 + 1 + 3), "one backoff before each resend"
     with pytest.raises(ClientError):
         tool.Retrier(5, sleep=sleeps.append).run(refused)
     assert len(calls) == 1, "a non-retryable error must not be resent"
+    assert len(sleeps) == 2 * (0 + 1 + 3), "no backoff for an error that is not resent"
 
 
 def test_rate_limiter_never_sleeps_holding_its_lock() -> None:
@@ -257,7 +257,7 @@ def test_rate_limiter_never_sleeps_holding_its_lock() -> None:
     first.join(30)
     assert [free for _, free in seen] == [True, True], seen
     # reservations queue: the second waits for its own tokens after the first one's
-    assert seen[0][0] == pytest.approx(2.5) and seen[1][0] == pytest.approx(5.0), seen
+    assert seen[0][0] == 2.5 and seen[1][0] == 5.0, seen  # exact: the clock is fake
 
 
 # --------------------------------------------------------------------------- batches across images

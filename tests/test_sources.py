@@ -32,15 +32,14 @@ from items import (
     IMG_PLACE_EMPTY_ID,
     IMG_ROUNDING,
     IMG_VERBATIM,
+    Item,
+    Key,
     by_key,
     canonical_item,
     load_expected,
     scan_all,
 )
 from servers import REGION, env_for_subprocess
-
-Item = dict[str, Any]
-Key = tuple[str, str]
 
 # --------------------------------------------------------------------------- dev items
 

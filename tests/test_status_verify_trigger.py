@@ -1,32 +1,30 @@
-"""After the copy: --trigger-embeddings, --status, --verify, --limit, --shard and the rate cap,
-each run as the CLI: on DynamoDB Local, except --trigger-embeddings, which needs Step Functions
-and so runs on moto (DynamoDB and Step Functions on one endpoint)."""
+"""The operations after a copy: --trigger-embeddings, --status and --verify (its report, its
+repair commands, Ctrl-C during it), and how each fails, each run as the CLI: on DynamoDB Local,
+except --trigger-embeddings, which needs Step Functions and so runs on moto (DynamoDB and Step
+Functions on one endpoint). The copy's own --limit, --shard and rate cap: test_limit_shard_rate.py."""
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
-import time
+import signal
+import subprocess
 import uuid
-import zlib
 from pathlib import Path
 from typing import Any
 
-import pytest
-from cli import BUCKET_FLAGS, CliResult, live_args, run_cli, run_on_pty
+from cli import BUCKET_FLAGS, TOOL, CliResult, live_args, run_cli, run_on_pty, tool_command
 from conftest import TableHandle
-from exports import copy_golden, fake_uuid, multiplied_export, write_export
+from exports import copy_golden, fake_uuid, write_export
+from fault_proxy import THROTTLING, FaultProxy
 from items import (
     DEV_EXPORT,
     GOLDEN_EXPORT,
     GOLDEN_IDS,
-    Item,
-    Key,
-    assert_items_equal,
     assert_table_equals,
-    by_key,
-    image_of,
+    change_a_receipt_word,
     load_expected,
-    read_jsonl,
     table_items,
 )
 from servers import (
@@ -38,6 +36,7 @@ from servers import (
     env_for_subprocess,
     make_service_client,
 )
+from waiting import wait_for
 
 LINES = 81  # golden RECEIPT_LINE items
 WORDS = 205  # golden RECEIPT_WORD items
@@ -376,127 +375,67 @@ def test_the_printed_repair_commands_run_as_printed_repair_the_table(
     assert clean.returncode == 0, clean.describe()
 
 
-# --- --limit and --shard ---------------------------------------------------------------------
+def test_verify_prints_the_commands_that_repair(fresh_table: TableHandle, tmp_path: Path) -> None:
+    result = run_cli(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    expected = load_expected()
+    original, _ = change_a_receipt_word(fresh_table.client, fresh_table.name)
+    gone = next(k for k, v in sorted(expected.items()) if v["TYPE"]["S"] == "RECEIPT_LINE")
+    fresh_table.client.delete_item(TableName=fresh_table.name,
+                                   Key={"PK": {"S": gone[0]}, "SK": {"S": gone[1]}})
+    verify = ["--verify", "--table", fresh_table.name, "--endpoint-url", fresh_table.url,
+              "--export-dir", str(GOLDEN_EXPORT), "--dev-raw-bucket", "dev-raw-bucket", "--prod-raw-bucket",
+              "prod-raw-bucket", "--dev-cdn-bucket", "dev-cdn-bucket", "--prod-cdn-bucket", "prod-cdn-bucket"]
+
+    def repair(prefix: str) -> None:
+        proc = run_cli(verify, cwd=tmp_path)
+        assert proc.returncode == 1, proc.stderr
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(prefix))
+        command = shlex.split(line[len(prefix):])
+        assert command[1] == str(TOOL) or Path(command[1]).resolve() == TOOL
+        fixed = subprocess.run([*command, "--yes"], cwd=tmp_path, env=env_for_subprocess(),
+                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                               check=False)
+        assert fixed.returncode == 0, fixed.stderr
+
+    repair("To write the missing items: ")
+    items = table_items(fresh_table.client, fresh_table.name)
+    assert items[gone] == expected[gone]
+    assert items[(original["PK"]["S"], original["SK"]["S"])] != original  # prod's change kept
+    repair("To overwrite prod's differing items with the export's: ")
+    assert table_items(fresh_table.client, fresh_table.name) == expected
+    assert run_cli(verify, cwd=tmp_path).returncode == 0
 
 
-def test_limit_copies_slices_until_everything_is_there(ddblocal_table: TableHandle, tmp_path: Path) -> None:
-    copied = []
-    for _ in range(3):
-        result = run_cli(
-            live_args(ddblocal_table.name, ddblocal_table.url, GOLDEN_EXPORT, "--limit", "2"),
-            report=tmp_path / "limit.json",
-        )
-        assert result.returncode == 0 and result.report is not None, result.describe()
-        copied.append(result.report["images"]["copied"])
-    assert copied == [2, 2, 1]
-    assert_table_equals(ddblocal_table.client, ddblocal_table.name, load_expected())
-
-
-SHARDS = 3
-
-
-def crc_shard(image_id: str, shards: int) -> int:
-    """The documented rule, computed here on its own: CRC-32 of the lower-cased image id mod N."""
-    return zlib.crc32(image_id.lower().encode("utf-8")) % shards
-
-
-@pytest.fixture(scope="module")
-def shard_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[Key, Item]]:
-    """The golden export three times over (15 images), so that every shard of 3 gets images."""
-    export_dir = tmp_path_factory.mktemp("shards") / "export"
-    expected = multiplied_export(export_dir, 3)
-    for k in range(SHARDS):
-        assert any(crc_shard(image_of(key), SHARDS) == k for key in expected), f"shard {k} would be empty"
-    return export_dir, expected
-
-
-def shard_items(expected: dict[Key, Item], k: int) -> dict[Key, Item]:
-    return {key: item for key, item in expected.items() if crc_shard(image_of(key), SHARDS) == k}
-
-
-def test_each_shard_plans_exactly_its_images(shard_export: tuple[Path, dict[Key, Item]],
-                                             tmp_path: Path) -> None:
-    """Dry run of each shard with --dump-items: exactly the items of the images the CRC-32 rule
-    gives that shard; together the shards are exactly the export, no image in two of them."""
-    export_dir, expected = shard_export
-    together: dict[Key, Item] = {}
-    for k in range(SHARDS):
-        dump = tmp_path / f"shard{k}.jsonl"
-        args = ["--export-dir", str(export_dir), *BUCKET_FLAGS, "--no-progress", "--shard", f"{k}/{SHARDS}",
-                "--dump-items", str(dump)]
-        result = run_cli(args, env=env_for_subprocess(credentials=False))
-        assert result.returncode == 0, result.describe()
-        planned = by_key(read_jsonl(dump))
-        assert_items_equal(planned, shard_items(expected, k))
-        assert not set(planned) & set(together), f"shard {k} repeats items of another shard"
-        together.update(planned)
-    assert_items_equal(together, expected)
-
-
-def test_each_shard_copies_exactly_its_images(shard_export: tuple[Path, dict[Key, Item]], tmp_path: Path,
-                                              ddblocal_server: DDBLocalServer,
-                                              table_factory: Any) -> None:
-    """Each shard copied into a fresh table holds exactly its own images' items."""
-    export_dir, expected = shard_export
-    for k in range(SHARDS):
-        table = table_factory(ddblocal_server)
-        result = run_cli(live_args(table.name, table.url, export_dir, "--shard", f"{k}/{SHARDS}"),
-                         report=tmp_path / f"shard{k}.json")
-        assert result.returncode == 0, result.describe()
-        wanted = shard_items(expected, k)
-        assert_table_equals(table.client, table.name, wanted)
-        assert result.report is not None
-        assert result.report["images"]["copied"] == len({image_of(key) for key in wanted})
-
-
-def test_shard_assignment_is_stable_across_processes(tmp_path: Path) -> None:
-    """The same ids land in the same shard whatever the interpreter's hash seed."""
-
-    def shard_members(seed: str) -> list[str]:
-        dump = tmp_path / f"dump-{seed}.jsonl"
-        env = env_for_subprocess(extra={"PYTHONHASHSEED": seed})
-        result = run_cli(["--export-dir", str(GOLDEN_EXPORT), "--shard", "1/2", "--dump-items", str(dump),
-                          *BUCKET_FLAGS], env=env)
-        assert result.returncode == 0, result.describe()
-        return sorted({item["PK"]["S"] for item in read_jsonl(dump)})
-
-    assert shard_members("1") == shard_members("12345")
-
-
-def test_bad_shard_is_a_usage_error(tmp_path: Path) -> None:
-    for bad in ("3/3", "1", "a/b", "-1/2"):
-        proc = run_cli(["--export-dir", str(GOLDEN_EXPORT), "--shard", bad])
-        assert proc.returncode == 2, (bad, proc.stderr)
-        assert "Traceback" not in proc.stderr
-
-
-# --- --max-items-per-second ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("rate", [150.0])
-def test_rate_cap_holds(ddblocal_table: TableHandle, tmp_path: Path, rate: float) -> None:
-    """756 golden items at 150 items/s need about 5 s however many workers there are."""
-    start = time.monotonic()
-    result = run_cli(
-        live_args(
-            ddblocal_table.name,
-            ddblocal_table.url,
-            GOLDEN_EXPORT,
-            "--max-items-per-second",
-            str(rate),
-            "--max-workers",
-            "10",
-        ),
-        report=tmp_path / "rate.json",
-        timeout=120,
-    )
-    elapsed = time.monotonic() - start
-    assert result.returncode == 0 and result.report is not None, result.describe()
-    written = result.report["items"]["written"]
-    assert written == len(load_expected())
-    # The bucket starts empty and holds at most one second's worth (or one batch).
-    assert elapsed >= (written - rate) / rate * 0.95, f"{written} items in {elapsed:.1f}s"
-    assert written / elapsed <= rate * 1.1
+def test_ctrl_c_during_verify_says_the_verify_was_interrupted(fresh_table: TableHandle,
+                                                              tmp_path: Path) -> None:
+    """SIGINT once verify reads prod (every read throttled, retried far longer than any test
+    runs, so it is provably still verifying): exit 130, the verify named as interrupted with
+    how many images it checked, no word of a copy to finish."""
+    proxy = FaultProxy(fresh_table.url, rate=1.0, faults=[THROTTLING], targets=["BatchGetItem"])
+    args = ["--verify", "--table", fresh_table.name, "--endpoint-url", proxy.url, "--export-dir",
+            str(GOLDEN_EXPORT), *BUCKET_FLAGS, "--max-retries", "1000", "--report", str(tmp_path / "r.json")]
+    proc = subprocess.Popen(tool_command(args), env=env_for_subprocess(), cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for(lambda: proxy.calls.get("BatchGetItem"), timeout=120, interval=0.02,
+                 what="--verify's first read of prod (BatchGetItem through the proxy)",
+                 give_up=lambda: None if proc.poll() is None else f"the tool exited {proc.returncode}",
+                 details=lambda: "" if proc.poll() is None else "\n".join(proc.communicate()))
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proxy.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, out + err
+    assert f"verify interrupted: 0 of {len(GOLDEN_IDS)} images checked" in err, err
+    assert "not finished" not in out + err and "re-run the same command" not in out + err, out + err
+    assert "Traceback" not in err
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert report["verify"] == {"images_checked": 0, "interrupted": True} and report["interrupted"]
 
 
 # --- failures of the operations themselves ----------------------------------------------------

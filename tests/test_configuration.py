@@ -1,6 +1,7 @@
-"""The operator's experience (issue 13): each operation asks only for what it uses and says
-where a value came from, config files and pulumi stacks, missing keys and packages, the table
-check before the work, --overwrite-changed, --verify's repair command and --help.
+"""Configuration and what a run checks before it starts: each operation asks only for what it
+uses and says where a value came from (flags, config files, pulumi stacks, environment), config
+files and stacks that lack a key, missing runtime packages, the table check before the work,
+abbreviated flags refused, and --help.
 
 Every test runs the CLI as a subprocess; those that need a table use a moto server on 127.0.0.1.
 """
@@ -8,22 +9,19 @@ Every test runs the CLI as a subprocess; those that need a table use a moto serv
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import TOOL, CliResult, live_args, run_cli
+from cli import TOOL, CliResult, Terminal, live_args, run_cli, tool_command
 from conftest import TableHandle
 from fault_proxy import THROTTLING, FaultProxy
-from items import DEV_EXPORT, GOLDEN_EXPORT, GOLDEN_IDS, load_expected, read_jsonl, table_items
+from items import DEV_EXPORT, GOLDEN_EXPORT, load_expected, read_jsonl, table_items
 from servers import create_pass_machines, env_for_subprocess, free_port, make_client
 
 BUCKET_ARGS = ["--dev-raw-bucket", "dev-raw-bucket", "--prod-raw-bucket", "prod-raw-bucket",
@@ -204,17 +202,11 @@ def test_dry_run_without_table_needs_no_package(tmp_path: Path) -> None:
 
 def test_dry_run_without_table_on_a_terminal_needs_no_tqdm(tmp_path: Path) -> None:
     """On a terminal the bars need tqdm; the standard-library-only dry run goes without them."""
-    master, slave = os.openpty()
-    try:
-        proc = subprocess.run([sys.executable, "-S", str(TOOL), "--export-dir", str(GOLDEN_EXPORT),
-                               *BUCKET_ARGS], cwd=tmp_path, env=env_for_subprocess(),
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, text=True,
-                              timeout=120, check=False)
-    finally:
-        os.close(slave)
-        os.close(master)
-    assert proc.returncode == 0
-    assert "Images found:" in proc.stdout
+    command = tool_command(["--export-dir", GOLDEN_EXPORT, *BUCKET_ARGS], [sys.executable, "-S"])
+    with Terminal(command, cwd=tmp_path, on_terminal=["stderr"]) as term:
+        code = term.wait(120)
+    assert code == 0
+    assert "Images found:" in term.stdout
 
 
 # --- 7. the table is checked once before the work -------------------------------------------------
@@ -265,103 +257,7 @@ def test_throttled_describe_table_is_retried(fresh_table: TableHandle, tmp_path:
     assert len(table_items(fresh_table.client, fresh_table.name)) == len(load_expected())
 
 
-# --- 4. --overwrite-changed, and --verify's repair command ---------------------------------------
-
-
-def change_a_word(table: TableHandle) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Prod changes one receipt word after the copy; returns (the copied item, the changed one)."""
-    items = table_items(table.client, table.name)
-    item = next(v for _, v in sorted(items.items()) if v["TYPE"]["S"] == "RECEIPT_WORD")
-    changed = {**item, "text": {"S": item["text"]["S"] + "-changed-in-prod"}}
-    table.client.put_item(TableName=table.name, Item=changed)
-    return item, changed
-
-
-def copy_golden(table: TableHandle, tmp_path: Path) -> None:
-    proc = run(live_args(table.name, table.url, GOLDEN_EXPORT), tmp_path)
-    assert proc.returncode == 0, proc.stderr
-
-
-def test_overwrite_changed_overwrites_images_already_in_prod(fresh_table: TableHandle,
-                                                             tmp_path: Path) -> None:
-    copy_golden(fresh_table, tmp_path)
-    original, _ = change_a_word(fresh_table)
-    proc = run(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, "--overwrite-changed"), tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    key = (original["PK"]["S"], original["SK"]["S"])
-    assert table_items(fresh_table.client, fresh_table.name)[key] == original
-
-
-def test_overwrite_changed_with_explicit_skip_existing_warns(fresh_table: TableHandle,
-                                                             tmp_path: Path) -> None:
-    copy_golden(fresh_table, tmp_path)
-    _, changed = change_a_word(fresh_table)
-    proc = run(live_args(fresh_table.name, fresh_table.url, GOLDEN_EXPORT, "--overwrite-changed",
-                         "--skip-existing"), tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "--overwrite-changed with --skip-existing" in proc.stderr
-    key = (changed["PK"]["S"], changed["SK"]["S"])
-    assert table_items(fresh_table.client, fresh_table.name)[key] == changed
-
-
-def test_verify_prints_the_commands_that_repair(fresh_table: TableHandle, tmp_path: Path) -> None:
-    copy_golden(fresh_table, tmp_path)
-    expected = load_expected()
-    original, _ = change_a_word(fresh_table)
-    gone = next(k for k, v in sorted(expected.items()) if v["TYPE"]["S"] == "RECEIPT_LINE")
-    fresh_table.client.delete_item(TableName=fresh_table.name,
-                                   Key={"PK": {"S": gone[0]}, "SK": {"S": gone[1]}})
-    verify = ["--verify", "--table", fresh_table.name, "--endpoint-url", fresh_table.url,
-              "--export-dir", str(GOLDEN_EXPORT), "--dev-raw-bucket", "dev-raw-bucket", "--prod-raw-bucket",
-              "prod-raw-bucket", "--dev-cdn-bucket", "dev-cdn-bucket", "--prod-cdn-bucket", "prod-cdn-bucket"]
-
-    def repair(prefix: str) -> None:
-        proc = run(verify, tmp_path)
-        assert proc.returncode == 1, proc.stderr
-        line = next(x for x in proc.stdout.splitlines() if x.startswith(prefix))
-        command = shlex.split(line[len(prefix):])
-        assert command[1] == str(TOOL) or Path(command[1]).resolve() == TOOL
-        fixed = subprocess.run([*command, "--yes"], cwd=tmp_path, env=env_for_subprocess(),
-                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-                               check=False)
-        assert fixed.returncode == 0, fixed.stderr
-
-    repair("To write the missing items: ")
-    items = table_items(fresh_table.client, fresh_table.name)
-    assert items[gone] == expected[gone]
-    assert items[(original["PK"]["S"], original["SK"]["S"])] != original  # prod's change kept
-    repair("To overwrite prod's differing items with the export's: ")
-    assert table_items(fresh_table.client, fresh_table.name) == expected
-    assert run(verify, tmp_path).returncode == 0
-
-
-def test_ctrl_c_during_verify_says_the_verify_was_interrupted(fresh_table: TableHandle,
-                                                              tmp_path: Path) -> None:
-    """SIGINT once verify reads prod (every read throttled, retried far longer than any test
-    runs, so it is provably still verifying): exit 130, the verify named as interrupted with
-    how many images it checked, no word of a copy to finish."""
-    proxy = FaultProxy(fresh_table.url, rate=1.0, faults=[THROTTLING], targets=["BatchGetItem"])
-    args = ["--verify", "--table", fresh_table.name, "--endpoint-url", proxy.url, "--export-dir",
-            str(GOLDEN_EXPORT), *BUCKET_ARGS, "--max-retries", "1000", "--report", str(tmp_path / "r.json")]
-    proc = subprocess.Popen([sys.executable, str(TOOL), *args], env=env_for_subprocess(), cwd=tmp_path,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        while not proxy.calls.get("BatchGetItem"):
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proxy.stop()
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, out + err
-    assert f"verify interrupted: 0 of {len(GOLDEN_IDS)} images checked" in err, err
-    assert "not finished" not in out + err and "re-run the same command" not in out + err, out + err
-    assert "Traceback" not in err
-    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
-    assert report["verify"] == {"images_checked": 0, "interrupted": True} and report["interrupted"]
+# --- abbreviated flags ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("abbreviated", ["--verif", "--dry", "--no-dry", "--dev-conf"])
