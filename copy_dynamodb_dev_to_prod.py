@@ -369,7 +369,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @dataclasses.dataclass
+class ConfigOrigin:
+    """Where the configuration came from, for what the tool says (the settings are Config's)."""
+    # Where each configured value came from, e.g. "from prod.json: dynamodb_table_name".
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Values a given config file or stack lacks, e.g. "prod.json has no 'dynamodb_table_name'".
+    missing: dict[str, str] = dataclasses.field(default_factory=dict)
+    argv: list[str] = dataclasses.field(default_factory=list)  # for --verify's repair command
+
+    def of(self, name: str) -> str:
+        return self.sources.get(name, "not set")
+
+
+@dataclasses.dataclass
 class Config:
+    """The run's settings, merged from flags, stack outputs and the environment."""
     export_dir: Path
     export_dir_given: bool = False
     dry_run: bool = True
@@ -386,7 +400,6 @@ class Config:
     include_empty: bool = False
     ignore_unknown: bool = False
     skip_existing: bool = True
-    skip_existing_given: bool = False
     overwrite_changed: bool = False
     max_workers: int = 10
     max_retries: int = 8
@@ -407,11 +420,6 @@ class Config:
     dump_items: Path | None = None
     progress: bool = True
     verbose: bool = False
-    # Where each configured value came from, e.g. "from prod.json: dynamodb_table_name".
-    sources: dict[str, str] = dataclasses.field(default_factory=dict)
-    # Values a given config file or stack lacks, e.g. "prod.json has no 'dynamodb_table_name'".
-    missing: dict[str, str] = dataclasses.field(default_factory=dict)
-    argv: list[str] = dataclasses.field(default_factory=list)
     # other sources (issue 12): the dev table or DynamoDB JSON items instead of export files
     source_table: str | None = None
     source_region: str | None = None
@@ -466,9 +474,6 @@ class Config:
         if self.copies and not self.dry_run:
             needed.add("dev_table")
         return needed
-
-    def source(self, name: str) -> str:
-        return self.sources.get(name, "not set")
 
 
 def flag_of(name: str) -> str:
@@ -562,7 +567,7 @@ def wave_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
-                   argv: Sequence[str] = ()) -> Config:
+                   argv: Sequence[str] = ()) -> tuple[Config, ConfigOrigin]:
     """Merge flags, stack outputs (files or pulumi) and environment variables, in that order of
     precedence, remembering where each value came from."""
     if args.max_workers < 1:
@@ -601,17 +606,13 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
         # --overwrite-changed means "make prod match the export", which images skipped whole
         # would never do; an explicit --skip-existing still wins (and check_config warns).
         "skip_existing": (not args.overwrite_changed) if skip_existing is None else skip_existing,
-        "skip_existing_given": skip_existing is not None,
-        "sources": sources,
-        "missing": missing,
-        "argv": list(argv),
         "image_ids": read_image_ids(args.image_id, args.image_ids_file),
         **wave_settings(args),
         **named,
     }
     as_given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                 if f.name not in derived and hasattr(args, f.name)}
-    return Config(**as_given, **derived)
+    return Config(**as_given, **derived), ConfigOrigin(sources, missing, list(argv))
 
 
 # Where Step Functions requests go when --sfn-endpoint-url is not given, after --endpoint-url:
@@ -675,22 +676,22 @@ def is_aws_endpoint(url: str | None) -> bool:
     return host.endswith(AWS_ENDPOINT_DOMAINS)
 
 
-def check_sfn_endpoint(cfg: Config) -> None:
+def check_sfn_endpoint(cfg: Config, origin: ConfigOrigin) -> None:
     """A rehearsal against a local DynamoDB must not start prod's workflows: where DynamoDB goes
     to a non-AWS endpoint, Step Functions may not silently go to AWS."""
     if cfg.trigger_embeddings and not is_aws_endpoint(cfg.endpoint_url) and cfg.sfn_endpoint_url is None:
         flag = "--wave-size" if cfg.wave_size else "--trigger-embeddings"
-        raise UsageError(f"DynamoDB goes to {cfg.endpoint_url} ({cfg.source('endpoint_url')}) but Step "
+        raise UsageError(f"DynamoDB goes to {cfg.endpoint_url} ({origin.of('endpoint_url')}) but Step "
                          f"Functions would go to AWS, where {flag} would start prod's workflows: "
                          "give the Step Functions endpoint with --sfn-endpoint-url URL or "
                          "AWS_ENDPOINT_URL_SFN")
 
 
-def sfn_endpoint_text(cfg: Config) -> str:
+def sfn_endpoint_text(cfg: Config, origin: ConfigOrigin) -> str:
     """Where workflows are started, as the header, the prompt and --trigger-embeddings say it."""
     if cfg.sfn_endpoint_url is None:
         return "Step Functions: (AWS)"
-    return f"Step Functions: {cfg.sfn_endpoint_url} ({cfg.source('sfn_endpoint_url')})"
+    return f"Step Functions: {cfg.sfn_endpoint_url} ({origin.of('sfn_endpoint_url')})"
 
 
 # Used with fullmatch: `$` also matches before a trailing newline, so "<uuid>\n" would pass a
@@ -719,7 +720,7 @@ def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, .
     return tuple(first.values())
 
 
-def check_config(cfg: Config) -> list[str]:
+def check_config(cfg: Config, origin: ConfigOrigin) -> list[str]:
     """Refuse configurations that cannot work or are unsafe; return warnings. Each operation is
     checked only for the values it uses, and messages say where a value came from."""
     warnings = []
@@ -728,23 +729,23 @@ def check_config(cfg: Config) -> list[str]:
         raise UsageError(f"{flag} goes with a copy" + ("" if cfg.wave_size else " or on its own")
                          + ", not with --status/--verify (run those on their own)")
     check_source_config(cfg)
-    check_sfn_endpoint(cfg)
+    check_sfn_endpoint(cfg, origin)
     if (cfg.copies or cfg.verify or cfg.export_dir_given) and not cfg.other_source \
             and not cfg.export_dir.is_dir():
         raise UsageError(f"export directory not found: {cfg.export_dir}" if not cfg.export_dir.exists()
                          else f"--export-dir {cfg.export_dir}: is a file, not a directory of exports")
     needed = cfg.needed_values()
     for name in sorted(needed):
-        if getattr(cfg, name) is None and name in cfg.missing:
+        if getattr(cfg, name) is None and name in origin.missing:
             if name == "table" and cfg.copies and cfg.dry_run:  # a dry run can do without prod
-                warnings.append(f"{cfg.missing[name]}: prod is not checked (give --table or "
+                warnings.append(f"{origin.missing[name]}: prod is not checked (give --table or "
                                 f"{ENV_VARS[name]} to check it)")
                 continue
-            raise UsageError(f"{cfg.missing[name]}, which {cfg.operation} needs: add it, or give "
+            raise UsageError(f"{origin.missing[name]}, which {cfg.operation} needs: add it, or give "
                              f"{flag_of(name)} or {ENV_VARS[name]}")
     if "dev_raw_bucket" in needed:
         for kind in ("raw", "cdn"):
-            warnings += check_bucket_pair(cfg, kind)
+            warnings += check_bucket_pair(cfg, origin, kind)
     if "table" in needed and not cfg.table and (cfg.status or cfg.verify or not cfg.dry_run):
         raise UsageError(f"no prod table: {cfg.operation} needs one; give --table, --prod-config, "
                          f"--prod-stack or {ENV_VARS['table']}")
@@ -754,23 +755,23 @@ def check_config(cfg: Config) -> list[str]:
                         "to overwrite them)")
     if cfg.copies and not cfg.dry_run and cfg.table:
         if cfg.dev_table and cfg.table == cfg.dev_table and not cfg.force:
-            raise UsageError(f"refusing to copy into {cfg.table!r} ({cfg.source('table')}): it is "
-                             f"the configured dev table ({cfg.source('dev_table')}; --force overrides)")
+            raise UsageError(f"refusing to copy into {cfg.table!r} ({origin.of('table')}): it is "
+                             f"the configured dev table ({origin.of('dev_table')}; --force overrides)")
         if looks_like_dev_table(cfg.table) and not cfg.force:
-            raise UsageError(f"refusing to copy into {cfg.table!r} ({cfg.source('table')}): the name "
+            raise UsageError(f"refusing to copy into {cfg.table!r} ({origin.of('table')}): the name "
                              "looks like a dev table (--force overrides)")
     return warnings
 
 
-def check_bucket_pair(cfg: Config, kind: str) -> list[str]:
+def check_bucket_pair(cfg: Config, origin: ConfigOrigin, kind: str) -> list[str]:
     """Both names of a bucket pair or neither; neither is refused for a live copy and for
     --verify (which builds the items prod should hold: without the renames it would call every
     correctly copied IMAGE and RECEIPT item different, and its repair command would not run)."""
     dev, prod = f"dev_{kind}_bucket", f"prod_{kind}_bucket"
     for given, lacking in ((dev, prod), (prod, dev)):
         if getattr(cfg, given) and not getattr(cfg, lacking):
-            why = f" ({cfg.missing[lacking]})" if lacking in cfg.missing else ""
-            raise UsageError(f"{flag_of(given)} is set ({cfg.source(given)}) but {flag_of(lacking)} "
+            why = f" ({origin.missing[lacking]})" if lacking in origin.missing else ""
+            raise UsageError(f"{flag_of(given)} is set ({origin.of(given)}) but {flag_of(lacking)} "
                              f"is not{why}: give {flag_of(lacking)} or {ENV_VARS[lacking]}, or "
                              "neither of the two")
     if getattr(cfg, dev):
@@ -932,7 +933,7 @@ def missing_package_message(names: Sequence[str]) -> str:
     return f"this run needs {' and '.join(names)}, not installed for {python}; {fix}"
 
 
-def repair_command(cfg: Config, overwrite: bool) -> str:
+def repair_command(origin: ConfigOrigin, overwrite: bool) -> str:
     """The copy command that repairs what --verify found: this run's own arguments, as a live
     copy that re-syncs images already in prod (and overwrites differing items if asked)."""
     import shlex
@@ -940,7 +941,7 @@ def repair_command(cfg: Config, overwrite: bool) -> str:
     args, skip_next = [], False
     # --verify checks every image (it ignores --limit): the repair must reach each of them
     drop_with_value = {"--report", "--dump-items", "--limit"}
-    for arg in cfg.argv:
+    for arg in origin.argv:
         if skip_next:
             skip_next = False
             continue
@@ -3213,7 +3214,7 @@ def convert_source(source: ImageSource, rules: Rules, ignore_unknown: bool) -> C
     return image
 
 
-def check_export_side(cfg: Config, sources: Sequence[ImageSource]) -> None:
+def check_export_side(cfg: Config, origin: ConfigOrigin, sources: Sequence[ImageSource]) -> None:
     """Swapped --dev-config/--prod-config (with table names that do not say "dev") would copy
     into the dev table. Where both raw bucket names are configured, the first image that names
     its raw bucket (images[0] and its receipts) shows which side the export came from: if
@@ -3238,8 +3239,8 @@ def check_export_side(cfg: Config, sources: Sequence[ImageSource]) -> None:
         if names != {prod}:
             return
         message = (f"{source.name}: the export's raw_s3_bucket is {prod!r}, the configured prod raw "
-                   f"bucket ({cfg.source('prod_raw_bucket')}), not the dev one {dev!r} "
-                   f"({cfg.source('dev_raw_bucket')}): the export comes from the prod side, or "
+                   f"bucket ({origin.of('prod_raw_bucket')}), not the dev one {dev!r} "
+                   f"({origin.of('dev_raw_bucket')}): the export comes from the prod side, or "
                    "--dev-config and --prod-config are swapped")
         if not cfg.dry_run:
             raise UsageError(f"{message}; refusing to copy into {cfg.table!r} (--force overrides)")
@@ -4098,8 +4099,8 @@ class TriggerResult:
     refused: bool = False  # images failed: no workflow started, and the run fails
 
 
-def trigger_embeddings(cfg: Config, workflows: Workflows, run_id: str, images_failed: bool,
-                       resolve_in_dry_run: bool) -> TriggerResult:
+def trigger_embeddings(cfg: Config, origin: ConfigOrigin, workflows: Workflows, run_id: str,
+                       images_failed: bool, resolve_in_dry_run: bool) -> TriggerResult:
     """--trigger-embeddings: start the line and word workflows with input {}, each unless one
     of its executions is running; none when images failed (the dry run decides the same)."""
     if images_failed:
@@ -4107,7 +4108,7 @@ def trigger_embeddings(cfg: Config, workflows: Workflows, run_id: str, images_fa
               + ": some images failed; fix them and re-run first.")
         return TriggerResult(refused=True)
     if not cfg.copies:  # on its own: no header said where the workflows start
-        print(sfn_endpoint_text(cfg))
+        print(sfn_endpoint_text(cfg, origin))
     if cfg.dry_run:
         if resolve_in_dry_run:  # what the live run resolves: a missing machine fails here too
             workflows.connect()
@@ -4552,7 +4553,7 @@ def verify_image(cfg: Config, prod: ProdTable, rules: Rules, source: ImageSource
             "different": [{"SK": c["SK"], "attributes": c["attributes"]} for c in diff.conflicts]}
 
 
-def run_verify(cfg: Config, prod: ProdTable, result: VerifyResult) -> None:
+def run_verify(cfg: Config, origin: ConfigOrigin, prod: ProdTable, result: VerifyResult) -> None:
     """Fill `result` (the report holds it, so an interrupted verify reports what it checked)."""
     sources = select_sources(cfg)
     rules = Rules.from_config(cfg)
@@ -4574,10 +4575,10 @@ def run_verify(cfg: Config, prod: ProdTable, result: VerifyResult) -> None:
                               "run it again to check every image)") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    print_verify(cfg, prod, result)
+    print_verify(cfg, origin, prod, result)
 
 
-def print_verify(cfg: Config, prod: ProdTable, result: VerifyResult) -> None:
+def print_verify(cfg: Config, origin: ConfigOrigin, prod: ProdTable, result: VerifyResult) -> None:
     images = result.image_counts()
     problems = result.problems
     # One line whose numbers add up: every image is checked, not checked or skipped.
@@ -4597,10 +4598,10 @@ def print_verify(cfg: Config, prod: ProdTable, result: VerifyResult) -> None:
         for r in result.not_checked:
             print(f"  {r['error']}")
     if any(r["missing"] for r in problems):
-        print(f"To write the missing items: {repair_command(cfg, overwrite=False)}")
+        print(f"To write the missing items: {repair_command(origin, overwrite=False)}")
     if any(r["different"] for r in problems):
         print("To overwrite prod's differing items with the export's: "
-              f"{repair_command(cfg, overwrite=True)}")
+              f"{repair_command(origin, overwrite=True)}")
 
 
 # =============================================================================
@@ -4903,7 +4904,7 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
-def print_header(cfg: Config, files: int, region: tuple[str, str] | None) -> None:
+def print_header(cfg: Config, origin: ConfigOrigin, files: int, region: tuple[str, str] | None) -> None:
     if cfg.dry_run:
         print("Mode: DRY RUN")
         print("No records will be copied. Use --no-dry-run to actually copy.")
@@ -4913,16 +4914,16 @@ def print_header(cfg: Config, files: int, region: tuple[str, str] | None) -> Non
           + (f", shard {cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard else "") + ")")
     if cfg.table:
         print(f"Prod table: {cfg.table}" + (f" at {cfg.endpoint_url}" if cfg.endpoint_url else "")
-              + f" ({cfg.source('table')})" + (f", region {region[0]} ({region[1]})" if region else ""))
+              + f" ({origin.of('table')})" + (f", region {region[0]} ({region[1]})" if region else ""))
     else:
-        why = cfg.missing.get("table", "none configured: --table, --prod-config or --prod-stack")
+        why = origin.missing.get("table", "none configured: --table, --prod-config or --prod-stack")
         print(f"Prod table: not checked ({why}): every image counts as not yet in prod")
     for kind, renames in (("raw", cfg.dev_raw_bucket), ("cdn", cfg.dev_cdn_bucket)):
         target = cfg.prod_raw_bucket if kind == "raw" else cfg.prod_cdn_bucket
         print(f"{kind.upper()} bucket: {renames} -> {target}" if renames
               else f"{kind.upper()} bucket: not rewritten (not configured)")
     if cfg.trigger_embeddings:
-        print(sfn_endpoint_text(cfg))
+        print(sfn_endpoint_text(cfg, origin))
     if cfg.overwrite_changed:
         print("Images already in prod: " + ("skipped (--skip-existing), so not overwritten"
               if cfg.skip_existing else "compared; items that differ are overwritten "
@@ -4930,7 +4931,8 @@ def print_header(cfg: Config, files: int, region: tuple[str, str] | None) -> Non
     print()
 
 
-def confirm_live_run(cfg: Config, plan: RunPlan, region: tuple[str, str] | None) -> None:
+def confirm_live_run(cfg: Config, origin: ConfigOrigin, plan: RunPlan,
+                     region: tuple[str, str] | None) -> None:
     """On a terminal, show what the settled plan will do and ask."""
     name, where = region or ("?", "unknown")
     print(f"About to copy into table {cfg.table!r}, region {name} ({where}), "
@@ -4939,7 +4941,7 @@ def confirm_live_run(cfg: Config, plan: RunPlan, region: tuple[str, str] | None)
     if cfg.wave_size:
         print("  " + wave_preview(cfg))
     if cfg.trigger_embeddings:
-        print("  " + sfn_endpoint_text(cfg))
+        print("  " + sfn_endpoint_text(cfg, origin))
     try:
         answer = input("Type 'yes' to continue: ")
     except KeyboardInterrupt as exc:  # Ctrl-C (or SIGTERM) instead of an answer
@@ -4949,12 +4951,12 @@ def confirm_live_run(cfg: Config, plan: RunPlan, region: tuple[str, str] | None)
         raise UsageError("aborted: not confirmed")
 
 
-def run_copy(cfg: Config, report: Report, prod: ProdTable | None) -> None:
+def run_copy(cfg: Config, origin: ConfigOrigin, report: Report, prod: ProdTable | None) -> None:
     """Plan the run, ask (live, on a terminal), then copy: in waves, or straight through."""
     rules = Rules.from_config(cfg)
     sources = select_sources(cfg)
-    check_export_side(cfg, sources)
-    print_header(cfg, len(sources), report.region)
+    check_export_side(cfg, origin, sources)
+    print_header(cfg, origin, len(sources), report.region)
     plan = report.plan = RunPlan(cfg, sources, prod, rules)
     asks = not cfg.dry_run and not cfg.yes
     if asks and not sys.stdin.isatty():
@@ -4962,7 +4964,7 @@ def run_copy(cfg: Config, report: Report, prod: ProdTable | None) -> None:
     if asks or cfg.wave_size:  # both need every decision up front
         plan.settle()
     if asks:
-        confirm_live_run(cfg, plan, report.region)
+        confirm_live_run(cfg, origin, plan, report.region)
     report.copy_started = True
     dump = DumpFile(cfg.dump_items)
     try:
@@ -4980,12 +4982,12 @@ def run_copy(cfg: Config, report: Report, prod: ProdTable | None) -> None:
     dump.check()  # the dump's last lines failed to reach the disk
 
 
-def run_operations(cfg: Config, report: Report, prod: ProdTable | None) -> None:
+def run_operations(cfg: Config, origin: ConfigOrigin, report: Report, prod: ProdTable | None) -> None:
     """Each requested operation runs; one that fails says why and the exit code says so."""
     def verify() -> None:
         assert prod is not None
         report.verify = VerifyResult()
-        run_verify(cfg, prod, report.verify)
+        run_verify(cfg, origin, prod, report.verify)
 
     def status() -> None:
         assert prod is not None
@@ -4993,7 +4995,7 @@ def run_operations(cfg: Config, report: Report, prod: ProdTable | None) -> None:
 
     def trigger() -> None:
         workflows = Workflows(cfg)
-        report.trigger = trigger_embeddings(cfg, workflows, new_run_id(cfg, report.started),
+        report.trigger = trigger_embeddings(cfg, origin, workflows, new_run_id(cfg, report.started),
                                             report.failed, resolve_in_dry_run=prod is not None)
         if workflows.client is not None:
             report.region = report.region or client_region(cfg, workflows.client)
@@ -5035,8 +5037,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     report: Report | None = None
     try:
-        cfg = resolve_config(args, os.environ, argv)
-        warnings = check_config(cfg)
+        cfg, origin = resolve_config(args, os.environ, argv)
+        warnings = check_config(cfg, origin)
         missing = missing_runtime_packages(cfg)
         if missing:
             raise UsageError(missing_package_message(missing))
@@ -5047,13 +5049,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_paths(cfg)
         prod = ProdTable(cfg) if cfg.reads_table else None
         if prod is not None:
-            prod.check_readable(cfg.source("table"))
+            prod.check_readable(origin.of("table"))
         report = Report(cfg, prod)
         if prod is not None:
             report.region = client_region(cfg, prod.client)
         if cfg.copies:
-            run_copy(cfg, report, prod)
-        run_operations(cfg, report, prod)
+            run_copy(cfg, origin, report, prod)
+        run_operations(cfg, origin, report, prod)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

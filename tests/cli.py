@@ -303,7 +303,7 @@ def in_process_config(table: str, url: str, *extra: str) -> tool.Config:
     """The configuration a live copy of the golden export into ``table`` at ``url`` runs
     with, for tests that run the tool's classes in-process."""
     args = tool.build_parser().parse_args(live_args(table, url, GOLDEN_EXPORT, *extra))
-    return tool.resolve_config(args, {})
+    return tool.resolve_config(args, {})[0]
 
 
 def copy_in_process(cfg: tool.Config, client: Any) -> tool.Report:
@@ -311,7 +311,7 @@ def copy_in_process(cfg: tool.Config, client: Any) -> tool.Report:
     cfg = replace(cfg, yes=True)
     prod = tool.ProdTable(cfg, client)
     report = tool.Report(cfg, prod)
-    tool.run_copy(cfg, report, prod)
+    tool.run_copy(cfg, tool.ConfigOrigin(), report, prod)
     return report
 
 
