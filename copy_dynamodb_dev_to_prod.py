@@ -3508,12 +3508,16 @@ Entry = tuple[ImageJob, dict[str, AttributeValue]]
 class Batcher:
     """Packs the items of any image into full batches of 25 (fewer requests than one
     remainder batch per image); with size=100, the keys of prod's versions into full
-    BatchGetItem requests the same way. An open batch waits for more entries while work
-    is in flight or the reader is still producing; once neither is true, waiting would
-    only stall, so it is sent as it is."""
+    BatchGetItem requests the same way. An open batch waits for more entries while work it
+    counts is in flight (what comes back adds entries) or the reader is still producing.
+    Once neither is true, waiting would only stall, so it is sent as it is; and so it is
+    when the whole pool is idle (`pool_idle`), even while the reader produces: the workers
+    would otherwise wait for the reader to convert the next images (at the start of a run,
+    a whole budget of them)."""
 
-    def __init__(self, send: Callable[[list[Entry]], None], size: int = BATCH_SIZE) -> None:
-        self.send, self.size = send, size
+    def __init__(self, send: Callable[[list[Entry]], None], size: int = BATCH_SIZE,
+                 pool_idle: Callable[[], bool] = lambda: True) -> None:
+        self.send, self.size, self.pool_idle = send, size, pool_idle
         self.lock = threading.Lock()
         self.open: list[Entry] = []
         self.keys: set[tuple[str, str]] = set()
@@ -3533,6 +3537,7 @@ class Batcher:
                     ready.append(self.cut())
         for batch in ready:
             self.send(batch)
+        self.flush_if_idle()
 
     def cut(self) -> list[Entry]:
         batch, self.open, self.keys = self.open, [], set()
@@ -3555,7 +3560,8 @@ class Batcher:
 
     def flush_if_idle(self) -> None:
         with self.lock:
-            batch = self.cut() if self.open and not self.in_flight and not self.producing else None
+            idle = not self.in_flight and (not self.producing or self.pool_idle())
+            batch = self.cut() if self.open and idle else None
         if batch:
             self.send(batch)
 
@@ -3590,10 +3596,13 @@ class Copier:
         self.stopping = False
         self.progress: Progress | None = None
         self.pool: ThreadPoolExecutor | None = None
-        self.writes = Batcher(self.submit_writes)
+        # The write batcher counts every task in flight (reads decide what is written), so
+        # its count going to 0 is the pool going idle.
+        self.writes = Batcher(self.submit_writes, pool_idle=lambda: True)
         # Reads of prod's versions are shared across images too: with images of ~110 items,
         # one image alone needs two BatchGetItem requests, the second nearly empty.
-        self.reads = Batcher(self.submit_reads, GET_BATCH_SIZE)
+        self.reads = Batcher(self.submit_reads, GET_BATCH_SIZE,
+                             pool_idle=lambda: not self.writes.in_flight)
 
     def run(self, images: Iterable[PlannedImage], count: int, tally: Tally) -> None:
         """Copy (or diff) the images of `images` the plan left to copy (the others only move
