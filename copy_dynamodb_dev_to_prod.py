@@ -3032,17 +3032,6 @@ class ProdTable:
             self.read_keys(chunk, projection="PK") for chunk in batches(keys, GET_BATCH_SIZE))
         return {item["PK"]["S"][len("IMAGE#"):] for item in found}
 
-    def partition_is_empty(self, pk: str) -> bool:
-        """Whether prod holds no item at all under this partition key: one strongly consistent
-        Query that stops at the first item. It stands in for reading every key of an image
-        that prod does not have (the usual case of a copy): one request and one read unit
-        instead of one key lookup per item, each billed even when the key is absent."""
-        response = self.retrier.call(self.client.query, TableName=self.name,
-                                     KeyConditionExpression="PK = :pk",
-                                     ExpressionAttributeValues={":pk": {"S": pk}}, Limit=1,
-                                     ConsistentRead=True, ProjectionExpression="PK")
-        return not response.get("Items")
-
     def read_keys(self, keys: Sequence[Mapping[str, AttributeValue]],
                   projection: str | None = None) -> list[dict[str, AttributeValue]]:
         """Prod's items under up to 100 keys: one strongly consistent BatchGetItem, its
@@ -3494,17 +3483,18 @@ class ItemBudget:
 
 @dataclasses.dataclass(eq=False)
 class ImageJob:
-    """One image on its way: converted, diffed, its items in batches, its IMAGE item last."""
+    """One image on its way: converted, diffed, its items written in stages (its first item,
+    the rest, its IMAGE item), each stage only once the one before is written whole."""
     image: ConvertedImage
     held: int                      # ItemBudget units this job still holds
     in_prod: bool = False          # prod has its IMAGE item
     prod: dict[str, dict[str, AttributeValue]] = dataclasses.field(default_factory=dict)
     unread: int = 0                # keys of prod's versions not yet read
-    image_item: dict[str, AttributeValue] | None = None  # still to write, after the rest
+    probing: bool = False          # what is being read is its first item only
+    stages: list[list[dict[str, AttributeValue]]] = dataclasses.field(default_factory=list)
     unsettled: int = 0             # items handed to the batcher, not yet written or lost
     to_write: int = 0
     written: int = 0
-    image_sent: bool = False       # the IMAGE item went to the batcher
     diffed: bool = False           # its items were counted as to write, unchanged, kept or conflicts
     errors: list[InputError] = dataclasses.field(default_factory=list)
     lost: int = 0                  # items a write lost for a cause other than a refusal
@@ -3519,12 +3509,16 @@ Entry = tuple[ImageJob, dict[str, AttributeValue]]
 class Batcher:
     """Packs the items of any image into full batches of 25 (fewer requests than one
     remainder batch per image); with size=100, the keys of prod's versions into full
-    BatchGetItem requests the same way. An open batch waits for more entries while work
-    is in flight or the reader is still producing; once neither is true, waiting would
-    only stall, so it is sent as it is."""
+    BatchGetItem requests the same way. An open batch waits for more entries while work it
+    counts is in flight (what comes back adds entries) or the reader is still producing.
+    Once neither is true, waiting would only stall, so it is sent as it is; and so it is
+    when the whole pool is idle (`pool_idle`), even while the reader produces: the workers
+    would otherwise wait for the reader to convert the next images (at the start of a run,
+    a whole budget of them)."""
 
-    def __init__(self, send: Callable[[list[Entry]], None], size: int = BATCH_SIZE) -> None:
-        self.send, self.size = send, size
+    def __init__(self, send: Callable[[list[Entry]], None], size: int = BATCH_SIZE,
+                 pool_idle: Callable[[], bool] = lambda: True) -> None:
+        self.send, self.size, self.pool_idle = send, size, pool_idle
         self.lock = threading.Lock()
         self.open: list[Entry] = []
         self.keys: set[tuple[str, str]] = set()
@@ -3544,6 +3538,7 @@ class Batcher:
                     ready.append(self.cut())
         for batch in ready:
             self.send(batch)
+        self.flush_if_idle()
 
     def cut(self) -> list[Entry]:
         batch, self.open, self.keys = self.open, [], set()
@@ -3566,7 +3561,8 @@ class Batcher:
 
     def flush_if_idle(self) -> None:
         with self.lock:
-            batch = self.cut() if self.open and not self.in_flight and not self.producing else None
+            idle = not self.in_flight and (not self.producing or self.pool_idle())
+            batch = self.cut() if self.open and idle else None
         if batch:
             self.send(batch)
 
@@ -3574,12 +3570,21 @@ class Batcher:
 class Copier:
     """Copies (live) or diffs (dry run) the images a run plan hands it, one outcome each.
 
-    An image goes: read prod's versions of its keys (for an image without its IMAGE item,
-    only if a Query finds anything in its partition) -> diff -> write what is missing in
-    batches of 25 shared with other images, on one pool (parallel across batches) -> its
-    IMAGE item last, only when every other item of the image is confirmed. A dry run with
-    a table makes the same reads and decisions and writes nothing; without one it reads
-    nothing and takes prod to be empty."""
+    An image goes: read prod's versions of its keys -> diff -> write what is missing in
+    batches of 25 shared with other images, on one pool (parallel across batches), in three
+    stages: its first item (the smallest SK but the IMAGE item's), then every other item but
+    the IMAGE item, then the IMAGE item, each stage only once the one before is confirmed.
+
+    The order is what makes two keys speak for the whole image. The IMAGE item in prod means
+    the image is complete. Without it, the image's first item in prod means an earlier copy
+    started it (or prod made it); its absence means no copy ever wrote any item of the
+    image, so there is nothing of it in prod to read: an image prod lacks costs one key
+    lookup, packed 100 a request with other images' keys, instead of a read of every key or
+    a Query of its partition (a round trip per image, which a copy over a long round trip
+    pays in throughput). When the first item is there, every key is read and diffed, so
+    nothing prod holds is overwritten unseen. A dry run with a table makes the same reads
+    and decisions and writes nothing; without one it reads nothing and takes prod to be
+    empty."""
 
     def __init__(self, cfg: Config, rules: Rules, prod: ProdTable | None, dump: DumpFile) -> None:
         self.cfg, self.rules, self.prod, self.dump = cfg, rules, prod, dump
@@ -3592,10 +3597,13 @@ class Copier:
         self.stopping = False
         self.progress: Progress | None = None
         self.pool: ThreadPoolExecutor | None = None
-        self.writes = Batcher(self.submit_writes)
+        # The write batcher counts every task in flight (reads decide what is written), so
+        # its count going to 0 is the pool going idle.
+        self.writes = Batcher(self.submit_writes, pool_idle=lambda: True)
         # Reads of prod's versions are shared across images too: with images of ~110 items,
         # one image alone needs two BatchGetItem requests, the second nearly empty.
-        self.reads = Batcher(self.submit_reads, GET_BATCH_SIZE)
+        self.reads = Batcher(self.submit_reads, GET_BATCH_SIZE,
+                             pool_idle=lambda: not self.writes.in_flight)
 
     def run(self, images: Iterable[PlannedImage], count: int, tally: Tally) -> None:
         """Copy (or diff) the images of `images` the plan left to copy (the others only move
@@ -3696,14 +3704,16 @@ class Copier:
             self.set_producing(False)  # blocked: let open batches go
             self.budget.acquire(job.held)
             self.set_producing(True)
-        if job.in_prod or not job.image.items:
+        if job.in_prod:
             self.read_keys(job)
             return
-        # Prod lacks the image's IMAGE item: first ask whether it has anything of the image.
-        # Counted in flight by both batchers (its outcome may add keys or items).
-        self.reads.task_started()
-        self.writes.task_started()
-        self.spawn(lambda: self.probe(job), lambda: [job], self.reads, self.writes)
+        first = first_item(job.image.items)
+        if first is None:  # only its IMAGE item, which prod lacks: nothing to read
+            self.decide(job, {})
+            return
+        # Prod lacks the IMAGE item: is the image's first item there (see the class)?
+        job.probing, job.unread = True, 1
+        self.reads.add([(job, {"PK": first["PK"], "SK": first["SK"]})])
 
     def read_keys(self, job: ImageJob) -> None:
         """Read prod's version of every key of the image, in requests shared with others."""
@@ -3711,22 +3721,6 @@ class Copier:
         if not job.unread:
             self.read_done(job)
         self.reads.add((job, {"PK": i["PK"], "SK": i["SK"]}) for i in job.image.items)
-
-    def probe(self, job: ImageJob) -> None:
-        """An empty partition means prod holds none of the image's keys: diff with nothing.
-        Anything there (an earlier copy stopped before its IMAGE item, items made in prod)
-        and every key is read, so nothing in prod is overwritten unseen."""
-        assert self.prod is not None
-        try:
-            empty = all(self.prod.partition_is_empty(pk)
-                        for pk in dict.fromkeys(i["PK"]["S"] for i in job.image.items))
-        except Exception as exc:
-            self.fail([job], InputError(f"cannot read prod: {describe_error(exc)}"))
-            return
-        if empty:
-            self.read_done(job)
-        else:
-            self.read_keys(job)
 
     def set_producing(self, producing: bool) -> None:
         """Reads first: a read batch sent now counts as in flight for the write batcher."""
@@ -3753,19 +3747,28 @@ class Copier:
         by_job: dict[ImageJob, list[tuple[str, str]]] = {}
         for job, key in batch:
             by_job.setdefault(job, []).append(item_key(key))
+        read: list[ImageJob] = []
         for job, keys in by_job.items():
             with job.lock:
                 if error is not None and not job.errors:
                     job.errors.append(error)
                 job.prod.update((k[1], by_key[k]) for k in keys if k in by_key)
                 job.unread -= len(keys)
-                last = job.unread == 0
-            if last:
-                self.read_done(job)
+                if job.unread == 0:
+                    read.append(job)
+        self.each_job(read, self.read_done)
 
     def read_done(self, job: ImageJob) -> None:
         if job.errors:
             self.finish(job)
+            return
+        if job.probing:  # the first item there: an earlier copy started the image
+            job.probing, found = False, bool(job.prod)
+            job.prod = {}
+            if found:
+                self.read_keys(job)
+            else:
+                self.decide(job, {})
             return
         job.in_prod = "IMAGE" in job.prod
         prod, job.prod = job.prod, {}
@@ -3779,6 +3782,7 @@ class Copier:
         job.diffed = True
         job.to_write = len(diff.to_write)
         settled = len(image.items) - job.to_write
+        first = first_item(image.items)
         image.items = []  # from here on only the batches hold the items still to write
         if not self.live:  # dry run: what the live run would write
             self.dump.write(diff.to_write)
@@ -3788,13 +3792,12 @@ class Copier:
         if self.progress:
             self.progress.items_done(settled)
         self.release(job, settled)
-        rest = [i for i in diff.to_write if i["SK"]["S"] != "IMAGE"]
-        job.image_item = next((i for i in diff.to_write if i["SK"]["S"] == "IMAGE"), None)
-        if not rest:
-            self.write_image_item(job)
-            return
-        job.unsettled = len(rest)
-        self.writes.add((job, item) for item in rest)
+        # The image's first item, where prod lacks it, goes alone and before the others.
+        stages = [[i for i in diff.to_write if i is first],
+                  [i for i in diff.to_write if i is not first and i["SK"]["S"] != "IMAGE"],
+                  [i for i in diff.to_write if i["SK"]["S"] == "IMAGE"]]
+        job.stages = [stage for stage in stages if stage]
+        self.write_next_stage(job)
 
     # --- writing ------------------------------------------------------------------
 
@@ -3813,8 +3816,16 @@ class Copier:
         by_job: dict[ImageJob, list[dict[str, AttributeValue]]] = {}
         for job, item in batch:
             by_job.setdefault(job, []).append(item)
-        for job, items in by_job.items():
-            self.settle(job, items, lost, error)
+        self.each_job(by_job, lambda job: self.settle(job, by_job[job], lost, error))
+
+    def each_job(self, jobs: Iterable[ImageJob], step: Callable[[ImageJob], None]) -> None:
+        """Take each of the images a request served its next step: one request serves many
+        images, and an error no check foresaw in one image's step fails that image alone."""
+        for job in jobs:
+            try:
+                step(job)
+            except Exception as exc:
+                self.internal_error([job], exc)
 
     def settle(self, job: ImageJob, items: list[dict[str, AttributeValue]],
                lost: set[tuple[str, str]], error: WriteError | None) -> None:
@@ -3836,18 +3847,18 @@ class Copier:
             last = job.unsettled == 0
         self.release(job, len(items))  # memory is bounded by items not yet settled
         if last:
-            if job.image_item is not None and not job.image_sent:
-                self.write_image_item(job)
-            else:
-                self.finish(job)
+            self.write_next_stage(job)
 
-    def write_image_item(self, job: ImageJob) -> None:
-        """Every other item is settled: the IMAGE item marks the image complete."""
-        if job.errors or job.lost or job.image_item is None:
+    def write_next_stage(self, job: ImageJob) -> None:
+        """The job's next stage goes to the batcher once every item of the one before is
+        written; after a lost item, none does (the image fails, and its IMAGE item is never
+        written)."""
+        if job.errors or job.lost or not job.stages:
             self.finish(job)
             return
-        job.unsettled, job.image_sent = 1, True
-        self.writes.add([(job, job.image_item)])
+        stage = job.stages.pop(0)
+        job.unsettled = len(stage)
+        self.writes.add((job, item) for item in stage)
 
     def release(self, job: ImageJob, n: int) -> None:
         """Give back budget for items this job no longer holds (never more than it holds)."""
@@ -3892,6 +3903,12 @@ class Copier:
             self.progress_image()
         finally:
             self.release(job, job.held)
+
+
+def first_item(items: Iterable[dict[str, AttributeValue]]) -> dict[str, AttributeValue] | None:
+    """An image's first-written item: the one with the smallest SK but the IMAGE item (the
+    same whichever export era or source the image comes from)."""
+    return min((i for i in items if i["SK"]["S"] != "IMAGE"), key=lambda i: i["SK"]["S"], default=None)
 
 
 def add_write_error(job: ImageJob, exc: WriteError, lost: Sequence[dict[str, AttributeValue]]) -> None:

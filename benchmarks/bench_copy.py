@@ -6,6 +6,7 @@ talks to AWS: every boto3 client and every subprocess gets dummy credentials and
 endpoint.
 
     DDBLOCAL_DIR=.ddblocal python benchmarks/bench_copy.py --images 80 --threads 10 --repeats 3
+    DDBLOCAL_DIR=.ddblocal python benchmarks/bench_copy.py --engines ddblocal --threads 4,10 --delay-ms 100
 
 What it measures, per engine (--engines moto,ddblocal), each measurement on a fresh engine
 process (moto never gives memory back; DynamoDB Local slows down after a DeleteTable) after an
@@ -21,6 +22,12 @@ untimed warm-up of 500 items into another table (the JVM's JIT):
   per operation, capacity units per item (the floor's from its responses, the tool's from its
   report), CPU seconds of the engine process and of the client (a loaded machine stretches
   wall times; CPU seconds show where the work is).
+  delayed      (--delay-ms MS) both sides go through delay_proxy.py, a pass-through proxy in
+               its own process in front of the engine that holds every request MS ms before
+               forwarding it: the round trip a laptop pays to AWS.  The proxy also counts the
+               requests by X-Amz-Target and how many were in flight on average (at most T).
+               Only the measured requests go through it (warm-up, CreateTable and the final
+               Scan do not).  ``--threads 4,10`` measures each thread count, pairs interleaved.
   dry run      conversion throughput of ``--dry-run`` (no table, no AWS).
   memory       (unless --skip-memory) peak RSS of a dry run and of a live run on moto for a
                small export of --memory-images M images and a big one of --big-factor x M.
@@ -33,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -49,6 +57,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +72,7 @@ from gen_export import generate_export
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TOOL = REPO / "copy_dynamodb_dev_to_prod.py"
 COUNTER = Path(__file__).resolve().parent / "count_requests.py"
+DELAY_PROXY = Path(__file__).resolve().parent / "delay_proxy.py"
 REGION = "us-east-1"
 BUCKET_ARGS = [
     "--dev-raw-bucket", "dev-raw-bucket", "--prod-raw-bucket", "prod-raw-bucket",
@@ -213,6 +223,88 @@ def make_client(url: str, threads: int) -> Any:
                       retries={"max_attempts": 10, "mode": "standard"}))
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What one series of pairs runs on: an engine, T threads (the floor's writer threads and
+    the tool's --max-workers) and a delay per request (0: no proxy)."""
+
+    engine: str
+    threads: int
+    delay_ms: float
+    label: str
+
+
+def setups(args: argparse.Namespace) -> list[Setup]:
+    out = []
+    for engine in args.engines:
+        for threads in args.threads:
+            parts = [engine]
+            if len(args.threads) > 1 or args.delay_ms:
+                parts.append(f"{threads} threads")
+            if args.delay_ms:
+                parts.append(f"+{args.delay_ms:g} ms per request")
+            out.append(Setup(engine, threads, args.delay_ms, ", ".join(parts)))
+    return out
+
+
+class DelayProxy:
+    """``delay_proxy.py`` in its own process in front of an engine: every request waits
+    ``delay_ms`` before it is forwarded (a round trip to AWS), and is counted by operation."""
+
+    def __init__(self, upstream: str, delay_ms: float, log_path: Path, timeout: float = 30) -> None:
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(DELAY_PROXY), "--upstream", upstream, "--delay-ms", str(delay_ms)],
+            stdout=subprocess.PIPE, stderr=self._log, env=fake_env(), start_new_session=True)
+        stdout = self.proc.stdout
+        assert stdout is not None
+        line = [b""]
+        reader = threading.Thread(target=lambda: line.__setitem__(0, stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        m = re.match(rb"listening (http://127\.0\.0\.1:(\d+))", line[0])
+        if not m:
+            self.stop()
+            raise RuntimeError(f"delay proxy did not start (see {log_path})")
+        self.url = m.group(1).decode()
+        self.port = int(m.group(2))
+        self._base = self._get()
+
+    def _get(self) -> dict[str, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("GET", "/__proxy/stats")
+            return dict(json.loads(conn.getresponse().read()))
+        finally:
+            conn.close()
+
+    def stats(self, wall_s: float) -> dict[str, Any]:
+        """Requests by operation since the start, the mean number in flight over ``wall_s``
+        (their summed time in the proxy, delay included, over the wall time), the most in
+        flight at once, the mean time of one request in the proxy (the delay plus the
+        engine's answer: far above the delay, the engine is the bottleneck, not the round
+        trips), and the proxy's CPU seconds."""
+        now = self._get()
+        n = sum(now["requests"].values())
+        return {"requests": now["requests"], "errors": now["errors"],
+                "max_in_flight": now["max_in_flight"],
+                "mean_in_flight": now["busy_s"] / wall_s if wall_s else None,
+                "mean_request_ms": 1000 * now["busy_s"] / n if n else None,
+                "cpu_s": now["cpu_s"] - self._base["cpu_s"]}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+
+
 def create_table(client: Any, name: str) -> None:
     keys = ["PK", "SK", "TYPE"] + [f"GSI{i}{k}" for i in range(1, 5) for k in ("PK", "SK")]
     gsis = [{"IndexName": f"GSI{i}",
@@ -358,10 +450,10 @@ class Bench:
             cmd += ["--dump-items", str(dump)]
         return cmd
 
-    def live_cmd(self, export: Path, table: str, url: str, report: Path) -> list[str]:
+    def live_cmd(self, export: Path, table: str, url: str, report: Path, threads: int) -> list[str]:
         return [self.py, str(self.tool), "--no-dry-run", "--yes", "--table", table,
                 "--endpoint-url", url, "--region", REGION, "--export-dir", str(export),
-                "--max-workers", str(self.args.threads), "--no-progress", *BUCKET_ARGS,
+                "--max-workers", str(threads), "--no-progress", *BUCKET_ARGS,
                 "--report", str(report)]
 
     def log(self, name: str) -> Path:
@@ -386,42 +478,53 @@ class Bench:
             raise ToolFailed(f"dry run with --dump-items failed (exit {rc}):\n{tail(log)}")
 
     @contextlib.contextmanager
-    def fresh_server(self, engine: str, table: str) -> Iterator[tuple[Server, Any]]:
+    def fresh_server(self, setup: Setup, table: str
+                     ) -> Iterator[tuple[Server, Any, DelayProxy | None]]:
         """A new engine process holding one new, empty table (after a warm-up on another
         table, when there are items for it). moto never gives memory back and DynamoDB Local
-        must not delete tables, so each measurement gets its own process."""
-        server = start_server(engine, self.work / f"{engine}-{table}.log")
+        must not delete tables, so each measurement gets its own process.  With a delay, a
+        fresh delaying proxy in front of it too, for the measured requests only (the
+        warm-up, the table's creation and the final scan go to the engine directly)."""
+        server = start_server(setup.engine, self.work / f"{setup.engine}-{table}.log")
+        proxy = None
         try:
-            client = make_client(server.url, self.args.threads)
+            client = make_client(server.url, setup.threads)
             if self.warmup:
                 create_table(client, "bench-warmup")
-                floor_write(client, "bench-warmup", self.warmup, self.args.threads)
+                floor_write(client, "bench-warmup", self.warmup, setup.threads)
             create_table(client, table)
-            yield server, client
+            if setup.delay_ms:
+                proxy = DelayProxy(server.url, setup.delay_ms, self.work / f"proxy-{table}.log")
+            yield server, client, proxy
         finally:
+            if proxy is not None:
+                proxy.stop()
             server.stop()
 
-    def floor(self, engine: str, table: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-        with self.fresh_server(engine, table) as (server, client):
+    def floor(self, setup: Setup, table: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+        with self.fresh_server(setup, table) as (server, client, proxy):
+            writer = make_client(proxy.url, setup.threads) if proxy else client
             engine_cpu, own_cpu = server.cpu_s(), time.process_time()
-            res = floor_write(client, table, items, self.args.threads)
+            res = floor_write(writer, table, items, setup.threads)
             res["client_cpu_s"] = time.process_time() - own_cpu
             res["engine_cpu_s"] = cpu_delta(server.cpu_s(), engine_cpu)
+            if proxy:
+                res["proxy"] = proxy.stats(res["wall_s"])
             res["table"] = table_digest(client, table)
             res["engine_rss_mb"] = server.rss_mb()
         return res
 
-    def live_run(self, engine: str, export: Path, table: str, expect: int | None,
+    def live_run(self, setup: Setup, export: Path, table: str, expect: int | None,
                  rss: bool = False) -> dict[str, Any]:
-        with self.fresh_server(engine, table) as (server, client):
-            return self._live_run(server, client, export, table, expect, rss)
+        with self.fresh_server(setup, table) as (server, client, proxy):
+            return self._live_run(server, client, proxy, setup.threads, export, table, expect, rss)
 
-    def _live_run(self, server: Server, client: Any, export: Path, table: str,
-                  expect: int | None, rss: bool) -> dict[str, Any]:
+    def _live_run(self, server: Server, client: Any, proxy: DelayProxy | None, threads: int,
+                  export: Path, table: str, expect: int | None, rss: bool) -> dict[str, Any]:
         report = self.work / f"report-{table}.json"
         counts = self.work / f"requests-{table}.json"
         log = self.log(table)
-        cmd = self.live_cmd(export, table, server.url, report)
+        cmd = self.live_cmd(export, table, proxy.url if proxy else server.url, report, threads)
         engine_cpu = server.cpu_s()
         if rss:
             res = run_peak_rss(cmd, log)
@@ -436,6 +539,8 @@ class Bench:
             with contextlib.suppress(OSError, ValueError):
                 res["requests"] = json.loads(counts.read_text())
         res["engine_cpu_s"] = cpu_delta(server.cpu_s(), engine_cpu)
+        if proxy:
+            res["proxy"] = proxy.stats(res["wall_s"])
         res["table"] = table_digest(client, table)
         res["engine_rss_mb"] = server.rss_mb()
         if expect:
@@ -542,16 +647,19 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     n_items = len(items) or None
     bench.warmup = items[:WARMUP_ITEMS]
 
+    # One entry per engine (per engine and thread count with several --threads or a delay),
+    # their pairs interleaved: pair 1 of each, then pair 2 of each, ...
     res["engines"] = {}
-    for engine in args.engines:
-        res["engines"][engine] = {"pairs": []}
+    for setup in setups(args):
+        res["engines"][setup.label] = {"engine": setup.engine, "threads": setup.threads,
+                                       "delay_ms": setup.delay_ms, "pairs": []}
     for r in range(args.repeats):
-        for engine in args.engines:
-            pair = measure_pair(bench, engine, r, export, items, n_items)
-            res["engines"][engine]["pairs"].append(pair)
+        for setup in setups(args):
+            pair = measure_pair(bench, setup, r, export, items, n_items)
+            res["engines"][setup.label]["pairs"].append(pair)
             for side in ("floor", "tool"):
                 if "error" in pair.get(side, {}):
-                    res["errors"].append(f"{engine} {side} run {r}: {pair[side]['error']}")
+                    res["errors"].append(f"{setup.label} {side} run {r}: {pair[side]['error']}")
     for data in res["engines"].values():
         data["summary"] = summarize(data["pairs"], n_items)
     res["load_average_end"] = os.getloadavg()
@@ -567,7 +675,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return res
 
 
-def measure_pair(bench: Bench, engine: str, r: int, export: Path,
+def measure_pair(bench: Bench, setup: Setup, r: int, export: Path,
                  items: list[dict[str, Any]], n_items: int | None) -> dict[str, Any]:
     """The floor and the tool on fresh processes of one engine, one right after the other;
     which goes first alternates from pair to pair."""
@@ -575,12 +683,12 @@ def measure_pair(bench: Bench, engine: str, r: int, export: Path,
     order = ("floor", "tool") if r % 2 == 0 else ("tool", "floor")
     for side in order:
         if side == "floor" and items:
-            pair["floor"] = bench.floor(engine, f"bench-floor-{r}", items)
-            print(f"[{engine} {r + 1}] floor {pair['floor']['wall_s']:.2f}s "
+            pair["floor"] = bench.floor(setup, f"bench-floor-{r}", items)
+            print(f"[{setup.label} {r + 1}] floor {pair['floor']['wall_s']:.2f}s "
                   f"{pair['floor']['requests']}", file=sys.stderr)
         elif side == "tool":
-            pair["tool"] = bench.live_run(engine, export, f"bench-tool-{r}", n_items)
-            print(f"[{engine} {r + 1}] tool  {pair['tool']['wall_s']:.2f}s "
+            pair["tool"] = bench.live_run(setup, export, f"bench-tool-{r}", n_items)
+            print(f"[{setup.label} {r + 1}] tool  {pair['tool']['wall_s']:.2f}s "
                   f"rc={pair['tool']['returncode']} {pair['tool'].get('requests')}",
                   file=sys.stderr)
     fl: dict[str, Any] | None = pair.get("floor")
@@ -616,6 +724,15 @@ def summarize(pairs: list[dict[str, Any]], n_items: int | None) -> dict[str, Any
     }
     f_ips, t_ips = out["floor_median_items_per_s"], out["tool_median_items_per_s"]
     out["ratio_of_medians"] = t_ips / f_ips if f_ips and t_ips else None
+    # Through the delay proxy: what it counted (by X-Amz-Target), and how many requests
+    # each side kept in flight on average (T at most: the rest is time with idle threads).
+    if any("proxy" in f for f in floors) or any("proxy" in t for t in tools):
+        out["floor_proxy_requests"] = floors[-1].get("proxy", {}).get("requests") if floors else None
+        out["tool_proxy_requests"] = tools[-1].get("proxy", {}).get("requests") if tools else None
+        for side, runs in (("floor", floors), ("tool", tools)):
+            out[f"{side}_median_mean_in_flight"] = median(
+                [r["proxy"]["mean_in_flight"] for r in runs
+                 if r.get("proxy", {}).get("mean_in_flight") is not None])
     return out
 
 
@@ -680,7 +797,8 @@ def memory(bench: Bench, args: argparse.Namespace, work: Path) -> dict[str, Any]
             out[f"live_{size}"] = {"skipped": f"moto would need ~{need_mb:,.0f} MB, "
                                               f"{avail:,.0f} MB available"}
         else:
-            out[f"live_{size}"] = bench.live_run("moto", path, f"bench-rss-{size}", n_items, rss=True)
+            out[f"live_{size}"] = bench.live_run(Setup("moto", args.threads[0], 0, "moto"), path,
+                                                 f"bench-rss-{size}", n_items, rss=True)
         live = out[f"live_{size}"]
         if "skipped" in live:
             print(f"rss live {size}: skipped ({live['skipped']})", file=sys.stderr)
@@ -721,7 +839,9 @@ def print_table(res: dict[str, Any]) -> None:
     rows: list[tuple[str, str]] = [
         ("export", (f"{res['generate']['images']} {res['generate']['size']} images, "
                    f"{res['generate']['entities']} entities")),
-        ("threads / repeats", f"{p['threads']} / {p['repeats']}"),
+        ("threads / repeats", f"{', '.join(map(str, p['threads']))} / {p['repeats']}"),
+        *([("delay per request", f"{p['delay_ms']:g} ms (a proxy in front of the engine)")]
+          if p.get("delay_ms") else []),
         ("machine", (f"{res['cpus']} cpus, load average {res['load_average_start'][0]:.1f} at "
                     f"start, {fmt(res.get('load_average_end', [None])[0], '.1f')} at end")),
         ("python startup (import boto3, tqdm)",
@@ -746,12 +866,35 @@ def print_table(res: dict[str, Any]) -> None:
                           f"{fmt(fl.get('client_cpu_s'), '.1f')} | tool "
                           f"{fmt(tl.get('engine_cpu_s'), '.1f')} / "
                           f"{fmt(tl.get('client_cpu_s'), '.1f')}")))
+            if "proxy" in fl or "proxy" in tl:
+                fp, tp = fl.get("proxy", {}), tl.get("proxy", {})
+                rows.append(("    in flight mean / max, ms per request",
+                             (f"floor {fmt(fp.get('mean_in_flight'), '.1f')} / "
+                              f"{fmt(fp.get('max_in_flight'), 'd')}, "
+                              f"{fmt(fp.get('mean_request_ms'), '.0f')} ms | tool "
+                              f"{fmt(tp.get('mean_in_flight'), '.1f')} / "
+                              f"{fmt(tp.get('max_in_flight'), 'd')}, "
+                              f"{fmt(tp.get('mean_request_ms'), '.0f')} ms")))
         rows += [
             ("  tool/floor items/s", (f"median of pairs {fmt(s['ratio_median'], '.3f')}, "
                                      f"of medians {fmt(s['ratio_of_medians'], '.3f')}")),
             ("  same table (items, sha256)", "yes" if s["same_table_every_pair"] else "NO"),
             ("  floor requests", requests_text(s["floor_requests"])),
             ("  tool requests", requests_text(s["tool_requests"])),
+        ]
+        if "tool_proxy_requests" in s:
+            f_n = sum((s["floor_proxy_requests"] or {}).values())
+            t_n = sum((s["tool_proxy_requests"] or {}).values())
+            rows += [
+                ("  floor requests at the proxy", requests_text(s["floor_proxy_requests"])),
+                ("  tool requests at the proxy", requests_text(s["tool_proxy_requests"])),
+                ("  round trips tool / floor", (f"{t_n:,} / {f_n:,}"
+                                                + (f" = {t_n / f_n:.3f}" if f_n else ""))),
+                ("  in flight, median of mean",
+                 (f"floor {fmt(s['floor_median_mean_in_flight'], '.2f')} | tool "
+                  f"{fmt(s['tool_median_mean_in_flight'], '.2f')} (of {data['threads']} threads)")),
+            ]
+        rows += [
             ("  floor capacity", capacity_text(s["floor_capacity_per_item"])),
             ("  tool capacity", capacity_text(s["tool_capacity_per_item"])),
             ("  dry run/floor items/s", fmt(s["dry_over_floor_items_per_s"], ".2f")),
@@ -779,6 +922,16 @@ def print_table(res: dict[str, Any]) -> None:
         print(f"\nERROR: {err}")
 
 
+def thread_counts(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("no thread count given")
+    return values
+
+
 def interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -788,8 +941,13 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--images", type=int, default=100, help="images in the export (default 100)")
-    p.add_argument("--threads", type=int, default=10,
-                   help="writer threads / --max-workers (default 10)")
+    p.add_argument("--threads", type=thread_counts, default=[10], metavar="T[,T...]",
+                   help="writer threads / --max-workers (default 10); several, comma-separated "
+                        "(e.g. 4,10), measure each, their pairs interleaved")
+    p.add_argument("--delay-ms", type=float, default=0.0, metavar="MS",
+                   help="put a proxy (delay_proxy.py) in front of each engine that holds every "
+                        "request MS milliseconds before forwarding it, for both the floor and "
+                        "the tool: a round trip to AWS from a laptop (default 0: no proxy)")
     p.add_argument("--repeats", type=int, default=3, help="floor/tool pairs (default 3)")
     p.add_argument("--seed", type=int, default=0, help="export seed (default 0)")
     p.add_argument("--size", choices=("small", "full"), default="small",
@@ -816,7 +974,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--engines: choose from {', '.join(ENGINES)}")
     if "ddblocal" in args.engines and ddblocal_missing():
         p.error(f"--engines ddblocal: {ddblocal_missing()}")
-    if min(args.images, args.threads, args.repeats, args.big_factor, args.memory_images) < 1:
+    if args.delay_ms < 0:
+        p.error("--delay-ms must be >= 0")
+    if min(args.images, *args.threads, args.repeats, args.big_factor, args.memory_images) < 1:
         p.error("--images, --threads, --repeats, --memory-images and --big-factor must be >= 1")
 
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every engine process is stopped.

@@ -58,7 +58,7 @@ import socket
 import threading
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -131,6 +131,7 @@ class FaultProxy:
         targets: Iterable[str] | None = DEFAULT_TARGETS,
         max_faults: int | None = None,
         upstream_timeout: float = 30.0,
+        only: Callable[[str, bytes], bool] | None = None,
     ) -> None:
         """
         :param upstream_url: ``http://host:port`` of the engine.
@@ -139,7 +140,10 @@ class FaultProxy:
         :param faults: fault names to pick from (see module docstring).
         :param targets: operation names to consider (``None``: every operation).
         :param max_faults: stop injecting after this many faults in total.
+        :param only: if given, a fault goes only into requests for which ``only(operation,
+            body)`` is true (e.g. the key reads of a BatchGetItem, not the IMAGE-item check).
         """
+        self._only = only
         parts = urlsplit(upstream_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream must be http://host:port, not {upstream_url!r}")
@@ -305,6 +309,8 @@ class FaultProxy:
             self._seen[digest] += 1
             rng = random.Random(f"{self._seed}:{digest.hex()}:{occurrence}")
             if self._targets is not None and operation not in self._targets:
+                return None, rng
+            if self._only is not None and not self._only(operation, body):
                 return None, rng
             if self._max_faults is not None and sum(self._injected.values()) >= self._max_faults:
                 return None, rng

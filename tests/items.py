@@ -325,3 +325,13 @@ def stream_records(url: str, client: Any, table: str) -> list[dict[str, Any]]:
 def record_key(record: Mapping[str, Any]) -> Key:
     keys = record["dynamodb"]["Keys"]
     return keys["PK"]["S"], keys["SK"]["S"]
+
+
+def first_keys(expected: Mapping[Key, Item]) -> dict[str, Key]:
+    """Each image's first-written key (the tool writes it before any other item of the image):
+    its smallest SK but the IMAGE item's, by partition key."""
+    out: dict[str, Key] = {}
+    for pk, sk in sorted(expected):
+        if sk != "IMAGE":
+            out.setdefault(pk, (pk, sk))
+    return out

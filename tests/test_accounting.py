@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import BUCKET_FLAGS, TOOL, live_args, run_cli, run_through, summary_counts
+from cli import BUCKET_FLAGS, TOOL, live_args, reads_items, run_cli, run_through, summary_counts
 from conftest import TableHandle
 from exports import clone_export, copy_golden, fake_uuid, write_export
 from fault_proxy import THROTTLING, FaultProxy
@@ -137,10 +137,10 @@ def test_normal_run_limit_and_failures_account_for_every_image(ddblocal_table: T
     assert images["failed"] == len(GOLDEN_IDS) - 3 + 1 and images["copied"] == 0, images
     assert images["interrupted"] == 0 and failing.report["interrupted"] is False, images
     assert_items_add_up(failing.report, failing.stdout)
-    # prod's partitions cannot be read (every Query throttled, no retry): the images fail before
-    # their diff, and their items are counted as such
+    # prod's versions cannot be read (every key read throttled, no retry): the images fail
+    # before their diff, and their items are counted as such
     unread, _ = run_through(ddblocal_table, tmp_path, "--max-retries", "0", faults=[THROTTLING],
-                            target="Query", name="unread", export=export)
+                            target="BatchGetItem", only=reads_items, name="unread", export=export)
     assert unread.returncode == 1 and unread.report is not None, unread.describe()
     assert_items_add_up(unread.report, unread.stdout)
     assert unread.report["items"]["failed_before_diff"] == unread.report["items"]["planned"] > 0

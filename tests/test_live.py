@@ -284,6 +284,9 @@ class RecordingClient:
 
 
 def test_in_process_image_item_written_after_every_other_item_confirmed(ddblocal_table: TableHandle) -> None:
+    """The write order that lets two keys speak for an image: its first item (smallest SK
+    but the IMAGE item's) confirmed before any other item of it is sent, and every other
+    item confirmed before its IMAGE item is sent."""
     cfg = in_process_config(ddblocal_table.name, ddblocal_table.url, "--max-workers", "6")
     client = RecordingClient(make_client(ddblocal_table.url))
     report = copy_in_process(cfg, client)
@@ -301,6 +304,12 @@ def test_in_process_image_item_written_after_every_other_item_confirmed(ddblocal
                 others = [k for k in EXPECTED if k[0] == i["PK"]["S"] and k[1] != "IMAGE"]
                 late = [k for k in others if done_at[k] > n]
                 assert not late, f"IMAGE of {i['PK']['S']} sent before {late[:3]} were confirmed"
+    firsts = {pk: (pk, sk) for pk, sk in sorted(EXPECTED, reverse=True) if sk != "IMAGE"}
+    for n, (what, items) in enumerate(client.log):
+        for i in items:
+            first = firsts[i["PK"]["S"]]
+            if what == "sent" and (i["PK"]["S"], i["SK"]["S"]) != first:
+                assert done_at[first] < n, f"{i['SK']['S']} sent before {first} was confirmed"
     assert_table_equals(ddblocal_table.client, ddblocal_table.name, EXPECTED)
 
 

@@ -1,13 +1,14 @@
-"""What the tool reads of prod before it writes (issue 11.9: these reads were the gap
-between a copy and plain writes of the same items).
+"""What the tool reads of prod before it writes (issue 11.9 and 19.6: these reads were the
+gap between a copy and plain writes of the same items, most of all over a long round trip).
 
-An image whose IMAGE item prod lacks (the usual case of a copy) is first probed with one
-strongly consistent Query of its partition that stops at the first item. Nothing there:
-none of its keys is read, every item is to be written. Anything there (an earlier copy
-stopped before its IMAGE item, an item made in prod): every key is read and diffed as
-before, so nothing prod holds is overwritten unseen. Judged on DynamoDB Local, from what
-the tool sent through the fault proxy (no faults injected here). Also: an unforeseen error
-on the way from reading to writing fails that one image.
+An image is written in stages (its first item, the rest, its IMAGE item last), so two keys
+speak for it: the IMAGE item (prod has the whole image) and the first item, the one with
+the smallest SK (an earlier copy started it). An image prod lacks costs one lookup of its
+first item, packed with other images' into BatchGetItem requests; nothing else of it is
+read, and no Query is sent. Its first item there: every key is read and diffed as before,
+so nothing prod holds is overwritten unseen. Judged on DynamoDB Local, from what the tool
+sent through the fault proxy (no faults injected here). Also: an unforeseen error on the
+way from reading to writing fails that one image.
 """
 
 from __future__ import annotations
@@ -18,52 +19,55 @@ from typing import Any
 import pytest
 from cli import copy_in_process, in_process_config, run_through
 from conftest import TableHandle
-from items import GOLDEN_IDS, Item, canonical_item, load_expected, put_items, table_values
+from items import GOLDEN_IDS, Item, canonical_item, first_keys, load_expected, put_items, table_values
 
 import copy_dynamodb_dev_to_prod as tool
 
 
-def probed_partitions(proxy: Any) -> list[str]:
-    queries = proxy.payloads("Query")
-    assert all(q["Limit"] == 1 and q["ConsistentRead"] is True for q in queries), queries
-    return sorted(q["ExpressionAttributeValues"][":pk"]["S"] for q in queries)
-
-
-def test_an_image_prod_lacks_costs_one_query_and_no_key_reads(ddblocal_table: TableHandle,
-                                                              tmp_path: Path) -> None:
-    result, proxy = run_through(ddblocal_table, tmp_path, faults=[], target="Query")
+def test_an_image_prod_lacks_costs_one_packed_key_read_and_no_query(ddblocal_table: TableHandle,
+                                                                    tmp_path: Path) -> None:
+    result, proxy = run_through(ddblocal_table, tmp_path, faults=[], target="BatchGetItem")
     assert result.returncode == 0 and result.report is not None, result.describe()
-    assert probed_partitions(proxy) == sorted(f"IMAGE#{i}" for i in GOLDEN_IDS)
-    # the only keys read are the IMAGE items (which images prod has), none per item
-    assert set(proxy.key_sends("BatchGetItem")) == {(f"IMAGE#{i}", "IMAGE") for i in GOLDEN_IDS}
+    expected = load_expected()
+    assert "Query" not in proxy.calls, proxy.calls
+    # the keys read: which IMAGE items prod has, then each image's first item, nothing else
+    firsts = set(first_keys(expected).values())
+    sends = proxy.key_sends("BatchGetItem")
+    assert sorted(sends) == sorted({(f"IMAGE#{i}", "IMAGE") for i in GOLDEN_IDS} | firsts), sends
+    # packed: the five images' first items in fewer requests than images (one, on an idle pool)
+    key_reads = [p for p in proxy.payloads("BatchGetItem")
+                 if "ProjectionExpression" not in p["RequestItems"][ddblocal_table.name]]
+    assert len(key_reads) < len(GOLDEN_IDS), key_reads
     assert table_values(ddblocal_table.client, ddblocal_table.name) == \
-        {k: canonical_item(v) for k, v in load_expected().items()}
+        {k: canonical_item(v) for k, v in expected.items()}
 
 
-def test_anything_in_the_partition_and_every_key_is_read(ddblocal_table: TableHandle,
-                                                          tmp_path: Path) -> None:
-    """Image A: a quarter of its items, no IMAGE item, one of them changed in prod since.
-    Image B: only an item the export does not have. Both are read key by key: A's changed
-    item is a conflict kept as prod has it, B's own item stays; the rest is copied."""
+def test_an_image_started_is_read_key_by_key(ddblocal_table: TableHandle, tmp_path: Path) -> None:
+    """Image A: its first item and a quarter of the others, no IMAGE item (an interrupted
+    copy), its first item changed in prod since: read key by key, the changed item is a
+    conflict kept as prod has it. Image B: only an item the export does not have: its first
+    item is not there, so only that key is read; B is copied and its own item stays."""
     expected = load_expected()
     a, b = GOLDEN_IDS[0], GOLDEN_IDS[1]
     partial = sorted(k for k in expected if k[0] == f"IMAGE#{a}" and k[1] != "IMAGE")[::4]
     changed_key = partial[0]
+    assert changed_key == first_keys(expected)[f"IMAGE#{a}"]
     changed = {**expected[changed_key], "prod_note": {"S": "changed in prod"}}
     foreign: Item = {"PK": {"S": f"IMAGE#{b}"}, "SK": {"S": "PROD_ONLY#1"}, "TYPE": {"S": "PROD_ONLY"}}
     prod = [changed, *(expected[k] for k in partial[1:]), foreign]
     put_items(ddblocal_table.client, ddblocal_table.name, prod)
 
-    result, proxy = run_through(ddblocal_table, tmp_path, faults=[], target="Query")
+    result, proxy = run_through(ddblocal_table, tmp_path, faults=[], target="BatchGetItem")
     assert result.returncode == 0 and result.report is not None, result.describe()
-    assert probed_partitions(proxy) == sorted(f"IMAGE#{i}" for i in GOLDEN_IDS)
+    assert "Query" not in proxy.calls, proxy.calls
     read = set(proxy.key_sends("BatchGetItem"))
+    firsts = first_keys(expected)
     for image_id in GOLDEN_IDS:
         keys = {k for k in expected if k[0] == f"IMAGE#{image_id}"}
-        if image_id in (a, b):
+        if image_id == a:
             assert keys <= read, f"{image_id}: prod holds items of it, yet not every key was read"
         else:
-            assert read & keys == {(f"IMAGE#{image_id}", "IMAGE")}, image_id
+            assert read & keys == {(f"IMAGE#{image_id}", "IMAGE"), firsts[f"IMAGE#{image_id}"]}, image_id
 
     conflicts = [(c["PK"], c["SK"]) for c in result.report["conflicts"]]
     assert conflicts == [changed_key], result.report["conflicts"]

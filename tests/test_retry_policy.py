@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import live_args, run_cli, run_through
+from cli import live_args, reads_items, run_cli, run_through
 from conftest import TableHandle
 from exports import multiplied_export
 from fault_proxy import PARTIAL_BATCH, PARTIAL_BATCH_GET, THROTTLING, FaultProxy
@@ -26,6 +26,7 @@ from items import (
     Key,
     canonical_item,
     check_write_requests,
+    first_keys,
     item_key,
     load_expected,
     put_items,
@@ -41,25 +42,44 @@ import copy_dynamodb_dev_to_prod as tool
 @pytest.mark.parametrize("retries", [0, 2])
 def test_throttled_writes_are_sent_exactly_one_plus_max_retries_times(
         ddblocal_table: TableHandle, tmp_path: Path, retries: int) -> None:
+    """Every image started by an earlier copy (its first item in prod, as a stopped copy
+    leaves it), so each has many batches to write: every one is throttled."""
+    expected = load_expected()
+    firsts = first_keys(expected)
+    put_items(ddblocal_table.client, ddblocal_table.name, [expected[k] for k in firsts.values()])
     result, proxy = run_through(ddblocal_table, tmp_path, "--max-retries", str(retries),
                                 faults=[THROTTLING], target="BatchWriteItem")
     assert result.returncode == 1 and result.report is not None, result.describe()
     bodies = Counter(json.dumps(p, sort_keys=True) for p in proxy.payloads("BatchWriteItem"))
     assert bodies and set(bodies.values()) == {retries + 1}, bodies.values()
     sends = proxy.key_sends("BatchWriteItem")
-    expected = load_expected()
-    assert set(sends) == {k for k in expected if k[1] != "IMAGE"}  # no IMAGE item after a failure
+    # no IMAGE item after a failure
+    assert set(sends) == {k for k in expected if k[1] != "IMAGE"} - set(firsts.values())
     assert set(sends.values()) == {retries + 1}
     assert result.report["images"]["failed"] == len(GOLDEN_IDS)
     assert table_values(ddblocal_table.client, ddblocal_table.name) == \
-        {}
+        {k: canonical_item(expected[k]) for k in firsts.values()}
     # One error per image, whatever number of its batches failed, counting its own items.
     errors = {e["file"]: e["message"] for e in result.report["errors"]}
     assert len(result.report["errors"]) == len(errors) == len(GOLDEN_IDS), result.report["errors"]
     for image_id in GOLDEN_IDS:
-        lost = sum(1 for k in expected if k[0] == f"IMAGE#{image_id}" and k[1] != "IMAGE")
+        lost = sum(1 for k in expected if k[0] == f"IMAGE#{image_id}" and k[1] != "IMAGE") - 1
         assert errors[f"{image_id}.json"].startswith(f"{lost} item(s) not written: "), errors
         assert "ThrottlingException" in errors[f"{image_id}.json"]
+
+
+def test_a_first_item_not_written_stops_its_image(ddblocal_table: TableHandle, tmp_path: Path) -> None:
+    """Throttled from the start: each image's first item is sent (1 + N times) and lost, and
+    nothing else of the image is sent, so an image prod lacks stays absent whole."""
+    result, proxy = run_through(ddblocal_table, tmp_path, "--max-retries", "1",
+                                faults=[THROTTLING], target="BatchWriteItem")
+    assert result.returncode == 1 and result.report is not None, result.describe()
+    expected = load_expected()
+    firsts = first_keys(expected)
+    sends = proxy.key_sends("BatchWriteItem")
+    assert sorted(sends) == sorted(firsts.values()) and set(sends.values()) == {2}, sends
+    assert result.report["images"]["failed"] == len(GOLDEN_IDS)
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == {}
 
 
 @pytest.mark.parametrize("retries", [0, 2])
@@ -76,15 +96,18 @@ def test_throttled_reads_are_sent_exactly_one_plus_max_retries_times(
 
 
 @pytest.mark.parametrize("retries", [0, 2])
-def test_throttled_partition_probes_are_sent_exactly_one_plus_max_retries_times(
+def test_throttled_first_item_reads_are_sent_exactly_one_plus_max_retries_times(
         ddblocal_table: TableHandle, tmp_path: Path, retries: int) -> None:
-    """The Query asking whether prod holds anything of an image: a probe that never got
-    an answer fails its image; it never counts as an empty partition."""
+    """The key lookup asking whether prod holds an image's first item: a read that never got
+    an answer fails its images; it never counts as "nothing of the image in prod"."""
     result, proxy = run_through(ddblocal_table, tmp_path, "--max-retries", str(retries),
-                                faults=[THROTTLING], target="Query")
+                                faults=[THROTTLING], target="BatchGetItem", only=reads_items)
     assert result.returncode == 1 and result.report is not None, result.describe()
-    bodies = Counter(json.dumps(p, sort_keys=True) for p in proxy.payloads("Query"))
-    assert len(bodies) == len(GOLDEN_IDS) and set(bodies.values()) == {retries + 1}, bodies
+    bodies = Counter(json.dumps(p, sort_keys=True) for p in proxy.payloads("BatchGetItem")
+                     if "ProjectionExpression" not in p["RequestItems"][ddblocal_table.name])
+    assert set(bodies.values()) == {retries + 1}, bodies
+    assert sum(len(json.loads(b)["RequestItems"][ddblocal_table.name]["Keys"]) for b in bodies) \
+        == len(GOLDEN_IDS), bodies
     images = result.report["images"]
     assert images["failed"] == images["total"] == len(GOLDEN_IDS), images
     assert all("ThrottlingException" in e["message"] for e in result.report["errors"])
