@@ -57,7 +57,11 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from pathlib import Path
 from string import Formatter
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+
+if TYPE_CHECKING:  # the development requirements' stubs: mypy checks every AWS call
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_stepfunctions import SFNClient
 
 __version__ = "1.0.0"
 
@@ -2210,6 +2214,11 @@ def image_from_items(items: Iterable[Mapping[str, Any]]) -> ExportImage:
 # =============================================================================
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
+
+
 def make_client(cfg: Config, service: str = "dynamodb") -> Any:
     """One thread-safe client, its pool as large as the worker count. Retries belong to the
     Retrier below, not to botocore: --max-retries then bounds every request exactly, the
@@ -2415,14 +2424,13 @@ class Retrier:
             log.debug("retry %d: %s", retries, undone)
             self.wait(retries)
 
-    def call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """One request whose only failures are errors."""
-        result: list[Any] = []
-        self.run(lambda: result.append(fn(**kwargs)))  # append returns None: done
+        result: list[R] = []
+        self.run(lambda: result.append(fn(*args, **kwargs)))  # append returns None: done
         return result[0]
 
 
-T = TypeVar("T")
 
 
 BATCH_SIZE = 25          # BatchWriteItem's limit
@@ -2457,7 +2465,7 @@ class BatchWriter:
     """Writes up to 25 items with one BatchWriteItem, re-sending UnprocessedItems with
     exponential backoff and full jitter until written or out of retries."""
 
-    def __init__(self, client: Any, table: str, retrier: Retrier,
+    def __init__(self, client: DynamoDBClient, table: str, retrier: Retrier,
                  limiter: RateLimiter | None = None) -> None:
         self.client, self.table, self.retrier, self.limiter = client, table, retrier, limiter
 
@@ -2467,7 +2475,9 @@ class BatchWriter:
             raise ValueError(f"a batch holds 1..{BATCH_SIZE} items, not {len(items)}")
         if len({item_key(i) for i in items}) != len(items):
             raise ValueError("a batch must not hold two puts of the same key")
-        pending = [{"PutRequest": {"Item": item}} for item in items]
+        # The tool's items are plain DynamoDB JSON (AttributeValue), which the stubs spell as
+        # TypedDicts: the request and what comes back are taken as DynamoDB gives them.
+        pending: Sequence[Any] = [{"PutRequest": {"Item": item}} for item in items]
 
         def attempt() -> str | None:
             nonlocal pending
@@ -2680,14 +2690,15 @@ def nesting_error(text: str) -> InputError:
 class ReadOnlyTable:
     """The dev table. Only Query and Scan are ever sent to it: nothing here can write."""
 
-    def __init__(self, client: Any, table: str, retrier: Retrier) -> None:
+    def __init__(self, client: DynamoDBClient, table: str, retrier: Retrier) -> None:
         self.client, self.table, self.retrier = client, table, retrier
 
-    def pages(self, operation: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        fn = {"query": self.client.query, "scan": self.client.scan}[operation]
+    def pages(self, operation: str, **kwargs: Any) -> Iterator[Mapping[str, Any]]:
         kwargs["TableName"] = self.table
         while True:
-            page = self.retrier.call(fn, **kwargs)
+            page: Mapping[str, Any] = (self.retrier.call(self.client.query, **kwargs)
+                                       if operation == "query" else
+                                       self.retrier.call(self.client.scan, **kwargs))
             yield page
             if not page.get("LastEvaluatedKey"):
                 return
@@ -2990,7 +3001,7 @@ class ProdTable:
     def __init__(self, cfg: Config, client: Any = None) -> None:
         self.name = cfg.table or ""
         self.endpoint = cfg.endpoint_url
-        self.client = client if client is not None else make_client(cfg)
+        self.client: DynamoDBClient = client if client is not None else make_client(cfg)
         self.capacity = CapacityMeter()
         self.capacity.attach(self.client)
         # Set by a read-only operation being stopped: its reads give up their retries at once.
@@ -3045,7 +3056,8 @@ class ProdTable:
         def attempt() -> str | None:
             nonlocal pending
             response = self.client.batch_get_item(RequestItems=pending)
-            found.extend(response.get("Responses", {}).get(self.name, []))
+            found.extend(cast("list[dict[str, AttributeValue]]",
+                              response.get("Responses", {}).get(self.name, [])))
             pending = response.get("UnprocessedKeys") or {}
             return f"{len(pending[self.name]['Keys'])} key(s) unprocessed" if pending else None
 
@@ -4054,7 +4066,7 @@ class Workflows:
     to their end. When to start them is the caller's policy: --trigger-embeddings skips a
     workflow that is running, the waves wait for it."""
 
-    def __init__(self, cfg: Config, client: Any = None) -> None:
+    def __init__(self, cfg: Config, client: SFNClient | None = None) -> None:
         self.cfg, self.client = cfg, client
         self.retrier = Retrier(cfg.max_retries)
         self.machines = [Workflow("line", cfg.line_state_machine),
@@ -4062,6 +4074,11 @@ class Workflows:
 
     def names(self) -> list[str]:
         return [w.name for w in self.machines]
+
+    @property
+    def sfn(self) -> SFNClient:
+        assert self.client is not None, "connect() first"
+        return self.client
 
     def connect(self) -> None:
         """Resolve every name to its ARN; FatalError if one does not exist or Step Functions
@@ -4074,7 +4091,7 @@ class Workflows:
     def resolve(self, name_or_arn: str) -> str:
         if name_or_arn.startswith("arn:"):
             return name_or_arn
-        for page in self.client.get_paginator("list_state_machines").paginate():
+        for page in self.sfn.get_paginator("list_state_machines").paginate():
             for machine in page["stateMachines"]:
                 if machine["name"] == name_or_arn:
                     return str(machine["stateMachineArn"])
@@ -4082,25 +4099,25 @@ class Workflows:
 
     def running(self, machine: Workflow) -> list[str]:
         """The ARNs of the machine's RUNNING executions, whoever started them."""
-        pages = self.client.get_paginator("list_executions").paginate(stateMachineArn=machine.arn,
+        pages = self.sfn.get_paginator("list_executions").paginate(stateMachineArn=machine.arn,
                                                                        statusFilter="RUNNING")
         return [str(e["executionArn"]) for page in pages for e in page.get("executions", [])]
 
     def start(self, machine: Workflow, name: str) -> dict[str, Any]:
         """Start one execution with input {}; its record, followed by `follow`."""
-        arn = self.retrier.call(self.client.start_execution, stateMachineArn=machine.arn, name=name,
+        arn = self.retrier.call(self.sfn.start_execution, stateMachineArn=machine.arn, name=name,
                                 input="{}")["executionArn"]
         return {"kind": machine.kind, "state_machine": machine.arn, "name": name, "arn": str(arn),
                 "status": "RUNNING", "start": None, "stop": None}
 
     def status(self, arn: str) -> str:
-        return str(self.retrier.call(self.client.describe_execution, executionArn=arn)["status"])
+        return str(self.retrier.call(self.sfn.describe_execution, executionArn=arn)["status"])
 
     def follow(self, executions: Sequence[dict[str, Any]]) -> bool:
         """Bring the records of executions not yet ended up to date; True when all ended."""
         for e in executions:
             if e["status"] not in EXECUTION_ENDED:
-                d = self.retrier.call(self.client.describe_execution, executionArn=e["arn"])
+                d = self.retrier.call(self.sfn.describe_execution, executionArn=e["arn"])
                 e.update(status=str(d["status"]), start=iso_time(d.get("startDate")),
                          stop=iso_time(d.get("stopDate")))
                 for key in ("error", "cause"):

@@ -27,9 +27,11 @@ def install() -> Counter[str]:
     """Count from now on every request any botocore client of this process sends."""
     from botocore.endpoint import Endpoint
 
-    if getattr(Endpoint._send, "counted", False):
+    # Endpoint._send is botocore's private hook for every HTTP request: a developer tool may
+    # lean on it (the tool itself does not); the stubs do not declare it.
+    send = getattr(Endpoint, "_send")  # noqa: B009
+    if getattr(send, "counted", False):
         return COUNTS
-    send = Endpoint._send
 
     def counted_send(self: Any, request: Any) -> Any:
         target = request.headers.get("X-Amz-Target", b"")
@@ -40,7 +42,7 @@ def install() -> Counter[str]:
         return send(self, request)
 
     counted_send.counted = True  # type: ignore[attr-defined]
-    Endpoint._send = counted_send
+    setattr(Endpoint, "_send", counted_send)  # noqa: B010
     return COUNTS
 
 

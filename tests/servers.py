@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import boto3
 from botocore.config import Config
@@ -324,7 +324,7 @@ def make_client(
         retries["max_attempts"] = max_attempts
     session = _session()
     config = Config(
-        retries=retries,
+        retries=cast(Any, retries),  # a plain dict; the stubs want their TypedDict
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         max_pool_connections=max_pool_connections,
@@ -391,7 +391,7 @@ def make_service_client(url: str, service: str) -> Any:
     credentials."""
     session = _session()
     with _session_lock:  # Session.client() is not thread-safe
-        return session.client(service, endpoint_url=url)
+        return session.client(cast(Any, service), endpoint_url=url)
 
 
 # --------------------------------------------------------------------------- Step Functions (moto)

@@ -13,7 +13,7 @@ import math
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cli import live_args, reads_items, run_cli, run_through
@@ -219,10 +219,10 @@ def test_retrier_sends_at_most_one_plus_max_retries_times() -> None:
     from botocore.exceptions import ClientError
 
     sleeps: list[float] = []
-    throttled = ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"},
-                             "ResponseMetadata": {"HTTPStatusCode": 400}}, "BatchGetItem")
-    invalid = ClientError({"Error": {"Code": "ValidationException", "Message": "no"},
-                           "ResponseMetadata": {"HTTPStatusCode": 400}}, "BatchGetItem")
+    throttled = ClientError(cast(Any, {"Error": {"Code": "ThrottlingException", "Message": "slow down"},
+                                       "ResponseMetadata": {"HTTPStatusCode": 400}}), "BatchGetItem")
+    invalid = ClientError(cast(Any, {"Error": {"Code": "ValidationException", "Message": "no"},
+                                     "ResponseMetadata": {"HTTPStatusCode": 400}}), "BatchGetItem")
     for retries in (0, 1, 3):
         for outcome in ("undone", throttled):
             calls: list[int] = []
