@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import gzip
 import importlib.util
 import itertools
 import json
@@ -44,12 +45,17 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import stat
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.parse
+import weakref
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -510,8 +516,6 @@ def read_pulumi_stack(stage: str, stack: str, cwd: Path | None,
                       environ: Mapping[str, str]) -> dict[str, str]:
     """`pulumi stack output --json --stack NAME`, run without a shell: the receipt system's own
     scripts read their configuration this way, so the operator needs no exported files."""
-    import subprocess
-
     pulumi = shutil.which("pulumi", path=environ.get("PATH"))
     if pulumi is None:
         raise UsageError(f"--{stage}-stack needs the pulumi CLI, which is not "
@@ -656,8 +660,6 @@ def endpoint_settings(args: argparse.Namespace, environ: Mapping[str, str],
 
 def endpoint_value(url: str, what: str) -> str:
     """An endpoint URL as botocore takes it: http(s)://host[:port][/path]."""
-    import urllib.parse
-
     try:
         parts = urllib.parse.urlsplit(url)
         valid = parts.scheme in ("http", "https") and bool(parts.hostname) and \
@@ -672,8 +674,6 @@ def endpoint_value(url: str, what: str) -> str:
 
 def is_aws_endpoint(url: str | None) -> bool:
     """True for None (botocore's default, AWS) and for AWS's own host names."""
-    import urllib.parse
-
     if url is None:
         return True
     host = (urllib.parse.urlsplit(url).hostname or "").lower().rstrip(".")
@@ -940,8 +940,6 @@ def missing_package_message(names: Sequence[str]) -> str:
 def repair_command(origin: ConfigOrigin, overwrite: bool) -> str:
     """The copy command that repairs what --verify found: this run's own arguments, as a live
     copy that re-syncs images already in prod (and overwrites differing items if asked)."""
-    import shlex
-
     args, skip_next = [], False
     # --verify checks every image (it ignores --limit): the repair must reach each of them
     drop_with_value = {"--report", "--dump-items", "--limit"}
@@ -2217,6 +2215,10 @@ def image_from_items(items: Iterable[Mapping[str, Any]]) -> ExportImage:
 T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
+BATCH_SIZE = 25          # BatchWriteItem's limit
+GET_BATCH_SIZE = 100     # BatchGetItem's limit
+BACKOFF_BASE = 0.05      # seconds; full jitter: sleep uniform(0, min(cap, base * 2**attempt))
+BACKOFF_CAP = 5.0
 
 
 def make_client(cfg: Config, service: str = "dynamodb") -> Any:
@@ -2354,12 +2356,6 @@ class RateLimiter:
             self.sleep(wait)
 
 
-BACKOFF_BASE = 0.05      # seconds; full jitter: sleep uniform(0, min(cap, base * 2**attempt))
-
-
-BACKOFF_CAP = 5.0
-
-
 THROTTLING_CODES = frozenset({
     "ProvisionedThroughputExceededException", "ThrottlingException", "Throttling",
     "RequestLimitExceeded", "TooManyRequestsException", "LimitExceededException",
@@ -2431,12 +2427,6 @@ class Retrier:
         return result[0]
 
 
-
-
-BATCH_SIZE = 25          # BatchWriteItem's limit
-
-
-GET_BATCH_SIZE = 100     # BatchGetItem's limit
 
 
 class WriteError(Exception):
@@ -2848,8 +2838,6 @@ def manifest_data_files(folder: Path) -> list[str] | None:
 
 
 def item_lines(path: Path) -> Iterator[str]:
-    import gzip
-
     with (gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz")
           else path.open(encoding="utf-8")) as f:
         yield from f
@@ -2876,9 +2864,6 @@ class SpilledItems:
         except ImportError:  # a Python built without it (e.g. no libsqlite3 when compiled)
             raise UsageError("--source-items needs Python's sqlite3 module, which this Python "
                              "lacks") from None
-        import tempfile
-        import weakref
-
         folder = tempfile.mkdtemp(prefix="copy-items-")
         self.db = sqlite3.connect(str(Path(folder) / "items.sqlite"), check_same_thread=False)
         weakref.finalize(self, remove_spill, self.db, folder)
@@ -2939,8 +2924,6 @@ class SpilledItems:
 
 
 def remove_spill(db: Any, folder: str) -> None:
-    import shutil
-
     db.close()
     shutil.rmtree(folder, ignore_errors=True)
 
