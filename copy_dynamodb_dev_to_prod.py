@@ -2748,14 +2748,9 @@ def table_sources(cfg: Config) -> list[ImageSource]:
                                      profile=cfg.source_profile or cfg.profile,
                                      endpoint_url=cfg.source_endpoint_url or cfg.endpoint_url)
     table = ReadOnlyTable(make_client(connection), cfg.source_table, Retrier(cfg.max_retries))
-    try:
+    with errors_as(UsageError, f"cannot list the images of source table {cfg.source_table}"):
         ids = (tuple(table.image_ids()) if cfg.image_ids is None
                else tuple(dict.fromkeys(map(table.spelling, cfg.image_ids))))
-    except Exception as exc:
-        if botocore_setup_error(exc):
-            raise
-        raise UsageError(f"cannot list the images of source table {cfg.source_table}: "
-                         f"{describe_error(exc)}") from None
     return [ImageSource(i, f"{cfg.source_table}/IMAGE#{i}",
                         functools.partial(read_partition, table.partition, i, table.table))
             for i in ids]
@@ -3003,17 +2998,14 @@ class ProdTable:
         retries. `origin` says where the table's name came from."""
         from botocore.exceptions import ClientError
 
-        try:
-            table = self.retrier.call(self.client.describe_table, TableName=self.name)["Table"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
-                raise UsageError(f"table {self.name!r} ({origin}) not found at {self.where()}") from None
-            raise UsageError(f"cannot read table {self.name!r} at {self.where()}: "
-                             f"{describe_error(exc)}") from None
-        except Exception as exc:
-            if botocore_setup_error(exc):
-                raise
-            raise UsageError(f"cannot reach DynamoDB at {self.where()}: {describe_error(exc)}") from None
+        with errors_as(UsageError, f"cannot reach DynamoDB at {self.where()}"):
+            try:
+                table = self.retrier.call(self.client.describe_table, TableName=self.name)["Table"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                    raise UsageError(f"table {self.name!r} ({origin}) not found at {self.where()}") from None
+                raise UsageError(f"cannot read table {self.name!r} at {self.where()}: "
+                                 f"{describe_error(exc)}") from None
         keys = {k.get("AttributeName"): k.get("KeyType") for k in table.get("KeySchema", [])}
         if keys != {"PK": "HASH", "SK": "RANGE"}:
             raise UsageError(f"table {self.name!r} at {self.where()} has the key schema {keys}, not "
