@@ -37,6 +37,7 @@ import dataclasses
 import datetime as dt
 import functools
 import gzip
+import heapq
 import importlib.util
 import itertools
 import json
@@ -69,7 +70,7 @@ if TYPE_CHECKING:  # the development requirements' stubs: mypy checks every AWS 
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_stepfunctions import SFNClient
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"  # 1.1: an image's first item is written first (see Copier)
 
 
 log = logging.getLogger("copy_dynamodb_dev_to_prod")
@@ -334,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "once)")
     run.add_argument("--max-items-per-second", type=float, metavar="R",
                      help="cap on items written per second, shared by all workers")
+    run.add_argument("--check-partitions", action="store_true",
+                     help="for an image whose IMAGE item and first item prod both lack, also Query "
+                          "its partition before writing (one request per such image): for a table "
+                          "that may hold partial images left by version 1.0, which wrote an image's "
+                          "items in any order, or by another writer")
 
     ops = p.add_argument_group("operations that run on their own, instead of a copy (read-only)")
     ops.add_argument("--status", action="store_true",
@@ -414,6 +420,7 @@ class Config:
     max_workers: int = 10
     max_retries: int = 8
     max_items_per_second: float | None = None
+    check_partitions: bool = False
     limit: int | None = None
     shard: tuple[int, int] | None = None
     yes: bool = False
@@ -1010,6 +1017,11 @@ def finite_number(v: Any) -> float | int:
     return v
 
 
+# Coordinates and angles repeat across an image (corners share the box's x and y, the
+# words of a line share its angle), so formatted numbers are worth remembering.
+FIXED_CACHE: dict[int, dict[float, str]] = {}
+
+
 def fixed_text(v: Any, places: int) -> str:
     """Fk(v): the float's repr, rounded half-up to k decimals, fixed-point."""
     cache = FIXED_CACHE.setdefault(places, {})
@@ -1028,11 +1040,6 @@ def fixed_text(v: Any, places: int) -> str:
         if f:
             cache[f] = text
     return text
-
-
-# Coordinates and angles repeat across an image (corners share the box's x and y, the
-# words of a line share its angle), so formatted numbers are worth remembering.
-FIXED_CACHE: dict[int, dict[float, str]] = {}
 
 
 # DynamoDB numbers: 38 significant digits, magnitude 1e-130 .. 9.99...e125. The float bounds
@@ -3018,6 +3025,15 @@ class ProdTable:
             self.read_keys(chunk, projection="PK") for chunk in batches(keys, GET_BATCH_SIZE))
         return {item["PK"]["S"][len("IMAGE#"):] for item in found}
 
+    def partition_is_empty(self, pk: str) -> bool:
+        """Whether prod holds no item at all under this partition key: one strongly consistent
+        Query that stops at the first item (--check-partitions)."""
+        response = self.retrier.call(self.client.query, TableName=self.name,
+                                     KeyConditionExpression="PK = :pk",
+                                     ExpressionAttributeValues={":pk": {"S": pk}}, Limit=1,
+                                     ConsistentRead=True, ProjectionExpression="PK")
+        return not response.get("Items")
+
     def read_keys(self, keys: Sequence[Mapping[str, AttributeValue]],
                   projection: str | None = None) -> list[dict[str, AttributeValue]]:
         """Prod's items under up to 100 keys: one strongly consistent BatchGetItem, its
@@ -3224,17 +3240,15 @@ def check_export_side(cfg: Config, origin: ConfigOrigin, sources: Sequence[Image
         return
 
 
-# What the plan settles for an image itself; an image it does not settle is to be copied,
-# and the copier gives it its outcome (copied, skipped_existing when nothing differed, failed).
-PLAN_OUTCOMES = ("skipped_existing", "skipped_empty", "failed", "not_reached_limit")
-
-
 @dataclasses.dataclass(eq=False)
 class PlannedImage:
     """One selected image and what the run does with it."""
     source: ImageSource
     in_prod: bool                       # prod holds its IMAGE item
-    outcome: str | None = None          # settled by the plan (PLAN_OUTCOMES); None: to copy
+    # What the plan settles itself: skipped_existing, skipped_empty, failed or
+    # not_reached_limit. None: to copy; the copier gives it its outcome (copied,
+    # skipped_existing when nothing differed, failed).
+    outcome: str | None = None
     error: InputError | None = None     # why it fails (outcome "failed")
     items: int = 0                      # the items it converts to (images to copy)
     image: ConvertedImage | None = None  # its items, while on their way to the copier
@@ -3370,7 +3384,6 @@ class Tally:
     when prod held all of it already; failed), and its items. Thread-safe: the pool's
     workers settle images. A wave has a tally of its own; the run's adds them up."""
 
-    OUTCOMES = ("copied", "skipped_existing", "failed")
     ITEMS = ("planned", "to_write", "written", "unchanged", "prod_progress_kept", "conflicts",
              "failed_before_diff")
 
@@ -3478,6 +3491,7 @@ class ImageJob:
     prod: dict[str, dict[str, AttributeValue]] = dataclasses.field(default_factory=dict)
     unread: int = 0                # keys of prod's versions not yet read
     probing: bool = False          # what is being read is its first item only
+    first: dict[str, AttributeValue] | None = None  # its first item, while prod lacks it
     stages: list[list[dict[str, AttributeValue]]] = dataclasses.field(default_factory=list)
     unsettled: int = 0             # items handed to the batcher, not yet written or lost
     to_write: int = 0
@@ -3546,12 +3560,64 @@ class Batcher:
             self.producing = producing
         self.flush_if_idle()
 
+    def flush(self) -> None:
+        """Send the open batch now, however full: what it holds is wanted at once."""
+        with self.lock:
+            batch = self.cut() if self.open else None
+        if batch:
+            self.send(batch)
+
     def flush_if_idle(self) -> None:
         with self.lock:
             idle = not self.in_flight and (not self.producing or self.pool_idle())
             batch = self.cut() if self.open and idle else None
         if batch:
             self.send(batch)
+
+
+class Dispatcher:
+    """The pool's queue, most urgent first. At most one task per worker is in the pool; the
+    others wait here, reads and the batches holding images' first items ahead of the rest:
+    those let whole images go on. In the pool's own first-come queue, a read or a first
+    item behind a backlog of other writes held its images back until the backlog drained,
+    and the pool then ran nearly dry while they caught up."""
+
+    URGENT, NORMAL = 0, 1
+
+    def __init__(self, pool: ThreadPoolExecutor, workers: int) -> None:
+        self.pool, self.workers = pool, workers
+        self.lock = threading.Lock()
+        self.waiting: list[tuple[int, int, Callable[[], None]]] = []
+        self.order = itertools.count()
+        self.running = 0
+
+    def submit(self, task: Callable[[], None], priority: int) -> None:
+        with self.lock:
+            heapq.heappush(self.waiting, (priority, next(self.order), task))
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        while True:
+            with self.lock:
+                if self.running >= self.workers or not self.waiting:
+                    return
+                _, _, task = heapq.heappop(self.waiting)
+                self.running += 1
+            try:
+                self.pool.submit(self.run, task)
+            except RuntimeError:  # the pool is shut down: the run is being stopped
+                with self.lock:
+                    self.running -= 1
+                    self.waiting.clear()
+                return
+
+    def run(self, task: Callable[[], None]) -> None:
+        try:
+            task()
+        finally:
+            with self.lock:
+                self.running -= 1
+            self.dispatch()
 
 
 class Copier:
@@ -3583,7 +3649,7 @@ class Copier:
         self.tally = Tally()
         self.stopping = False
         self.progress: Progress | None = None
-        self.pool: ThreadPoolExecutor | None = None
+        self.dispatcher: Dispatcher | None = None
         # The write batcher counts every task in flight (reads decide what is written), so
         # its count going to 0 is the pool going idle.
         self.writes = Batcher(self.submit_writes, pool_idle=lambda: True)
@@ -3616,7 +3682,7 @@ class Copier:
             # wait to hand the next request to the table.
             sys.setswitchinterval(0.0005)
             with ThreadPoolExecutor(self.cfg.max_workers, thread_name_prefix="copy") as pool:
-                self.pool = pool
+                self.dispatcher = Dispatcher(pool, self.cfg.max_workers)
                 try:
                     self.walk(images, self.start_image)
                     self.set_producing(False)
@@ -3659,10 +3725,11 @@ class Copier:
     # --- the pool's tasks ---------------------------------------------------------------
 
     def spawn(self, work: Callable[[], None], jobs: Callable[[], Iterable[ImageJob]],
-              *counted_by: Batcher) -> None:
-        """Run `work` on the pool. The batchers count it as in flight until it ends (they
-        were told it started); an error no check foresaw fails `jobs` alone."""
-        assert self.pool is not None
+              *counted_by: Batcher, urgent: bool = False) -> None:
+        """Run `work` on the pool (through the dispatcher). The batchers count it as in
+        flight until it ends (they were told it started); an error no check foresaw fails
+        `jobs` alone. A stopped run drops what has not started (the stop is its outcome)."""
+        assert self.dispatcher is not None
 
         def task() -> None:
             try:
@@ -3672,11 +3739,7 @@ class Copier:
             finally:
                 for batcher in counted_by:
                     batcher.task_done()
-        try:
-            self.pool.submit(task)
-        except RuntimeError:  # the pool is shut down: the run is being stopped
-            for batcher in counted_by:
-                batcher.task_done()
+        self.dispatcher.submit(task, Dispatcher.URGENT if urgent else Dispatcher.NORMAL)
 
     # --- one image: read prod, diff, decide ------------------------------------------
 
@@ -3718,8 +3781,9 @@ class Copier:
         """The read batcher counted this batch as in flight; the write batcher counts it
         too (what it reads decides what is written)."""
         self.writes.task_started()
+        # Told in this order when it ends: the read batcher then sees the pool idle.
         self.spawn(lambda: self.read_batch(batch), lambda: {job for job, _ in batch},
-                   self.reads, self.writes)
+                   self.writes, self.reads, urgent=True)
 
     def read_batch(self, batch: list[Entry]) -> None:
         """Read prod's versions of these keys (one BatchGetItem); an image whose keys are
@@ -3744,6 +3808,8 @@ class Copier:
                 if job.unread == 0:
                     read.append(job)
         self.each_job(read, self.read_done)
+        # The first items these images now want written go at once, whatever else is open.
+        self.writes.flush()
 
     def read_done(self, job: ImageJob) -> None:
         if job.errors:
@@ -3754,12 +3820,31 @@ class Copier:
             job.prod = {}
             if found:
                 self.read_keys(job)
+            elif self.cfg.check_partitions:  # a writer that kept no order may have left items
+                self.reads.task_started()
+                self.writes.task_started()
+                self.spawn(lambda: self.check_partition(job), lambda: [job], self.writes, self.reads,
+                           urgent=True)
             else:
                 self.decide(job, {})
             return
         job.in_prod = "IMAGE" in job.prod
         prod, job.prod = job.prod, {}
         self.decide(job, prod)
+
+    def check_partition(self, job: ImageJob) -> None:
+        """--check-partitions: anything in the image's partition, and every key is read; an
+        empty partition is diffed with nothing. A Query that gets no answer fails the image."""
+        assert self.prod is not None
+        try:
+            empty = self.prod.partition_is_empty(job.image.items[0]["PK"]["S"])
+        except Exception as exc:
+            self.fail([job], InputError(f"cannot read prod: {describe_error(exc)}"))
+            return
+        if empty:
+            self.decide(job, {})
+        else:
+            self.read_keys(job)
 
     def decide(self, job: ImageJob, prod: Mapping[str, Mapping[str, AttributeValue]]) -> None:
         """Diff with prod; a dry run stops here, a live run hands the items to the batcher."""
@@ -3780,7 +3865,8 @@ class Copier:
             self.progress.items_done(settled)
         self.release(job, settled)
         # The image's first item, where prod lacks it, goes alone and before the others.
-        stages = [[i for i in diff.to_write if i is first],
+        job.first = next((i for i in diff.to_write if i is first), None)
+        stages = [[job.first] if job.first else [],
                   [i for i in diff.to_write if i is not first and i["SK"]["S"] != "IMAGE"],
                   [i for i in diff.to_write if i["SK"]["S"] == "IMAGE"]]
         job.stages = [stage for stage in stages if stage]
@@ -3789,8 +3875,11 @@ class Copier:
     # --- writing ------------------------------------------------------------------
 
     def submit_writes(self, batch: list[Entry]) -> None:
-        """The write batcher counted this batch as in flight already."""
-        self.spawn(lambda: self.write_batch(batch), lambda: {job for job, _ in batch}, self.writes)
+        """The write batcher counted this batch as in flight already. A batch that holds an
+        image's first item is urgent: the rest of that image waits for it."""
+        urgent = any(item is job.first for job, item in batch)
+        self.spawn(lambda: self.write_batch(batch), lambda: {job for job, _ in batch}, self.writes,
+                   urgent=urgent)
 
     def write_batch(self, batch: list[Entry]) -> None:
         assert self.prod is not None
@@ -4543,12 +4632,9 @@ def verify_image(cfg: Config, prod: ProdTable, rules: Rules, source: ImageSource
     checked: it gets an "error"."""
     name = source.name
     try:
-        image = convert_image(source, source.read(), rules, cfg.ignore_unknown)
+        image = convert_source(source, rules, cfg.ignore_unknown)
     except InputError as exc:
         return {"file": name, "image_id": source.image_id, "error": format_error(exc.record(source))}
-    except Exception as exc:
-        return {"file": name, "image_id": source.image_id,
-                "error": f"{name}: cannot read: {describe_error(exc)}"}
     if not image.has_receipts and not cfg.include_empty:
         return {"file": name, "image_id": image.image_id, "skipped": "no receipts"}
     try:

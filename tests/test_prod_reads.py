@@ -101,3 +101,34 @@ def test_an_unforeseen_error_fails_that_image_alone(ddblocal_table: TableHandle,
     expected = load_expected([i for i in GOLDEN_IDS if i != victim])
     assert table_values(ddblocal_table.client, ddblocal_table.name) == \
         {k: canonical_item(v) for k, v in expected.items()}
+
+
+def test_check_partitions_finds_a_partial_image_left_in_any_order(ddblocal_table: TableHandle,
+                                                                  tmp_path: Path) -> None:
+    """A partial image as version 1.0 could leave it (items in any order: not its first item,
+    not its IMAGE item), one of its lines embedded by prod since and one item changed in
+    prod. --check-partitions Queries the partition of every image whose IMAGE and first item
+    prod lacks: that image is read key by key, prod's change is kept as a conflict and its
+    embedding progress is left alone; the fresh images are copied whole."""
+    expected = load_expected()
+    a = GOLDEN_IDS[0]
+    first = first_keys(expected)[f"IMAGE#{a}"]
+    partial = [k for k in sorted(expected) if k[0] == f"IMAGE#{a}" and k not in (first, (k[0], "IMAGE"))]
+    line_key = next(k for k in partial if expected[k]["TYPE"]["S"] == "RECEIPT_LINE")
+    changed_key = next(k for k in partial if expected[k]["TYPE"]["S"] == "LINE")
+    embedded = {**expected[line_key], "embedding_status": {"S": "SUCCESS"},
+                "GSI1PK": {"S": "EMBEDDING_STATUS#SUCCESS"}}
+    changed = {**expected[changed_key], "prod_note": {"S": "changed in prod"}}
+    prod = {k: expected[k] for k in partial} | {line_key: embedded, changed_key: changed}
+    put_items(ddblocal_table.client, ddblocal_table.name, list(prod.values()))
+
+    result, proxy = run_through(ddblocal_table, tmp_path, "--check-partitions", faults=[],
+                                target="Query")
+    assert result.returncode == 0 and result.report is not None, result.describe()
+    queried = sorted(q["ExpressionAttributeValues"][":pk"]["S"] for q in proxy.payloads("Query"))
+    assert queried == sorted(f"IMAGE#{i}" for i in GOLDEN_IDS), queried
+    assert [(c["PK"], c["SK"]) for c in result.report["conflicts"]] == [changed_key]
+    assert result.report["items"]["prod_progress_kept"] == 1
+    want = {k: canonical_item(v) for k, v in expected.items()}
+    want[changed_key], want[line_key] = canonical_item(changed), canonical_item(embedded)
+    assert table_values(ddblocal_table.client, ddblocal_table.name) == want
