@@ -37,7 +37,6 @@ import dataclasses
 import datetime as dt
 import functools
 import gzip
-import heapq
 import importlib.util
 import itertools
 import json
@@ -3491,7 +3490,6 @@ class ImageJob:
     prod: dict[str, dict[str, AttributeValue]] = dataclasses.field(default_factory=dict)
     unread: int = 0                # keys of prod's versions not yet read
     probing: bool = False          # what is being read is its first item only
-    first: dict[str, AttributeValue] | None = None  # its first item, while prod lacks it
     stages: list[list[dict[str, AttributeValue]]] = dataclasses.field(default_factory=list)
     unsettled: int = 0             # items handed to the batcher, not yet written or lost
     to_write: int = 0
@@ -3560,64 +3558,12 @@ class Batcher:
             self.producing = producing
         self.flush_if_idle()
 
-    def flush(self) -> None:
-        """Send the open batch now, however full: what it holds is wanted at once."""
-        with self.lock:
-            batch = self.cut() if self.open else None
-        if batch:
-            self.send(batch)
-
     def flush_if_idle(self) -> None:
         with self.lock:
             idle = not self.in_flight and (not self.producing or self.pool_idle())
             batch = self.cut() if self.open and idle else None
         if batch:
             self.send(batch)
-
-
-class Dispatcher:
-    """The pool's queue, most urgent first. At most one task per worker is in the pool; the
-    others wait here, reads and the batches holding images' first items ahead of the rest:
-    those let whole images go on. In the pool's own first-come queue, a read or a first
-    item behind a backlog of other writes held its images back until the backlog drained,
-    and the pool then ran nearly dry while they caught up."""
-
-    URGENT, NORMAL = 0, 1
-
-    def __init__(self, pool: ThreadPoolExecutor, workers: int) -> None:
-        self.pool, self.workers = pool, workers
-        self.lock = threading.Lock()
-        self.waiting: list[tuple[int, int, Callable[[], None]]] = []
-        self.order = itertools.count()
-        self.running = 0
-
-    def submit(self, task: Callable[[], None], priority: int) -> None:
-        with self.lock:
-            heapq.heappush(self.waiting, (priority, next(self.order), task))
-        self.dispatch()
-
-    def dispatch(self) -> None:
-        while True:
-            with self.lock:
-                if self.running >= self.workers or not self.waiting:
-                    return
-                _, _, task = heapq.heappop(self.waiting)
-                self.running += 1
-            try:
-                self.pool.submit(self.run, task)
-            except RuntimeError:  # the pool is shut down: the run is being stopped
-                with self.lock:
-                    self.running -= 1
-                    self.waiting.clear()
-                return
-
-    def run(self, task: Callable[[], None]) -> None:
-        try:
-            task()
-        finally:
-            with self.lock:
-                self.running -= 1
-            self.dispatch()
 
 
 class Copier:
@@ -3649,7 +3595,7 @@ class Copier:
         self.tally = Tally()
         self.stopping = False
         self.progress: Progress | None = None
-        self.dispatcher: Dispatcher | None = None
+        self.pool: ThreadPoolExecutor | None = None
         # The write batcher counts every task in flight (reads decide what is written), so
         # its count going to 0 is the pool going idle.
         self.writes = Batcher(self.submit_writes, pool_idle=lambda: True)
@@ -3682,7 +3628,7 @@ class Copier:
             # wait to hand the next request to the table.
             sys.setswitchinterval(0.0005)
             with ThreadPoolExecutor(self.cfg.max_workers, thread_name_prefix="copy") as pool:
-                self.dispatcher = Dispatcher(pool, self.cfg.max_workers)
+                self.pool = pool
                 try:
                     self.walk(images, self.start_image)
                     self.set_producing(False)
@@ -3725,11 +3671,11 @@ class Copier:
     # --- the pool's tasks ---------------------------------------------------------------
 
     def spawn(self, work: Callable[[], None], jobs: Callable[[], Iterable[ImageJob]],
-              *counted_by: Batcher, urgent: bool = False) -> None:
-        """Run `work` on the pool (through the dispatcher). The batchers count it as in
-        flight until it ends (they were told it started); an error no check foresaw fails
-        `jobs` alone. A stopped run drops what has not started (the stop is its outcome)."""
-        assert self.dispatcher is not None
+              *counted_by: Batcher) -> None:
+        """Run `work` on the pool. The batchers count it as in flight until it ends (they
+        were told it started, and are told in this order); an error no check foresaw fails
+        `jobs` alone."""
+        assert self.pool is not None
 
         def task() -> None:
             try:
@@ -3739,7 +3685,11 @@ class Copier:
             finally:
                 for batcher in counted_by:
                     batcher.task_done()
-        self.dispatcher.submit(task, Dispatcher.URGENT if urgent else Dispatcher.NORMAL)
+        try:
+            self.pool.submit(task)
+        except RuntimeError:  # the pool is shut down: the run is being stopped
+            for batcher in counted_by:
+                batcher.task_done()
 
     # --- one image: read prod, diff, decide ------------------------------------------
 
@@ -3783,7 +3733,7 @@ class Copier:
         self.writes.task_started()
         # Told in this order when it ends: the read batcher then sees the pool idle.
         self.spawn(lambda: self.read_batch(batch), lambda: {job for job, _ in batch},
-                   self.writes, self.reads, urgent=True)
+                   self.writes, self.reads)
 
     def read_batch(self, batch: list[Entry]) -> None:
         """Read prod's versions of these keys (one BatchGetItem); an image whose keys are
@@ -3808,8 +3758,6 @@ class Copier:
                 if job.unread == 0:
                     read.append(job)
         self.each_job(read, self.read_done)
-        # The first items these images now want written go at once, whatever else is open.
-        self.writes.flush()
 
     def read_done(self, job: ImageJob) -> None:
         if job.errors:
@@ -3823,8 +3771,7 @@ class Copier:
             elif self.cfg.check_partitions:  # a writer that kept no order may have left items
                 self.reads.task_started()
                 self.writes.task_started()
-                self.spawn(lambda: self.check_partition(job), lambda: [job], self.writes, self.reads,
-                           urgent=True)
+                self.spawn(lambda: self.check_partition(job), lambda: [job], self.writes, self.reads)
             else:
                 self.decide(job, {})
             return
@@ -3865,8 +3812,7 @@ class Copier:
             self.progress.items_done(settled)
         self.release(job, settled)
         # The image's first item, where prod lacks it, goes alone and before the others.
-        job.first = next((i for i in diff.to_write if i is first), None)
-        stages = [[job.first] if job.first else [],
+        stages = [[i for i in diff.to_write if i is first],
                   [i for i in diff.to_write if i is not first and i["SK"]["S"] != "IMAGE"],
                   [i for i in diff.to_write if i["SK"]["S"] == "IMAGE"]]
         job.stages = [stage for stage in stages if stage]
@@ -3875,11 +3821,8 @@ class Copier:
     # --- writing ------------------------------------------------------------------
 
     def submit_writes(self, batch: list[Entry]) -> None:
-        """The write batcher counted this batch as in flight already. A batch that holds an
-        image's first item is urgent: the rest of that image waits for it."""
-        urgent = any(item is job.first for job, item in batch)
-        self.spawn(lambda: self.write_batch(batch), lambda: {job for job, _ in batch}, self.writes,
-                   urgent=urgent)
+        """The write batcher counted this batch as in flight already."""
+        self.spawn(lambda: self.write_batch(batch), lambda: {job for job, _ in batch}, self.writes)
 
     def write_batch(self, batch: list[Entry]) -> None:
         assert self.prod is not None

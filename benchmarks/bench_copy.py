@@ -107,6 +107,17 @@ def fake_env() -> dict[str, str]:
 ENGINES = ("moto", "ddblocal")
 
 
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL after 10 s: a helper process of the benchmark ends either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Server:
     """A local DynamoDB engine in a child process on 127.0.0.1 and a free port."""
 
@@ -155,13 +166,7 @@ class Server:
             return None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._log.close()
 
 
@@ -293,13 +298,7 @@ class DelayProxy:
                 "cpu_s": now["cpu_s"] - self._base["cpu_s"]}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log.close()
