@@ -2272,7 +2272,13 @@ class PlainJsonBodies:
     tool's items: strings, numbers as strings, booleans, lists and maps) that walk changes
     nothing, so the dump of the parameters is the same body byte for byte. A value that is
     not plain JSON (bytes of a B attribute) goes through botocore's serializer as before;
-    so does every other operation. Headers, URL and signing stay botocore's."""
+    so does every other operation. Headers, URL and signing stay botocore's.
+
+    It replaces the client's private `_serializer`: botocore emits no event between the
+    parameters' last hook (before-parameter-build, whose parameters the endpoint rules then
+    read) and the serialization, so no supported hook can skip the walk. This class is the
+    one place that leans on botocore's insides; tests/test_request_bodies.py fails when it
+    no longer installs, or when its bodies differ from botocore's."""
 
     OPERATIONS = frozenset({"BatchWriteItem"})
 
