@@ -3359,8 +3359,7 @@ class RunPlan:
 
     def waves(self, size: int) -> list[list[PlannedImage]]:
         """The images to copy, in waves of `size` (the last may be smaller)."""
-        todo = self.to_copy()
-        return [todo[i:i + size] for i in range(0, len(todo), size)]
+        return [list(wave) for wave in batches(self.to_copy(), size)]
 
     def preview(self) -> str:
         """The confirmation's line: what the run will do, from the settled plan. Items are
@@ -3495,6 +3494,7 @@ class ImageJob:
     in_prod: bool = False          # prod has its IMAGE item
     prod: dict[str, dict[str, AttributeValue]] = dataclasses.field(default_factory=dict)
     unread: int = 0                # keys of prod's versions not yet read
+    first: dict[str, AttributeValue] | None = None  # its first item (first_item), if any
     probing: bool = False          # what is being read is its first item only
     stages: list[list[dict[str, AttributeValue]]] = dataclasses.field(default_factory=list)
     unsettled: int = 0             # items handed to the batcher, not yet written or lost
@@ -3658,7 +3658,8 @@ class Copier:
                 self.progress_image()
                 continue
             self.tally.planned(image)
-            start(ImageJob(image, held=len(image.items), in_prod=planned.in_prod))
+            start(ImageJob(image, held=len(image.items), in_prod=planned.in_prod,
+                           first=first_item(image.items)))
             del image  # not alive while the next image is read
 
     def convert_again(self, planned: PlannedImage) -> ConvertedImage | None:
@@ -3713,13 +3714,12 @@ class Copier:
         if job.in_prod:
             self.read_keys(job)
             return
-        first = first_item(job.image.items)
-        if first is None:  # only its IMAGE item, which prod lacks: nothing to read
+        if job.first is None:  # only its IMAGE item, which prod lacks: nothing to read
             self.decide(job, {})
             return
         # Prod lacks the IMAGE item: is the image's first item there (see the class)?
         job.probing, job.unread = True, 1
-        self.reads.add([(job, {"PK": first["PK"], "SK": first["SK"]})])
+        self.reads.add([(job, {"PK": job.first["PK"], "SK": job.first["SK"]})])
 
     def read_keys(self, job: ImageJob) -> None:
         """Read prod's version of every key of the image, in requests shared with others."""
@@ -3807,7 +3807,6 @@ class Copier:
         job.diffed = True
         job.to_write = len(diff.to_write)
         settled = len(image.items) - job.to_write
-        first = first_item(image.items)
         image.items = []  # from here on only the batches hold the items still to write
         if not self.live:  # dry run: what the live run would write
             self.dump.write(diff.to_write)
@@ -3818,8 +3817,8 @@ class Copier:
             self.progress.items_done(settled)
         self.release(job, settled)
         # The image's first item, where prod lacks it, goes alone and before the others.
-        stages = [[i for i in diff.to_write if i is first],
-                  [i for i in diff.to_write if i is not first and i["SK"]["S"] != "IMAGE"],
+        stages = [[i for i in diff.to_write if i is job.first],
+                  [i for i in diff.to_write if i is not job.first and i["SK"]["S"] != "IMAGE"],
                   [i for i in diff.to_write if i["SK"]["S"] == "IMAGE"]]
         job.stages = [stage for stage in stages if stage]
         self.write_next_stage(job)
@@ -3854,8 +3853,9 @@ class Copier:
 
     def settle(self, job: ImageJob, items: list[dict[str, AttributeValue]],
                lost: set[tuple[str, str]], error: WriteError | None) -> None:
-        """These items of the job were written or lost; after its last item, its IMAGE
-        item goes (only if nothing was lost), and after that the image is finished."""
+        """These items of the job were written or lost; after the last item of a stage, the
+        next stage goes (only if nothing was lost), and after the last stage the image is
+        finished."""
         written = [i for i in items if item_key(i) not in lost]
         failed = [i for i in items if item_key(i) in lost]
         if written:
