@@ -117,6 +117,14 @@ def run_cli(
     return CliResult(proc.returncode, proc.stdout, proc.stderr, seconds, data)
 
 
+def kill_if_running(proc: subprocess.Popen[Any]) -> None:
+    """A test's tool process that is still running is killed and reaped (cleanup after a
+    failed wait or a signal test)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
 def live_args(table: str, url: str, export_dir: Path = GOLDEN_EXPORT, *extra: str) -> list[str]:
     """Arguments of a live, unattended copy of ``export_dir`` into ``table`` at ``url`` with the
     golden bucket names."""

@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import BUCKET_FLAGS, TOOL, live_args, reads_items, run_cli, run_through, summary_counts
+from cli import (
+    BUCKET_FLAGS,
+    TOOL,
+    kill_if_running,
+    live_args,
+    reads_items,
+    run_cli,
+    run_through,
+    summary_counts,
+)
 from conftest import TableHandle
 from exports import clone_export, copy_golden, fake_uuid, write_export
 from fault_proxy import THROTTLING, FaultProxy
@@ -206,9 +215,7 @@ def wait_until(condition: Any, proc: subprocess.Popen[str], what: str, timeout: 
         wait_for(condition, timeout=timeout, interval=0.02, what=what, give_up=exited,
                  details=lambda: "\n".join(proc.communicate()) if proc.poll() is not None else "")
     except AssertionError:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_if_running(proc)
         raise
 
 
@@ -324,9 +331,7 @@ def test_images_not_yet_started_when_stopped_are_counted(
         out, err = proc.communicate(timeout=120)
     finally:
         proxy.stop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_if_running(proc)
     assert proc.returncode == code, f"exit {proc.returncode}\n{out}\n{err}"
     report = json.loads(report_path.read_text(encoding="utf-8"))
     table = table_values(ddblocal_table.client, ddblocal_table.name)
@@ -389,8 +394,7 @@ def test_interruption_after_every_image_finished_says_nothing_is_left(
         conn.close()
     finally:
         listener.close()
-        if proc.poll() is None:
-            proc.kill()
+        kill_if_running(proc)
     assert proc.returncode == 130, f"{out}\n{err}"
     report = json.loads(report_path.read_text(encoding="utf-8"))
     assert_accounted(report, len(GOLDEN_IDS))

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli import live_args, run_cli, tool_command
+from cli import kill_if_running, live_args, run_cli, tool_command
 from conftest import TableHandle
 from fault_proxy import FaultProxy
 from items import (
@@ -52,9 +52,7 @@ def kill_when(table: TableHandle, threshold: int, tmp_path: Path) -> int:
         assert proc.returncode == -signal.SIGKILL
         proxy.wait_idle()
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        kill_if_running(proc)
         log.close()
         proxy.stop()
     return item_count(table.client, table.name)
@@ -107,9 +105,7 @@ def test_ctrl_c_stops_cleanly_and_rerun_completes(ddblocal_table: TableHandle, t
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_if_running(proc)
     assert proc.returncode == 130, stderr
     assert "internal error" not in stdout + stderr
     assert "Traceback" not in stderr

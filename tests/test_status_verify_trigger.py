@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cli import BUCKET_FLAGS, TOOL, CliResult, live_args, run_cli, run_on_pty, tool_command
+from cli import BUCKET_FLAGS, TOOL, CliResult, kill_if_running, live_args, run_cli, run_on_pty, tool_command
 from conftest import TableHandle
 from exports import copy_golden, fake_uuid, write_export
 from fault_proxy import THROTTLING, FaultProxy
@@ -427,9 +427,7 @@ def test_ctrl_c_during_verify_says_the_verify_was_interrupted(fresh_table: Table
         out, err = proc.communicate(timeout=120)
     finally:
         proxy.stop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_if_running(proc)
     assert proc.returncode == 130, out + err
     assert f"verify interrupted: 0 of {len(GOLDEN_IDS)} images checked" in err, err
     assert "not finished" not in out + err and "re-run the same command" not in out + err, out + err
