@@ -176,6 +176,17 @@ DEFAULT_WORD_MACHINE = "embedding-infra-prod-word-workflow"
 DEFAULT_WAVE_TIMEOUT = 6 * 3600  # seconds one wave may wait for the embedding pipeline
 
 
+DEFAULT_ROUND_INTERVAL = 300.0  # seconds between two rounds of a wave's workflows
+
+
+# The receipt system's own promotion script waits while a compaction queue is deeper than this.
+DEFAULT_MAX_QUEUE_DEPTH = 500
+
+
+# When a wave is done: its executions ended; none of its rows NONE; none NONE or PENDING.
+WAVE_DONE = ("executions", "claimed", "embedded")
+
+
 # Environment variables read when neither a flag nor a config file names a value.
 ENV_VARS = {
     "table": "PROD_DYNAMODB_TABLE_NAME",
@@ -362,16 +373,42 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Step Functions endpoint (default: a non-AWS --endpoint-url, e.g. one "
                           "moto server, else AWS_ENDPOINT_URL_SFN, AWS_ENDPOINT_URL_STEPFUNCTIONS "
                           "or AWS_ENDPOINT_URL, else AWS)")
+    emb.add_argument("--workflow", action="append", metavar="NAME",
+                     help="a workflow to start, repeatable, in start order (instead of the line "
+                          "and word state machines): a name, an ARN, a prefix that matches "
+                          "exactly one state machine (for Pulumi's suffixes), or output:KEY, the "
+                          "prod stack output KEY (--prod-config/--prod-stack)")
     emb.add_argument("--wave-size", type=int, metavar="N",
-                     help="copy in waves of N images; after each wave that wrote something start "
-                          "the line and word workflows and wait until both ended before the next "
-                          "(implies --trigger-embeddings; a dry run prints this plan per wave)")
+                     help="copy in waves of N images; after each wave run rounds of the workflows "
+                          "until the wave's receipt lines and words are done (--wave-done), then "
+                          "the next wave (implies --trigger-embeddings; a dry run prints this "
+                          "plan per wave)")
+    emb.add_argument("--wave-done", choices=WAVE_DONE, default="embedded",
+                     help="with --wave-size: when a wave is done: its workflows' executions ended "
+                          "(executions, one round), none of its rows is NONE (claimed), none is "
+                          "NONE or PENDING (embedded, default); rows marked is_noise never count")
+    emb.add_argument("--round-interval", type=float, metavar="SECONDS",
+                     help="with --wave-size: pause between two rounds of one wave (default "
+                          f"{DEFAULT_ROUND_INTERVAL:g}, 5 min)")
     emb.add_argument("--max-pending-embeddings", type=int, metavar="M",
                      help="with --wave-size: before each wave also wait until at most M receipt "
-                          "lines/words are NONE in the whole table")
+                          "lines/words in the whole table are in flight (NONE, not noise, or "
+                          "PENDING)")
     emb.add_argument("--wave-timeout", type=float, metavar="SECONDS",
-                     help="with --wave-size: longest wait for one wave (default "
-                          f"{DEFAULT_WAVE_TIMEOUT}, 6 h); past it exit 1, a re-run continues")
+                     help="with --wave-size: longest wait of one wave, its rounds and gates together "
+                          f"(default {DEFAULT_WAVE_TIMEOUT}, 6 h); past it exit 1, a re-run continues")
+    emb.add_argument("--queue", action="append", metavar="NAME_OR_URL",
+                     help="with --wave-size: before each wave and each round wait until this SQS "
+                          "queue holds at most --max-queue-depth messages (repeatable)")
+    emb.add_argument("--max-queue-depth", type=int, metavar="M",
+                     help=f"messages visible plus in flight a --queue may hold (default "
+                          f"{DEFAULT_MAX_QUEUE_DEPTH})")
+    emb.add_argument("--dead-letter-queue", action="append", metavar="NAME_OR_URL",
+                     help="with --wave-size: any message in this SQS queue stops the run before its "
+                          "next write (repeatable; checked before the first wave too)")
+    emb.add_argument("--sqs-endpoint-url",
+                     help="SQS endpoint for the queue gates (default: a non-AWS --endpoint-url, "
+                          "else AWS_ENDPOINT_URL_SQS or AWS_ENDPOINT_URL, else AWS)")
 
     out = p.add_argument_group("output")
     out.add_argument("--report", type=Path, metavar="FILE", help="write a JSON report")
@@ -427,9 +464,19 @@ class Config:
     trigger_embeddings: bool = False
     line_state_machine: str = DEFAULT_LINE_MACHINE
     word_state_machine: str = DEFAULT_WORD_MACHINE
+    # The workflows to start, in order: --workflow's values (output:KEY resolved), else the
+    # line and word state machines.
+    workflows: tuple[str, ...] = (DEFAULT_LINE_MACHINE, DEFAULT_WORD_MACHINE)
+    workflows_given: tuple[str, ...] = ()    # as given, e.g. output:KEY (the report shows it)
     wave_size: int | None = None
+    wave_done: str = "embedded"
+    round_interval: float = DEFAULT_ROUND_INTERVAL
     max_pending_embeddings: int | None = None
     wave_timeout: float = DEFAULT_WAVE_TIMEOUT
+    queues: tuple[str, ...] = ()
+    dead_letter_queues: tuple[str, ...] = ()
+    max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH
+    sqs_endpoint_url: str | None = None
     status: bool = False
     verify: bool = False
     report: Path | None = None
@@ -496,30 +543,44 @@ def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def load_pulumi_outputs(path: Path | None) -> dict[str, str]:
+def load_pulumi_outputs(path: Path) -> dict[str, Any]:
     """Read the JSON that `pulumi stack output --json` prints."""
-    if path is None:
-        return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read config file {path}: {exc}") from None
-    return stack_values(data, f"config file {path}")
+    return stack_outputs(data, f"config file {path}")
 
 
-def stack_values(data: Any, where: str) -> dict[str, str]:
-    """The outputs this tool uses. One that is there but no name (a number, null, "") is an
-    error of its own: "has no ..." would send the operator looking for a missing key."""
+def stack_outputs(data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{where}: expected a JSON object of stack outputs")
-    for key in PULUMI_KEYS.values():
-        if key in data and not (isinstance(data[key], str) and data[key].strip()):
-            raise UsageError(f"{where}: {key!r} is {json.dumps(data[key])}, not a name")
-    return {name: data[key] for name, key in PULUMI_KEYS.items() if key in data}
+    return data
+
+
+def stack_value(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    """One output naming something. One that is there but no name (a number, null, "") is an
+    error of its own: "has no ..." would send the operator looking for a missing key."""
+    if key not in data:
+        return None
+    if not (isinstance(data[key], str) and data[key].strip()):
+        raise UsageError(f"{where}: {key!r} is {json.dumps(data[key])}, not a name")
+    return str(data[key])
+
+
+@dataclasses.dataclass
+class StageOutputs:
+    """A stage's stack outputs (a file or `pulumi stack output`) and how messages name them."""
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    label: str | None = None    # None: no config file or stack given for this stage
+    where: str = ""             # for errors: "config file prod.json", "`pulumi stack output ...`"
+
+    def value(self, key: str) -> str | None:
+        return stack_value(self.data, key, self.where)
 
 
 def read_pulumi_stack(stage: str, stack: str, cwd: Path | None,
-                      environ: Mapping[str, str]) -> dict[str, str]:
+                      environ: Mapping[str, str]) -> dict[str, Any]:
     """`pulumi stack output --json --stack NAME`, run without a shell: the receipt system's own
     scripts read their configuration this way, so the operator needs no exported files."""
     pulumi = shutil.which("pulumi", path=environ.get("PATH"))
@@ -541,20 +602,22 @@ def read_pulumi_stack(stage: str, stack: str, cwd: Path | None,
         data = json.loads(done.stdout)
     except ValueError:
         raise UsageError(f"{shown} did not print JSON") from None
-    return stack_values(data, shown)
+    return stack_outputs(data, shown)
 
 
-def load_stage(args: argparse.Namespace, stage: str,
-               environ: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
+def load_stage(args: argparse.Namespace, stage: str, environ: Mapping[str, str]) -> StageOutputs:
     """A stage's outputs and how messages name where they came from (a file or a stack)."""
     path, stack = getattr(args, f"{stage}_config"), getattr(args, f"{stage}_stack")
     if path is not None and stack is not None:
         raise UsageError(f"give --{stage}-config or --{stage}-stack, not both")
     if stack is not None:
-        return read_pulumi_stack(stage, stack, args.pulumi_cwd, environ), f"pulumi stack {stack}"
+        shown = f"`pulumi stack output --json --stack {stack}`" + (
+            f" in {args.pulumi_cwd}" if args.pulumi_cwd else "")
+        return StageOutputs(read_pulumi_stack(stage, stack, args.pulumi_cwd, environ),
+                            f"pulumi stack {stack}", shown)
     if path is not None:
-        return load_pulumi_outputs(path), str(path)
-    return {}, None
+        return StageOutputs(load_pulumi_outputs(path), str(path), f"config file {path}")
+    return StageOutputs()
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -570,14 +633,56 @@ def wave_settings(args: argparse.Namespace) -> dict[str, Any]:
     """--wave-size and its companions; --wave-size implies --trigger-embeddings."""
     if args.wave_size is not None and args.wave_size < 1:
         raise UsageError("--wave-size must be at least 1")
-    if args.wave_size is None and (args.max_pending_embeddings is not None or args.wave_timeout is not None):
-        raise UsageError("--max-pending-embeddings and --wave-timeout go with --wave-size")
+    companions = {"--max-pending-embeddings": args.max_pending_embeddings,
+                  "--wave-timeout": args.wave_timeout,
+                  "--round-interval": args.round_interval, "--queue": args.queue,
+                  "--dead-letter-queue": args.dead_letter_queue, "--max-queue-depth": args.max_queue_depth}
+    given = [flag for flag, value in companions.items() if value is not None]
+    if args.wave_size is None and (given or args.wave_done != "embedded"):
+        raise UsageError(f"{', '.join(given) or '--wave-done'} go(es) with --wave-size")
     if args.max_pending_embeddings is not None and args.max_pending_embeddings < 0:
         raise UsageError("--max-pending-embeddings must be >= 0")
-    if args.wave_timeout is not None and not args.wave_timeout > 0:
-        raise UsageError("--wave-timeout must be > 0")
+    for flag, value in (("--wave-timeout", args.wave_timeout), ("--round-interval", args.round_interval)):
+        if value is not None and not 0 < value < math.inf:
+            raise UsageError(f"{flag} must be a number of seconds > 0")
+    if args.max_queue_depth is not None and args.max_queue_depth < 0:
+        raise UsageError("--max-queue-depth must be >= 0")
+    if args.max_queue_depth is not None and not args.queue:
+        raise UsageError("--max-queue-depth goes with --queue")
     return {"trigger_embeddings": args.trigger_embeddings or args.wave_size is not None,
-            "wave_timeout": DEFAULT_WAVE_TIMEOUT if args.wave_timeout is None else args.wave_timeout}
+            "wave_timeout": DEFAULT_WAVE_TIMEOUT if args.wave_timeout is None else args.wave_timeout,
+            "round_interval": DEFAULT_ROUND_INTERVAL if args.round_interval is None else args.round_interval,
+            "max_queue_depth": (DEFAULT_MAX_QUEUE_DEPTH if args.max_queue_depth is None
+                                else args.max_queue_depth),
+            "queues": tuple(args.queue or ()), "dead_letter_queues": tuple(args.dead_letter_queue or ())}
+
+
+def workflow_names(args: argparse.Namespace, prod: StageOutputs, sources: dict[str, str]) -> tuple[str, ...]:
+    """--workflow's values in order (output:KEY read from prod's stack outputs), else the line
+    and word state machines. The two kinds of naming do not mix: which would start first?"""
+    if not args.workflow:
+        return args.line_state_machine, args.word_state_machine
+    if (args.line_state_machine, args.word_state_machine) != (DEFAULT_LINE_MACHINE, DEFAULT_WORD_MACHINE):
+        raise UsageError("give the workflows with --workflow or with --line-state-machine/"
+                         "--word-state-machine, not both")
+    names = []
+    for given in args.workflow:
+        if not given.strip():
+            raise UsageError("--workflow '': expected a name, an ARN, a prefix or output:KEY")
+        if given.startswith("output:"):
+            key = given[len("output:"):]
+            if prod.label is None:
+                raise UsageError(f"--workflow {given}: output:KEY reads prod's stack outputs; "
+                                 "give --prod-config FILE or --prod-stack NAME")
+            value = prod.value(key)
+            if value is None:
+                raise UsageError(f"--workflow {given}: {prod.label} has no {key!r}")
+            sources[f"workflow {value}"] = f"from {prod.label}: {key}"
+            given = value
+        names.append(given)
+    if len(set(names)) < len(names):
+        raise UsageError(f"--workflow names a workflow twice: {', '.join(names)}")
+    return tuple(names)
 
 
 def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
@@ -599,17 +704,18 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
     missing: dict[str, str] = {}
     for name, env in ENV_VARS.items():
         stage, output = STACK_VALUES[name]
-        outputs, label = stages[stage]
+        outputs = stages[stage]
         key = PULUMI_KEYS[output]
+        from_stack = outputs.value(key)
         candidates = [(getattr(args, name), f"given as {flag_of(name)}"),
-                      (outputs.get(output), f"from {label}: {key}"),
+                      (from_stack, f"from {outputs.label}: {key}"),
                       (environ.get(env), f"from environment {env}")]
         value, source = next(((v, s) for v, s in candidates if v), (None, None))
         named[name] = value
         if source:
             sources[name] = source
-        if label is not None and not outputs.get(output):
-            missing[name] = f"{label} has no {key!r}"
+        if outputs.label is not None and not from_stack:
+            missing[name] = f"{outputs.label} has no {key!r}"
     skip_existing = args.skip_existing
     derived = {
         "export_dir": args.export_dir or Path("dev.export"),
@@ -622,6 +728,8 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
         "skip_existing": (not args.overwrite_changed) if skip_existing is None else skip_existing,
         "image_ids": read_image_ids(args.image_id, args.image_ids_file),
         **wave_settings(args),
+        "workflows": workflow_names(args, stages["prod"], sources),
+        "workflows_given": tuple(args.workflow or ()),
         **named,
     }
     as_given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
@@ -634,16 +742,17 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
 # AWS_ENDPOINT_URL; the tool reads them itself (and AWS_ENDPOINT_URL_STEPFUNCTIONS, which
 # botocore does not) and passes what it found, so the header says where the workflows start.
 SFN_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_STEPFUNCTIONS", "AWS_ENDPOINT_URL")
+SQS_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL")
 AWS_ENDPOINT_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws", ".c2s.ic.gov",
                         ".sc2s.sgov.gov")
 
 
 def endpoint_settings(args: argparse.Namespace, environ: Mapping[str, str],
                       sources: dict[str, str]) -> dict[str, str | None]:
-    """DynamoDB's and Step Functions' endpoints (None: AWS), each checked like a flag, and
-    where each came from (in `sources`). A non-AWS --endpoint-url, a local engine such as
-    moto, is used for Step Functions too unless --sfn-endpoint-url is given; an AWS one is
-    DynamoDB's own, never Step Functions'."""
+    """DynamoDB's, Step Functions' and SQS's endpoints (None: AWS), each checked like a flag,
+    and where each came from (in `sources`). A non-AWS --endpoint-url, a local engine such as
+    moto, is used for Step Functions and SQS too unless their own flag is given; an AWS one is
+    DynamoDB's own, never theirs."""
     def first(name: str, candidates: Iterable[tuple[str | None, str, str]]) -> str | None:
         for value, what, source in candidates:
             if value:
@@ -651,16 +760,20 @@ def endpoint_settings(args: argparse.Namespace, environ: Mapping[str, str],
                 return endpoint_value(value, what)
         return None
 
-    env = [(environ.get(v), f"environment {v}", f"from environment {v}") for v in SFN_ENDPOINT_VARS]
+    def env(names: Sequence[str]) -> list[tuple[str | None, str, str]]:
+        return [(environ.get(v), f"environment {v}", f"from environment {v}") for v in names]
+
     local = args.endpoint_url if args.endpoint_url and not is_aws_endpoint(args.endpoint_url) else None
     return {
         "endpoint_url": first("endpoint_url", [
             (args.endpoint_url, "--endpoint-url", "given as --endpoint-url"),
-            *[(environ.get(v), f"environment {v}", f"from environment {v}")
-              for v in ("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL")]]),
+            *env(("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL"))]),
         "sfn_endpoint_url": first("sfn_endpoint_url", [
             (args.sfn_endpoint_url, "--sfn-endpoint-url", "given as --sfn-endpoint-url"),
-            (local, "--endpoint-url", "given as --endpoint-url"), *env]),
+            (local, "--endpoint-url", "given as --endpoint-url"), *env(SFN_ENDPOINT_VARS)]),
+        "sqs_endpoint_url": first("sqs_endpoint_url", [
+            (args.sqs_endpoint_url, "--sqs-endpoint-url", "given as --sqs-endpoint-url"),
+            (local, "--endpoint-url", "given as --endpoint-url"), *env(SQS_ENDPOINT_VARS)]),
     }
 
 
@@ -695,13 +808,22 @@ def check_sfn_endpoint(cfg: Config, origin: ConfigOrigin) -> None:
                          f"Functions would go to AWS, where {flag} would start prod's workflows: "
                          "give the Step Functions endpoint with --sfn-endpoint-url URL or "
                          "AWS_ENDPOINT_URL_SFN")
+    gates = cfg.queues or cfg.dead_letter_queues
+    if gates and not is_aws_endpoint(cfg.endpoint_url) and cfg.sqs_endpoint_url is None:
+        raise UsageError(f"DynamoDB goes to {cfg.endpoint_url} ({origin.of('endpoint_url')}) but SQS "
+                         "would go to AWS, where the queue gates would read prod's queues: give the "
+                         "SQS endpoint with --sqs-endpoint-url URL or AWS_ENDPOINT_URL_SQS")
 
 
 def sfn_endpoint_text(cfg: Config, origin: ConfigOrigin) -> str:
-    """Where workflows are started, as the header, the prompt and --trigger-embeddings say it."""
-    if cfg.sfn_endpoint_url is None:
-        return "Step Functions: (AWS)"
-    return f"Step Functions: {cfg.sfn_endpoint_url} ({origin.of('sfn_endpoint_url')})"
+    """Where workflows are started (and the queue gates read), as the header, the prompt and
+    --trigger-embeddings say it."""
+    text = "Step Functions: " + (f"{cfg.sfn_endpoint_url} ({origin.of('sfn_endpoint_url')})"
+                                 if cfg.sfn_endpoint_url else "(AWS)")
+    if cfg.queues or cfg.dead_letter_queues:
+        text += "; SQS: " + (f"{cfg.sqs_endpoint_url} ({origin.of('sqs_endpoint_url')})"
+                             if cfg.sqs_endpoint_url else "(AWS)")
+    return text
 
 
 # Used with fullmatch: `$` also matches before a trailing newline, so "<uuid>\n" would pass a
@@ -2245,7 +2367,8 @@ def make_client(cfg: Config, service: str = "dynamodb") -> Any:
         # re-validation of each attribute of each item would only cost CPU per request.
         parameter_validation=False,
     )
-    endpoint = cfg.endpoint_url if service == "dynamodb" else cfg.sfn_endpoint_url
+    endpoint = {"dynamodb": cfg.endpoint_url, "stepfunctions": cfg.sfn_endpoint_url,
+                "sqs": cfg.sqs_endpoint_url}[service]
     client = session.client(service, endpoint_url=endpoint, config=config)
     if service == "dynamodb":
         PlainJsonBodies.install(client)
@@ -2982,6 +3105,47 @@ def select_sources(cfg: Config) -> list[ImageSource]:
 # =============================================================================
 
 
+# The kinds the embedding pipeline embeds and their GSI1SK prefix (its submit's query).
+EMBEDDED_KINDS = {"lines": "LINE#", "words": "WORD#"}
+
+
+@dataclasses.dataclass
+class RowCounts:
+    """Receipt lines and words by embedding status. Noise rows (is_noise) stay NONE, never
+    claimed, so they are counted apart and never keep a wave waiting; FAILED rows are not
+    waited for either (the pipeline gave up on them)."""
+    none: int = 0       # NONE, not noise: not yet claimed by a submit
+    pending: int = 0    # claimed, not yet merged by an ingest
+    done: int = 0       # SUCCESS
+    noise: int = 0      # NONE and is_noise
+
+    def add(self, status: str, rows: int, noise: int = 0) -> None:
+        field = {"NONE": "none", "PENDING": "pending", "SUCCESS": "done"}[status]
+        setattr(self, field, getattr(self, field) + rows)
+        self.noise += noise
+
+    def add_counts(self, other: RowCounts) -> None:
+        for field in ("none", "pending", "done", "noise"):
+            setattr(self, field, getattr(self, field) + getattr(other, field))
+
+    @property
+    def in_flight(self) -> int:
+        return self.none + self.pending
+
+    def waiting(self, wave_done: str) -> int:
+        """Rows that keep a wave from being done: NONE for executions and claimed (a wave whose
+        rows no submit claimed yet, e.g. stopped before its workflows, is not done), NONE and
+        PENDING for embedded."""
+        return self.in_flight if wave_done == "embedded" else self.none
+
+    def text(self) -> str:
+        return (f"rows NONE {self.none:,}, PENDING {self.pending:,}, done {self.done:,}"
+                + (f" (noise {self.noise:,})" if self.noise else ""))
+
+    def to_json(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
 class ProdTable:
     """The prod table: the only code that reads or writes it. One client, whose every request
     reports its capacity units to one meter; one retry policy (--max-retries); one rate
@@ -3074,27 +3238,62 @@ class ProdTable:
         self.writer.write(items)
 
     def count_waiting(self, image_ids: Sequence[str] | None = None) -> dict[str, int]:
-        """Receipt lines/words still NONE, counted with the embedding pipeline's own GSI1 query
-        (never a scan); restricted to some images by a longer GSI1SK prefix."""
+        """Receipt lines/words still NONE (noise included: --status shows what the table holds),
+        counted with the embedding pipeline's own GSI1 query (never a scan); restricted to some
+        images by a longer GSI1SK prefix."""
         counts = {}
-        for kind, prefix in (("lines", "LINE#"), ("words", "WORD#")):
+        for kind, prefix in EMBEDDED_KINDS.items():
             prefixes = [f"{prefix}IMAGE#{i}#" for i in image_ids] if image_ids is not None else [prefix]
-            total = 0
-            for sk_prefix in prefixes:
-                kwargs: dict[str, Any] = {
-                    "TableName": self.name, "IndexName": "GSI1", "Select": "COUNT",
-                    "KeyConditionExpression": "GSI1PK = :pk AND begins_with(GSI1SK, :sk)",
-                    "ExpressionAttributeValues": {":pk": {"S": "EMBEDDING_STATUS#NONE"},
-                                                  ":sk": {"S": sk_prefix}},
-                }
-                while True:
-                    page = self.retrier.call(self.client.query, **kwargs)
-                    total += page.get("Count", 0)
-                    if "LastEvaluatedKey" not in page:
-                        break
-                    kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-            counts[kind] = total
+            counts[kind] = sum(self.count_status("NONE", p)[0] for p in prefixes)
         return counts
+
+    def count_status(self, status: str, sk_prefix: str, noise: bool = False) -> tuple[int, int]:
+        """(rows, noise rows) of one embedding status under a GSI1SK prefix. Rows marked
+        is_noise are never claimed by the pipeline's submit, so they stay NONE forever: with
+        `noise`, the filter counts them apart (ScannedCount is before the filter)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.name, "IndexName": "GSI1", "Select": "COUNT",
+            "KeyConditionExpression": "GSI1PK = :pk AND begins_with(GSI1SK, :sk)",
+            "ExpressionAttributeValues": {":pk": {"S": f"EMBEDDING_STATUS#{status}"},
+                                          ":sk": {"S": sk_prefix}},
+        }
+        if noise:
+            kwargs["FilterExpression"] = "attribute_not_exists(is_noise) OR is_noise <> :noise"
+            kwargs["ExpressionAttributeValues"][":noise"] = {"BOOL": True}
+        rows = scanned = 0
+        while True:
+            page = self.retrier.call(self.client.query, **kwargs)
+            rows += page.get("Count", 0)
+            scanned += page.get("ScannedCount", page.get("Count", 0))
+            if "LastEvaluatedKey" not in page:
+                return rows, scanned - rows
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def row_counts(self, image_ids: Sequence[str] | None = None, workers: int = 1) -> RowCounts:
+        """Where the receipt lines and words of some images (None: the whole table) stand in the
+        embedding pipeline."""
+        counts = RowCounts()
+        for image_counts in self.rows_by_image(image_ids, workers).values():
+            counts.add_counts(image_counts)
+        return counts
+
+    def rows_by_image(self, image_ids: Sequence[str] | None, workers: int = 1) -> dict[str, RowCounts]:
+        """RowCounts per image (None: one entry "", the whole table): one GSI1 query per image,
+        kind and status (the image is in the GSI1SK), `workers` at a time."""
+        scopes = [""] if image_ids is None else list(image_ids)
+        queries = [(scope, status, prefix + (f"IMAGE#{scope}#" if scope else ""))
+                   for scope in scopes for prefix in EMBEDDED_KINDS.values()
+                   for status in ("NONE", "PENDING", "SUCCESS")]
+        out = {scope: RowCounts() for scope in scopes}
+
+        def one(query: tuple[str, str, str]) -> tuple[str, str, int, int]:
+            scope, status, prefix = query
+            return (scope, status, *self.count_status(status, prefix, noise=status == "NONE"))
+
+        with ThreadPoolExecutor(max(1, min(workers, len(queries)))) as pool:
+            for scope, status, rows, noise in pool.map(one, queries):
+                out[scope].add(status, rows, noise)
+        return out
 
 
 # =============================================================================
@@ -4043,20 +4242,19 @@ class TqdmLogHandler(logging.Handler):
 EXECUTION_ENDED = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"})
 
 
-def new_run_id(cfg: Config, started: float) -> str:
-    """Names this run's executions: its start (UTC), its shard and a random token, so that runs
-    started in the same second (shards side by side) never share a name."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
-    shard = f"-s{cfg.shard[0]}of{cfg.shard[1]}" if cfg.shard else ""
-    return f"{stamp}{shard}-{os.urandom(2).hex()}"
+# The executions this tool starts are one turn each of their state machine, named by a counter
+# that only grows: copy-dev-to-prod-000042 is the 42nd. Step Functions keeps an execution name
+# unique per state machine, so two runs that both saw turn 41 as the last and nothing running
+# cannot both start turn 42: the second StartExecution fails (ExecutionAlreadyExists) or, while
+# the first is running with the same input, returns that same execution. That makes "wait until
+# none is running, then start" one atomic step across runs (shards, two operators).
+TURN_PREFIX = "copy-dev-to-prod-"
+TURN_RE = re.compile(re.escape(TURN_PREFIX) + r"(\d{6,})")
 
 
-def execution_name(run_id: str, kind: str, wave: int | None = None) -> str:
-    """Telling and unique, e.g. copy-dev-to-prod-20261129T101500Z-3f9a-w3-line: the console shows
-    which migration and wave started it. A retried StartExecution with the same name and input
-    returns the same execution instead of starting a second one."""
-    name = f"copy-dev-to-prod-{run_id}" + (f"-w{wave}" if wave is not None else "") + f"-{kind}"
-    if len(name) > 80 or not re.fullmatch(r"[A-Za-z0-9_-]+", name):  # Step Functions' limits
+def turn_name(turn: int) -> str:
+    name = f"{TURN_PREFIX}{turn:06d}"
+    if len(name) > 80:  # Step Functions' limit
         raise ValueError(f"invalid execution name {name!r}")
     return name
 
@@ -4067,23 +4265,43 @@ def iso_time(value: Any) -> str | None:
 
 @dataclasses.dataclass
 class Workflow:
-    kind: str     # "line" or "word"
-    name: str     # as configured: name or ARN
+    given: str    # as configured: a name, an ARN, or a prefix of one name
+    label: str = ""  # as the operator wrote it (output:KEY, or the same)
     arn: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.arn.rsplit(":", 1)[-1] if self.arn else self.given
+
+
+def resolve_machine(given: str, machines: Mapping[str, str]) -> str:
+    """A state machine's ARN from its name or a prefix that matches exactly one name (Pulumi
+    appends a random suffix to the names it creates)."""
+    if given in machines:
+        return machines[given]
+    matches = sorted(name for name in machines if name.startswith(given))
+    if len(matches) == 1:
+        return machines[matches[0]]
+    if not matches:
+        raise FatalError(f"state machine {given!r} not found: no state machine is named so or has "
+                         "a name starting with it (ListStateMachines)")
+    raise FatalError(f"state machine {given!r} is ambiguous: {len(matches)} names start with it ("
+                     + ", ".join(matches) + "); give more of the name, or the ARN")
 
 
 class Workflows:
-    """The line and word embedding workflows (Step Functions state machines): the one place
+    """The embedding workflows (Step Functions state machines, in start order): the one place
     that talks to Step Functions. It resolves their names (read-only, so a dry run can do it
-    too), tells which executions are running, starts executions (input {}) and follows them
-    to their end. When to start them is the caller's policy: --trigger-embeddings skips a
-    workflow that is running, the waves wait for it."""
+    too), tells which executions are running, takes a turn (starts the next execution, input
+    {}, when none is running) and follows executions to their end. When to take turns is the
+    caller's policy: --trigger-embeddings takes one per workflow or skips it, the waves wait
+    for their turn."""
 
     def __init__(self, cfg: Config, client: SFNClient | None = None) -> None:
         self.cfg, self.client = cfg, client
         self.retrier = Retrier(cfg.max_retries)
-        self.machines = [Workflow("line", cfg.line_state_machine),
-                         Workflow("word", cfg.word_state_machine)]
+        labels = cfg.workflows_given or cfg.workflows
+        self.machines = [Workflow(name, label) for name, label in zip(cfg.workflows, labels)]
 
     def names(self) -> list[str]:
         return [w.name for w in self.machines]
@@ -4098,17 +4316,16 @@ class Workflows:
         cannot be reached."""
         with errors_as(FatalError, "cannot reach Step Functions"):
             self.client = self.client or make_client(self.cfg, "stepfunctions")
+            listed: dict[str, str] | None = None
             for w in self.machines:
-                w.arn = self.resolve(w.name)
-
-    def resolve(self, name_or_arn: str) -> str:
-        if name_or_arn.startswith("arn:"):
-            return name_or_arn
-        for page in self.sfn.get_paginator("list_state_machines").paginate():
-            for machine in page["stateMachines"]:
-                if machine["name"] == name_or_arn:
-                    return str(machine["stateMachineArn"])
-        raise FatalError(f"state machine {name_or_arn!r} not found (ListStateMachines)")
+                if w.given.startswith("arn:"):
+                    w.arn = w.given
+                    continue
+                if listed is None:
+                    listed = {str(m["name"]): str(m["stateMachineArn"])
+                              for page in self.sfn.get_paginator("list_state_machines").paginate()
+                              for m in page["stateMachines"]}
+                w.arn = resolve_machine(w.given, listed)
 
     def running(self, machine: Workflow) -> list[str]:
         """The ARNs of the machine's RUNNING executions, whoever started them."""
@@ -4116,15 +4333,49 @@ class Workflows:
                                                                        statusFilter="RUNNING")
         return [str(e["executionArn"]) for page in pages for e in page.get("executions", [])]
 
+    def last_turn(self, machine: Workflow) -> tuple[int, list[str]]:
+        """The last turn taken (0: none) and the running executions seen on the way: newest
+        first, up to the end of the page that holds the newest turn."""
+        turn, running = 0, []
+        pages = self.sfn.get_paginator("list_executions").paginate(stateMachineArn=machine.arn)
+        for page in pages:
+            for e in page.get("executions", []):
+                if e["status"] == "RUNNING":
+                    running.append(str(e["executionArn"]))
+                m = TURN_RE.fullmatch(str(e["name"]))
+                if m:
+                    turn = max(turn, int(m[1]))
+            if turn:
+                break
+        return turn, running
+
+    def take_turn(self, machine: Workflow) -> tuple[dict[str, Any] | None, list[str]]:
+        """Start the machine's next execution if none of its executions is running: (its record,
+        []), else (None, the running ones) and the caller asks again later. The running ones
+        are listed first (an old one may be pages deep), then the history, which also shows
+        one started in between; one started after it takes the same turn as ours, and only
+        one of the two starts (see TURN_PREFIX)."""
+        from botocore.exceptions import ClientError
+
+        running = self.running(machine)
+        if running:
+            return None, running
+        turn, running = self.last_turn(machine)
+        if running:
+            return None, running
+        try:
+            return self.start(machine, turn_name(turn + 1)), []
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ExecutionAlreadyExists":
+                raise
+            return None, []  # another run took this turn just now
+
     def start(self, machine: Workflow, name: str) -> dict[str, Any]:
         """Start one execution with input {}; its record, followed by `follow`."""
         arn = self.retrier.call(self.sfn.start_execution, stateMachineArn=machine.arn, name=name,
                                 input="{}")["executionArn"]
-        return {"kind": machine.kind, "state_machine": machine.arn, "name": name, "arn": str(arn),
-                "status": "RUNNING", "start": None, "stop": None}
-
-    def status(self, arn: str) -> str:
-        return str(self.retrier.call(self.sfn.describe_execution, executionArn=arn)["status"])
+        return {"workflow": machine.label, "state_machine": machine.arn, "name": name,
+                "arn": str(arn), "status": "RUNNING", "start": None, "stop": None}
 
     def follow(self, executions: Sequence[dict[str, Any]]) -> bool:
         """Bring the records of executions not yet ended up to date; True when all ended."""
@@ -4146,10 +4397,10 @@ class TriggerResult:
     refused: bool = False  # images failed: no workflow started, and the run fails
 
 
-def trigger_embeddings(cfg: Config, origin: ConfigOrigin, workflows: Workflows, run_id: str,
+def trigger_embeddings(cfg: Config, origin: ConfigOrigin, workflows: Workflows,
                        images_failed: bool, resolve_in_dry_run: bool) -> TriggerResult:
-    """--trigger-embeddings: start the line and word workflows with input {}, each unless one
-    of its executions is running; none when images failed (the dry run decides the same)."""
+    """--trigger-embeddings: take one turn of each workflow (input {}), in order, each unless
+    one of its executions is running; none when images failed (the dry run decides the same)."""
     if images_failed:
         print(("Would not start embeddings" if cfg.dry_run else "Not starting embeddings")
               + ": some images failed; fix them and re-run first.")
@@ -4160,31 +4411,68 @@ def trigger_embeddings(cfg: Config, origin: ConfigOrigin, workflows: Workflows, 
         if resolve_in_dry_run:  # what the live run resolves: a missing machine fails here too
             workflows.connect()
         for w in workflows.machines:
-            print(f"Would start the {w.kind} embedding workflow {w.name} with input {{}}")
+            print(f"Would start the embedding workflow {w.name} with input {{}}")
         return TriggerResult()
     workflows.connect()
     started = []
     for w in workflows.machines:
-        running = workflows.running(w)
-        if running:
-            print(f"Not starting the {w.kind} workflow: {running[0]} is still running")
-            started.append({"kind": w.kind, "state_machine": w.arn, "started": False,
-                            "running_execution": running[0]})
+        execution, running = workflows.take_turn(w)
+        if execution is None:
+            why = f"{running[0]} is still running" if running else "another run started it just now"
+            print(f"Not starting the workflow {w.name}: {why}")
+            started.append({"workflow": w.label, "state_machine": w.arn, "started": False,
+                            "running_execution": running[0] if running else None})
             continue
-        execution = workflows.start(w, execution_name(run_id, w.kind))
-        print(f"Started the {w.kind} embedding workflow: {execution['arn']}")
-        started.append({"kind": w.kind, "state_machine": w.arn, "started": True,
+        print(f"Started the embedding workflow {w.name}: {execution['arn']}")
+        started.append({"workflow": w.label, "state_machine": w.arn, "started": True,
                         "execution_name": execution["name"], "execution_arn": execution["arn"]})
     return TriggerResult(started)
 
 
+class Queues:
+    """The compaction queues' health (SQS, read-only: GetQueueUrl, GetQueueAttributes): the
+    one place that talks to SQS. `live` queues may hold at most --max-queue-depth messages
+    before a wave or a round; any message in a `dead` (dead-letter) queue stops the run."""
+
+    def __init__(self, cfg: Config, client: Any = None) -> None:
+        self.cfg, self.client = cfg, client
+        self.retrier = Retrier(cfg.max_retries)
+        self.live = dict.fromkeys(cfg.queues, "")          # as given -> URL
+        self.dead = dict.fromkeys(cfg.dead_letter_queues, "")
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.live or self.dead)
+
+    def connect(self) -> None:
+        with errors_as(FatalError, "cannot read the SQS queues (--queue, --dead-letter-queue)"):
+            self.client = self.client or make_client(self.cfg, "sqs")
+            for urls in (self.live, self.dead):
+                for given in urls:
+                    urls[given] = given if re.match(r"https?://", given) else str(
+                        self.retrier.call(self.client.get_queue_url, QueueName=given)["QueueUrl"])
+
+    def depths(self, urls: Mapping[str, str]) -> dict[str, int]:
+        """Messages per queue: visible, in flight and delayed (a delayed message arrives
+        later all the same)."""
+        out = {}
+        for given, url in urls.items():
+            attributes = self.retrier.call(
+                self.client.get_queue_attributes, QueueUrl=url,
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                                "ApproximateNumberOfMessagesDelayed"])["Attributes"]
+            out[given] = sum(int(v) for v in attributes.values())
+        return out
+
+
 # --- waves: a big copy paced by the embedding pipeline -------------------------------------
 
-POLL_FIRST, POLL_MAX, POLL_GROWTH = 3.0, 30.0, 1.5  # seconds between DescribeExecution calls
+POLL_FIRST, POLL_MAX, POLL_GROWTH = 3.0, 30.0, 1.5  # seconds between two polls
 # For tests only: COPY_DEV_TO_PROD_POLL_SECONDS=S polls every S seconds instead of 3 s growing
 # to 30 s, so tests against a local Step Functions do not sit through production intervals.
 POLL_ENV = "COPY_DEV_TO_PROD_POLL_SECONDS"
 QUIET_LOG_EVERY = 300.0  # without a terminal, a "still waiting" line every 5 minutes
+WAIT_CAUSES = ("backlog", "queues", "others", "executions", "round_interval")
 
 
 def poll_delays(first: float = POLL_FIRST, cap: float = POLL_MAX) -> Iterator[float]:
@@ -4236,20 +4524,38 @@ class StatusLine:
 
 @dataclasses.dataclass(eq=False)
 class Wave:
-    """One wave: its images, its own tally, and what happened after its copy."""
+    """One wave: its images, its own tally, and its rounds. Wave 0 copies nothing: it finishes
+    the images a run before copied whose rows are not done yet."""
     index: int
+    count: int                          # waves of the run (wave 0 not counted)
     images: list[PlannedImage]
     tally: Tally = dataclasses.field(default_factory=Tally)
-    copied: bool = False                # its copy ran (a backlog wait may end the run first)
+    copied: bool = False                # its copy ran (a gate may end the run first)
     outcome: str | None = None
     would_start: list[str] = dataclasses.field(default_factory=list)
-    executions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    waited_for_running: list[str] = dataclasses.field(default_factory=list)
-    seconds_waited: float | None = None
-    none_at_end: dict[str, int] | None = None
+    rows_found: RowCounts | None = None  # wave 0: the rows that made it necessary
+    rounds: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    gates: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    waited: dict[str, float] = dataclasses.field(default_factory=dict)   # seconds, by cause
+    started: float | None = None        # monotonic clock when the wave began
+    seconds_to_done: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"wave {self.index} of {self.count}" if self.index else "wave 0 (images already in prod)"
+
+    @property
+    def round(self) -> int:
+        return len(self.rounds)
+
+    def waited_total(self) -> float:
+        return sum(self.waited.values())
 
     def image_ids(self) -> list[str]:
         return [p.image_id for p in self.images]
+
+    def executions(self) -> list[dict[str, Any]]:
+        return [e for r in self.rounds for e in r["executions"]]
 
     def to_json(self, dry_run: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "images": len(self.images),
@@ -4263,9 +4569,11 @@ class Wave:
             if self.tally.images["failed"]:
                 out["images_failed"] = self.tally.images["failed"]
         optional = {"outcome": self.outcome, "would_start": self.would_start,
-                    "waited_for_running": self.waited_for_running, "executions": self.executions,
-                    "seconds_waited": self.seconds_waited, "none_at_end": self.none_at_end}
-        out.update((k, v) for k, v in optional.items() if v not in (None, []))
+                    "rows_found": self.rows_found.to_json() if self.rows_found else None,
+                    "rounds": self.rounds, "queues": self.gates,
+                    "seconds_waited": {k: round(v, 3) for k, v in self.waited.items()},
+                    "seconds_to_done": self.seconds_to_done}
+        out.update((k, v) for k, v in optional.items() if v not in (None, [], {}))
         return out
 
 
@@ -4274,34 +4582,57 @@ class WaveRun:
     """The waves of a run (--wave-size): how they were cut, and each one as it went."""
     size: int
     dry_run: bool
+    done_when: str = "embedded"
     count: int = 0
     images: int = 0
     waves: list[Wave] = dataclasses.field(default_factory=list)
+    blocked: str | None = None   # the dry run: why the live run would stop before its first write
 
     def plan_json(self) -> dict[str, Any]:
-        return {"wave_size": self.size, "waves": self.count, "images": self.images,
-                "dry_run": self.dry_run}
+        out = {"wave_size": self.size, "waves": self.count, "images": self.images,
+               "dry_run": self.dry_run, "wave_done": self.done_when}
+        if self.blocked:
+            out["would_stop"] = self.blocked
+        return out
 
     def waves_json(self) -> list[dict[str, Any]]:
         return [w.to_json(self.dry_run) for w in self.waves]
 
+    def rerun_advice(self) -> str:
+        """What re-running the same command does, from where the run stands."""
+        unfinished = sum(len(w.images) for w in self.waves if w.outcome != "done"
+                         and (w.copied or w.index == 0) and not w.tally.images["failed"])
+        not_copied = self.images - sum(len(w.images) for w in self.waves if w.index and w.copied)
+        steps = []
+        if unfinished:
+            steps.append(f"first runs rounds for the {plural(unfinished, 'image')} already in prod "
+                         "whose rows are not done (wave 0)")
+        if not_copied:
+            steps.append(f"copies the {plural(not_copied, 'image')} not yet copied, in waves")
+        if not steps:
+            return ("Nothing is lost: re-running the same command checks the rows and exits 0 when "
+                    "they are done.")
+        return ("Nothing is lost: executions keep running in AWS, and re-running the same command "
+                + " and then ".join(steps) + " (copied images are skipped).")
+
 
 class Waiter:
-    """Polls until a probe says done, with backoff. All waits of one wave together are bounded
-    by --wave-timeout; Ctrl-C and SIGTERM leave at once. Clock and sleep are injectable."""
+    """Polls until a probe says done. All waits of one wave together are bounded by
+    --wave-timeout; the time goes to the wave by cause. Clock and sleep are injectable."""
 
-    def __init__(self, timeout: float, count: int = 0, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  poll: tuple[float, float] = (POLL_FIRST, POLL_MAX),
                  status: StatusLine | None = None) -> None:
-        self.timeout, self.count, self.clock, self.sleep, self.poll = timeout, count, clock, sleep, poll
+        self.timeout, self.clock, self.sleep, self.poll = timeout, clock, sleep, poll
         self.status = status or StatusLine(False)
 
-    def wait(self, wave: Wave, probe: Callable[[], tuple[bool, str]], start: str, interrupted: str) -> None:
-        label = f"wave {wave.index} of {self.count}"
+    def wait(self, wave: Wave, cause: str, probe: Callable[[], tuple[bool, str]], start: str,
+             advice: Callable[[], str], delays: Iterator[float] | None = None) -> None:
+        label = wave.label + (f", round {wave.round}" if wave.round else "")
         began = self.clock()
-        before = wave.seconds_waited or 0.0
-        delays = poll_delays(*self.poll)
+        before = wave.waited_total()
+        delays = delays or poll_delays(*self.poll)
         announced, last_log = False, began
         try:
             while True:
@@ -4311,7 +4642,7 @@ class Waiter:
                 if done:
                     return
                 if not announced:
-                    print(f"{label.capitalize()}: {start}")
+                    print(f"{label[0].upper()}{label[1:]}: {start}")
                     announced = True
                 line = f"{label}: waited {format_duration(waited)}; {text}"
                 self.status.show(line)
@@ -4323,54 +4654,131 @@ class Waiter:
                     wave.outcome = "timed out"
                     raise FatalError(
                         f"{label}: still waiting after {format_duration(waited)} "
-                        f"(--wave-timeout {self.timeout:g} s; {text}). Nothing is lost: "
-                        "executions keep running in AWS, and re-running the same command continues "
-                        "(copied images are skipped, running executions are waited for first).")
+                        f"(--wave-timeout {self.timeout:g} s; {text}). {advice()}")
                 self.sleep(min(next(delays), left))
-        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
-            wave.outcome = "interrupted"
-            self.status.clear()
-            raise Stopped.by(exc, f"stopped while waiting in {label}: {interrupted}. Re-running the "
-                                  "same command continues (copied images are skipped).") from None
         finally:
-            wave.seconds_waited = round(before + self.clock() - began, 3)
+            wave.waited[cause] = wave.waited.get(cause, 0.0) + self.clock() - began
             self.status.clear()
 
 
 class WaveDriver:
-    """--wave-size: the images the plan copies go in waves. After a wave in which every image
-    copied and something was written, the line and word workflows start (input {}) and the
-    next wave is copied only when both ended SUCCEEDED, so the pipeline never sees more NONE
-    records than one wave holds. Each wave is one Copier.run with a tally of its own, added to
-    the run's."""
+    """--wave-size: the images the plan copies go in waves. After a wave is copied, rounds run
+    until its receipt lines and words are done (--wave-done): a round starts the workflows in
+    order, one turn each, waits for their executions to end, then counts the wave's rows in
+    the table; between rounds --round-interval. So the pipeline never holds more rows in
+    flight than one wave has. Before a wave and before a round the queue gates are checked;
+    before the first wave, the images of this selection prod already holds are finished
+    first (wave 0), so a re-run after a stop finishes what the stop left. Each wave is one
+    Copier.run with a tally of its own, added to the run's."""
 
-    def __init__(self, cfg: Config, plan: RunPlan, copier: Copier, workflows: Workflows,
-                 prod: ProdTable | None, tally: Tally, run: WaveRun, run_id: str, waiter: Waiter) -> None:
-        self.cfg, self.plan, self.copier, self.workflows = cfg, plan, copier, workflows
-        self.prod, self.tally, self.run_record, self.run_id, self.waiter = prod, tally, run, run_id, waiter
+    def __init__(self, cfg: Config, plan: RunPlan, copier: Copier, workflows: Workflows, queues: Queues,
+                 prod: ProdTable | None, tally: Tally, run: WaveRun, waiter: Waiter) -> None:
+        self.cfg, self.plan, self.copier, self.workflows, self.queues = cfg, plan, copier, workflows, queues
+        self.prod, self.tally, self.run_record, self.waiter = prod, tally, run, waiter
 
     def run(self) -> None:
         waves = self.plan.waves(self.cfg.wave_size or 1)
-        self.run_record.count = self.waiter.count = len(waves)
+        self.run_record.count = len(waves)
         self.run_record.images = sum(len(w) for w in waves)
-        # What the live run resolves first (a missing state machine stops it before anything is
-        # copied), the dry run resolves too when it reads prod: the plan then fails the same way.
-        if waves and self.prod is not None:
+        # What the live run resolves first (a missing state machine or queue stops it before
+        # anything is copied), the dry run resolves too when it reads prod: it fails the same way.
+        if self.prod is None:
+            plan = [Wave(k, len(waves), images) for k, images in enumerate(waves, 1)]
+        else:
             self.workflows.connect()
-        for k, images in enumerate(waves, 1):
-            wave = Wave(k, images)
+            if self.queues.wanted:
+                self.queues.connect()
+            finishing = self.finishing_wave(len(waves))
+            plan = ([finishing] if finishing else []) + [Wave(k, len(waves), images)
+                                                         for k, images in enumerate(waves, 1)]
+            if self.cfg.dry_run and self.queues.wanted:
+                self.preview_gates()
+        for wave in plan:
             self.run_record.waves.append(wave)
-            if not self.copy_wave(wave):
+            if not (self.finish_earlier(wave) if wave.index == 0 else self.copy_wave(wave)):
                 return
 
+    def finishing_wave(self, count: int) -> Wave | None:
+        """Wave 0: the selected images prod already holds (skipped) whose rows are not done,
+        e.g. those of a run stopped after its last copy but before its rounds ended."""
+        assert self.prod is not None
+        held = [p for p in self.plan.decided if p.in_prod and p.outcome == "skipped_existing"]
+        if not held:
+            return None
+        with errors_as(FatalError, "cannot read the embedding status of the images already in prod"):
+            rows = self.prod.rows_by_image([p.image_id for p in held], self.cfg.max_workers)
+        unfinished = [p for p in held if rows[p.image_id].waiting(self.cfg.wave_done)]
+        if not unfinished:
+            return None
+        wave = Wave(0, count, unfinished)
+        wave.rows_found = RowCounts()
+        for p in unfinished:
+            wave.rows_found.add_counts(rows[p.image_id])
+        print(f"Wave 0: {plural(len(unfinished), 'image')} already in prod whose rows are not done "
+              f"({wave.rows_found.text()}): " + ("would run" if self.cfg.dry_run else "running")
+              + " rounds for them before copying")
+        return wave
+
+    def preview_gates(self) -> None:
+        """The dry run reads the queues once and says what the live run would do now."""
+        with errors_as(FatalError, "cannot read the SQS queues"):
+            dead = self.queues.depths(self.queues.dead)
+            live = self.queues.depths(self.queues.live)
+        full = {q: n for q, n in dead.items() if n}
+        if full:
+            self.run_record.blocked = "; ".join(f"dead-letter queue {q} holds {plural(n, 'message')}"
+                                                for q, n in full.items())
+            print(f"Would stop before writing anything: {self.run_record.blocked}")
+        limit = self.cfg.max_queue_depth
+        for q, n in live.items():
+            print(f"Queue {q}: {plural(n, 'message')} now; "
+                  + (f"would wait until at most {limit:,}" if n > limit
+                     else f"at most {limit:,}: would go on"))
+
     def label(self, wave: Wave) -> str:
-        return f"Wave {wave.index} of {self.run_record.count}"
+        return wave.label[0].upper() + wave.label[1:]
+
+    @contextlib.contextmanager
+    def waits(self, wave: Wave) -> Iterator[None]:
+        """Every wait of a wave (gates, turns, executions, rounds) ends the same way on a failure,
+        Ctrl-C or SIGTERM: the wave's outcome, the summary, the report and re-run advice."""
+        try:
+            yield
+        except KeyboardInterrupt as exc:
+            wave.outcome = wave.outcome or "interrupted"
+            self.waiter.status.clear()
+            running = [e["arn"] for e in wave.executions() if e["status"] not in EXECUTION_ENDED]
+            raise Stopped.by(exc, f"stopped in {wave.label}"
+                             + (f" while {', '.join(running)} kept running in AWS" if running else "")
+                             + ". " + self.run_record.rerun_advice()) from None
+        except (UsageError, FatalError):
+            wave.outcome = wave.outcome or "error"
+            raise
+        except Exception as exc:
+            if botocore_setup_error(exc):
+                raise
+            wave.outcome = wave.outcome or "error"
+            raise FatalError(f"{wave.label}: {describe_error(exc)}. "
+                             f"{self.run_record.rerun_advice()}") from None
+
+    def finish_earlier(self, wave: Wave) -> bool:
+        wave.started = self.waiter.clock()
+        if self.cfg.dry_run:
+            wave.outcome, wave.would_start = "planned", self.workflows.names()
+            return True
+        with self.waits(wave):
+            self.run_rounds(wave, wrote=False)
+        return True
 
     def copy_wave(self, wave: Wave) -> bool:
-        """Copy one wave and, live, let the pipeline take it. False: stop the run."""
+        """Copy one wave and, live, run its rounds. False: stop the run."""
         dry = self.cfg.dry_run
-        if self.cfg.max_pending_embeddings is not None and not dry:
-            self.wait_for_backlog(wave)
+        wave.started = self.waiter.clock()
+        if not dry:
+            with self.waits(wave):
+                self.gate_queues(wave, "wave")
+                if self.cfg.max_pending_embeddings is not None:
+                    self.wait_for_backlog(wave)
         wave.copied = True
         try:
             self.copier.run(wave.images, len(wave.images), wave.tally)
@@ -4385,116 +4793,167 @@ class WaveDriver:
             print(f"{self.label(wave)}: {failed:,} image(s) failed: no workflows started, no further "
                   "wave copied. Fix them and re-run the same command (copied images are skipped).")
             return False
-        if wave.tally.items["to_write" if dry else "written"] == 0:
-            wave.outcome = "nothing to write" if dry else "nothing written"
-            if not dry:
-                print(f"{self.label(wave)}: nothing written (already in prod or no receipts), "
-                      "no workflows started")
-            return True
+        wrote = wave.tally.items["to_write" if dry else "written"] > 0
         if dry:
-            wave.outcome, wave.would_start = "planned", self.workflows.names()
+            wave.outcome = "planned" if wrote else "nothing to write"
+            wave.would_start = self.workflows.names() if wrote else []
             return True
-        try:
-            with errors_as(FatalError, f"wave {wave.index} of {self.run_record.count}",
-                           "Nothing is lost: re-running the same command continues (copied images "
-                           "are skipped)."):
-                self.run_workflows(wave)
-        except KeyboardInterrupt as exc:
-            wave.outcome = "interrupted"
-            started = [e["arn"] for e in wave.executions]
-            raise Stopped.by(exc, f"stopped in wave {wave.index} of {self.run_record.count} "
-                             + (f"after starting {', '.join(started)}, which keep running in AWS"
-                                if started else "before its workflows started")
-                             + ". Re-running the same command continues (copied images are "
-                               "skipped).") from None
-        except FatalError:
-            wave.outcome = wave.outcome or "error"
-            raise
-        wave.outcome = "done"
+        with self.waits(wave):
+            self.run_rounds(wave, wrote)
         return True
 
-    def run_workflows(self, wave: Wave) -> None:
-        """Someone else's running execution first, then ours; both must end SUCCEEDED."""
-        self.wait_for_others(wave)
-        for w in self.workflows.machines:
-            execution = self.workflows.start(w, execution_name(self.run_id, w.kind, wave.index))
-            wave.executions.append(execution)
-            print(f"{self.label(wave)}: started the {w.kind} embedding workflow {execution['arn']}")
-        self.wait_for_ours(wave)
+    def run_rounds(self, wave: Wave, wrote: bool) -> None:
+        """Rounds until the wave is done; a wave with nothing left waiting needs none."""
+        done_when = self.cfg.wave_done
+        rows = self.count_rows(wave)
+        # A wave that wrote something has at least one round (what it wrote may be all noise,
+        # or labels only: the workflows still see it); wave 0 only for rows not done.
+        needed = wrote or rows.waiting(done_when) > 0
+        while needed:
+            wave.rounds.append({"round": wave.round + 1, "executions": []})
+            if wave.round > 1:
+                self.pause(wave, rows)
+            self.gate_queues(wave, "round")
+            self.run_round(wave)
+            rows = self.count_rows(wave)
+            wave.rounds[-1]["rows"] = rows.to_json()
+            needed = done_when != "executions" and rows.waiting(done_when) > 0
+            if needed:
+                print(f"{self.label(wave)}, round {wave.round}: not done yet ({rows.text()})")
+        wave.outcome = "done"
+        wave.seconds_to_done = round(self.waiter.clock() - (wave.started or 0.0), 3)
+        print(f"{self.label(wave)}: done after {format_duration(wave.seconds_to_done)}, "
+              f"{plural(wave.round, 'round')} ({rows.text()})")
+
+    def count_rows(self, wave: Wave) -> RowCounts:
         assert self.prod is not None
-        wave.none_at_end = self.prod.count_waiting(wave.image_ids())
-        bad = [e for e in wave.executions if e["status"] != "SUCCEEDED"]
+        return self.prod.row_counts(wave.image_ids(), self.cfg.max_workers)
+
+    def run_round(self, wave: Wave) -> None:
+        """One turn of each workflow, in order, then wait until all of them ended SUCCEEDED."""
+        record = wave.rounds[-1]
+        for machine in self.workflows.machines:
+            execution = self.take_turn(wave, machine)
+            record["executions"].append(execution)
+            print(f"{self.label(wave)}, round {wave.round}: started {machine.name}: {execution['arn']}")
+        self.wait_for_executions(wave)
+        bad = [e for e in record["executions"] if e["status"] != "SUCCEEDED"]
         if bad:
             wave.outcome = "workflow failed"
             raise FatalError(
-                f"wave {wave.index} of {self.run_record.count}: " + "; ".join(
-                    f"the {e['kind']} embedding workflow ended {e['status']}: {e['arn']}"
+                f"{wave.label}, round {wave.round}: " + "; ".join(
+                    f"the workflow {e['state_machine'].rsplit(':', 1)[-1]} ended {e['status']}: {e['arn']}"
                     + (f" (error {e['error']!r}" + (f", cause {e['cause']!r}" if e.get("cause") else "") + ")"
                        if e.get("error") else "")
                     for e in bad)
-                + ". No further wave was copied. Fix the workflow, then re-run the same command: it "
-                  "continues with the images not yet copied (copied images are skipped).")
-        ended = ", ".join(f"{e['kind']} {e['status']}" for e in wave.executions)
-        print(f"{self.label(wave)}: workflows ended ({ended}) after "
-              f"{format_duration(wave.seconds_waited or 0)} of waiting")
+                + ". No further wave was copied. Fix the workflow. " + self.run_record.rerun_advice())
 
-    def wait_for_others(self, wave: Wave) -> None:
-        running = dict.fromkeys((arn for w in self.workflows.machines for arn in self.workflows.running(w)),
-                                "RUNNING")
-        if not running:
-            return
-        wave.waited_for_running = list(running)
+    def take_turn(self, wave: Wave, machine: Workflow) -> dict[str, Any]:
+        """Start the machine's next execution once none of its executions runs (ours, another
+        shard's, anyone's): one execution per workflow at a time, also across runs."""
+        taken: list[dict[str, Any]] = []
+        waited_for = wave.rounds[-1].setdefault("waited_for", [])
 
         def probe() -> tuple[bool, str]:
-            for arn in [a for a, s in running.items() if s == "RUNNING"]:
-                running[arn] = self.workflows.status(arn)
-            left = sum(s == "RUNNING" for s in running.values())
-            return left == 0, f"{left} execution(s) started elsewhere still running"
+            execution, running = self.workflows.take_turn(machine)
+            if execution is not None:
+                taken.append(execution)
+                return True, ""
+            waited_for.extend(arn for arn in running if arn not in waited_for)
+            return False, (f"{machine.name}: {', '.join(running)} still running" if running
+                           else f"{machine.name}: another run just took a turn")
 
-        self.waiter.wait(wave, probe,
-                         start="waiting for execution(s) already running before starting ours: "
-                               + ", ".join(running),
-                         interrupted="those executions keep running in AWS; ours were not started")
+        self.waiter.wait(wave, "others", probe,
+                         start=f"waiting for the running execution(s) of {machine.name} to end "
+                               "before starting ours (one at a time)",
+                         advice=self.run_record.rerun_advice)
+        if not waited_for:
+            del wave.rounds[-1]["waited_for"]
+        return taken[0]
 
-    def wait_for_ours(self, wave: Wave) -> None:
-        assert self.prod is not None
-        prod = self.prod
+    def wait_for_executions(self, wave: Wave) -> None:
+        executions = wave.rounds[-1]["executions"]
 
         def probe() -> tuple[bool, str]:
-            done = self.workflows.follow(wave.executions)
-            text = ", ".join(f"{e['kind']} {e['status']}" for e in wave.executions)
-            if not done and self.waiter.status.enabled:  # the wave's own backlog, for the operator's eye
-                n = prod.count_waiting(wave.image_ids())
-                text += f"; this wave still NONE: {n['lines']:,} lines, {n['words']:,} words"
+            done = self.workflows.follow(executions)
+            text = ", ".join(f"{e['state_machine'].rsplit(':', 1)[-1]} {e['status']}" for e in executions)
+            if not done and self.waiter.status.enabled:  # the wave's rows, for the operator's eye
+                text += f"; this wave's {self.count_rows(wave).text()}"
             return done, text
 
-        self.waiter.wait(wave, probe, start="waiting for the line and word workflows to end",
-                         interrupted="the executions keep running in AWS: "
-                         + ", ".join(e["arn"] for e in wave.executions))
+        self.waiter.wait(wave, "executions", probe, start="waiting for the workflows' executions to end",
+                         advice=self.run_record.rerun_advice)
+
+    def pause(self, wave: Wave, rows: RowCounts) -> None:
+        """--round-interval between two rounds: the pipeline's batches take their time."""
+        began = self.waiter.clock()
+        interval = self.cfg.round_interval
+
+        def probe() -> tuple[bool, str]:
+            left = interval - (self.waiter.clock() - began)
+            return left <= 0, f"{rows.text()}; next round in {format_duration(max(0.0, left) + 0.999)}"
+
+        self.waiter.wait(wave, "round_interval", probe,
+                         start=f"next round in {format_duration(interval)} (--round-interval)",
+                         advice=self.run_record.rerun_advice, delays=itertools.repeat(min(1.0, interval)))
+
+    def gate_queues(self, wave: Wave, before: str) -> None:
+        """Any message in a dead-letter queue stops the run; a live queue deeper than
+        --max-queue-depth is waited for."""
+        if not self.queues.wanted:
+            return
+        limit = self.cfg.max_queue_depth
+        checks: list[dict[str, int]] = []
+
+        def probe() -> tuple[bool, str]:
+            dead = self.queues.depths(self.queues.dead)
+            full = {q: n for q, n in dead.items() if n}
+            if full:
+                wave.gates.append({"before": before, "round": wave.round, "depths": dead})
+                wave.outcome = "dead-letter queue"
+                raise FatalError(
+                    f"{wave.label}: " + "; ".join(f"dead-letter queue {q} holds {plural(n, 'message')}"
+                                                  for q, n in full.items())
+                    + (": nothing of this wave was written" if before == "wave"
+                       else ": no further round started")
+                    + ". Find out why the compaction failed and empty the queue. "
+                    + self.run_record.rerun_advice())
+            depths = {**dead, **self.queues.depths(self.queues.live)}
+            checks.append(depths)
+            deep = {q: depths[q] for q in self.queues.live if depths[q] > limit}
+            return not deep, "; ".join(f"queue {q}: {n:,} messages" for q, n in deep.items())
+
+        try:
+            self.waiter.wait(wave, "queues", probe,
+                             start=f"waiting until every --queue holds at most {limit:,} messages",
+                             advice=self.run_record.rerun_advice)
+        finally:
+            for k, depths in enumerate(checks[:1] + checks[1:][-1:]):
+                wave.gates.append({"before": before, "round": wave.round, "depths": depths,
+                                   **({"after_waiting": True} if k else {})})
 
     def wait_for_backlog(self, wave: Wave) -> None:
         assert self.prod is not None
         prod, limit = self.prod, self.cfg.max_pending_embeddings or 0
 
         def probe() -> tuple[bool, str]:
-            n = prod.count_waiting()
-            pending = n["lines"] + n["words"]
-            return pending <= limit, f"{pending:,} receipt lines/words NONE in the table"
+            n = prod.row_counts(None, self.cfg.max_workers).in_flight
+            return n <= limit, f"{n:,} receipt lines/words in flight in the table"
 
-        with errors_as(FatalError, f"wave {wave.index} of {self.run_record.count}: cannot count the "
-                       "backlog (--max-pending-embeddings)",
-                       "Nothing of this wave was written; re-running the same command continues."):
-            self.waiter.wait(wave, probe,
-                             start=f"waiting until at most {limit:,} receipt lines/words are NONE "
-                                   "(--max-pending-embeddings)",
-                             interrupted="nothing of this wave was written")
+        self.waiter.wait(wave, "backlog", probe,
+                         start=f"waiting until at most {limit:,} receipt lines/words in the table are "
+                               "in flight (--max-pending-embeddings)",
+                         advice=self.run_record.rerun_advice)
 
 
 def wave_preview(cfg: Config) -> str:
-    """For the confirmation: a wave run also starts workflows and waits for them."""
-    return (f"in waves of {plural(cfg.wave_size or 0, 'image')}: after each wave that wrote something "
-            f"the line and word workflows ({cfg.line_state_machine}, {cfg.word_state_machine}) start "
-            "with input {} and the next wave waits until both have ended")
+    """For the confirmation: a wave run also starts workflows and waits for their work."""
+    done = {"executions": "their executions have ended",
+            "claimed": "none of the wave's rows is NONE any more",
+            "embedded": "none of the wave's rows is NONE or PENDING any more"}[cfg.wave_done]
+    return (f"in waves of {plural(cfg.wave_size or 0, 'image')}: after each wave, rounds of the "
+            f"workflows {', '.join(cfg.workflows)} (input {{}}, one execution per workflow at a "
+            f"time) every {format_duration(cfg.round_interval)} until {done}")
 
 
 # =============================================================================
@@ -4717,7 +5176,9 @@ class Report:
 
     @property
     def failed(self) -> bool:
-        return self.image_counts()["failed"] > 0 or self.interrupted
+        """An image failed, the run was stopped, or (a dry run) the live run would stop."""
+        blocked = self.waves is not None and self.waves.blocked is not None
+        return self.image_counts()["failed"] > 0 or self.interrupted or blocked
 
     @property
     def operations_failed(self) -> bool:
@@ -4877,41 +5338,61 @@ def wave_summary_lines(plan: Mapping[str, Any] | None, waves: Sequence[Mapping[s
     """The summary's lines for --wave-size: one per wave (the plan, in a dry run)."""
     if plan is None:
         return []
-    # A wave stopped while waiting for the backlog (--max-pending-embeddings) never ran its copy.
-    ran = [w for w in waves if plan["dry_run"] or "images_copied" in w]
-    lines = [f"Waves of up to {plan['wave_size']:,} images: {len(ran):,} of {plan['waves']:,} "
+    # A wave stopped at a gate before its copy never ran; wave 0 copies nothing.
+    copying = [w for w in waves if w["index"]]
+    ran = [w for w in copying if plan["dry_run"] or "images_copied" in w]
+    lines = [f"Waves of up to {plural(plan['wave_size'], 'image')}: {len(ran):,} of {plan['waves']:,} "
              + ("planned" if plan["dry_run"] else "run")
-             + (f" ({plan['images'] - sum(w['images'] for w in ran):,} images in the waves not run)"
-                if len(ran) < plan["waves"] else "")]
+             + (f" ({plural(plan['images'] - sum(w['images'] for w in ran), 'image')} in the waves not run)"
+                if len(ran) < plan["waves"] else "")
+             + f"; a wave is done when {WAVE_DONE_TEXT[plan['wave_done']]}"]
+    if plan.get("would_stop"):
+        lines.append(f"  the live run would stop before writing anything: {plan['would_stop']}")
     stops_at = 0
     for w in waves:
-        text = f"  wave {w['index']} of {plan['waves']}: {plural(w['images'], 'image')}"
+        count = f" of {plan['waves']}" if w["index"] else " (images already in prod)"
+        text = f"  wave {w['index']}{count}: {plural(w['images'], 'image')}"
         if plan["dry_run"]:
             text += planned_wave_text(w, stops_at)
             stops_at = stops_at or (w["index"] if w.get("outcome") == "images failed" else 0)
         else:
-            text += f", {w.get('images_copied', 0):,} copied, {w.get('items_written', 0):,} items written"
-            if w.get("executions"):
-                text += "; " + ", ".join(f"{e['kind']} {e['status']}" for e in w["executions"])
-            if "seconds_waited" in w:
-                text += f"; waited {format_duration(w['seconds_waited'])}"
-            if "none_at_end" in w:
-                text += (f"; still NONE at the end: {w['none_at_end']['lines']:,} lines, "
-                         f"{w['none_at_end']['words']:,} words")
+            if w["index"]:
+                text += f", {w.get('images_copied', 0):,} copied, {w.get('items_written', 0):,} items written"
+            if w.get("rounds"):
+                text += f"; {plural(len(w['rounds']), 'round')}"
+                last = w["rounds"][-1].get("rows")
+                if last:
+                    text += (f", rows NONE {last['none']:,}, PENDING {last['pending']:,}, "
+                             f"done {last['done']:,}")
+            waited = sum(w.get("seconds_waited", {}).values())
+            if waited:
+                text += f"; waited {format_duration(waited)}"
+            if w.get("seconds_to_done") is not None:
+                text += f"; done after {format_duration(w['seconds_to_done'])}"
             if w.get("outcome") not in (None, "done"):
                 text += f" [{w['outcome']}]"
         lines.append(text)
     return lines
 
 
+WAVE_DONE_TEXT = {"executions": "its workflows' executions ended",
+                  "claimed": "none of its rows is NONE",
+                  "embedded": "none of its rows is NONE or PENDING"}
+
+
 def planned_wave_text(w: Mapping[str, Any], stops_at: int) -> str:
     """What the live run will do in this wave, decided as it decides (WaveDriver.copy_wave)."""
-    if w.get("outcome") == "images failed":
+    if w["index"] == 0:
+        rows = w.get("rows_found", {})
+        text = (f" whose rows are not done (NONE {rows.get('none', 0):,}, PENDING "
+                f"{rows.get('pending', 0):,}): would run rounds of " + ", ".join(w["would_start"])
+                + " before the first copy")
+    elif w.get("outcome") == "images failed":
         text = (f", {w['items_to_write']:,} items to write, {w['images_failed']:,} failed: would start "
                 "no workflows and stop the run here")  # the wave's other images are still copied
     elif w.get("would_start"):
-        text = (f", {w['items_to_write']:,} items to write; would start "
-                + " and ".join(w["would_start"]) + " with input {}")
+        text = (f", {w['items_to_write']:,} items to write; would run rounds of "
+                + ", ".join(w["would_start"]) + " (input {}) until the wave is done")
     else:
         text = ", nothing to write: would start no workflows"
     if stops_at:
@@ -5014,11 +5495,11 @@ def run_copy(cfg: Config, origin: ConfigOrigin, report: Report, prod: ProdTable 
     try:
         copier = Copier(cfg, rules, prod, dump)
         if cfg.wave_size:
-            report.waves = WaveRun(cfg.wave_size, cfg.dry_run)
+            report.waves = WaveRun(cfg.wave_size, cfg.dry_run, cfg.wave_done)
             waiter = Waiter(cfg.wave_timeout, poll=poll_schedule(os.environ),
                             status=StatusLine(cfg.progress))
-            WaveDriver(cfg, plan, copier, Workflows(cfg), prod, report.tally, report.waves,
-                       new_run_id(cfg, report.started), waiter).run()
+            WaveDriver(cfg, plan, copier, Workflows(cfg), Queues(cfg), prod, report.tally,
+                       report.waves, waiter).run()
         else:
             copier.run(plan.walk(), len(sources), report.tally)
     finally:
@@ -5039,7 +5520,7 @@ def run_operations(cfg: Config, origin: ConfigOrigin, report: Report, prod: Prod
 
     def trigger() -> None:
         workflows = Workflows(cfg)
-        report.trigger = trigger_embeddings(cfg, origin, workflows, new_run_id(cfg, report.started),
+        report.trigger = trigger_embeddings(cfg, origin, workflows,
                                             report.failed, resolve_in_dry_run=prod is not None)
         if workflows.client is not None:
             report.region = report.region or client_region(cfg, workflows.client)
