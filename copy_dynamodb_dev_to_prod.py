@@ -4301,7 +4301,7 @@ class Workflows:
         self.cfg, self.client = cfg, client
         self.retrier = Retrier(cfg.max_retries)
         labels = cfg.workflows_given or cfg.workflows
-        self.machines = [Workflow(name, label) for name, label in zip(cfg.workflows, labels)]
+        self.machines = [Workflow(name, label) for name, label in zip(cfg.workflows, labels, strict=True)]
 
     def names(self) -> list[str]:
         return [w.name for w in self.machines]
