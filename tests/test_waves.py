@@ -543,48 +543,55 @@ def test_polls_back_off_to_thirty_seconds_and_the_timeout_is_exact() -> None:
         sleeps.append(seconds)
         now[0] += seconds
 
-    waiter = tool.Waiter(600, 2, clock=lambda: now[0], sleep=sleep, poll=(tool.POLL_FIRST, tool.POLL_MAX))
-    wave = tool.Wave(1, [])
+    waiter = tool.Waiter(600, clock=lambda: now[0], sleep=sleep, poll=(tool.POLL_FIRST, tool.POLL_MAX))
+    wave = tool.Wave(1, 2, [])
     with pytest.raises(tool.FatalError, match="--wave-timeout 600 s"):
-        waiter.wait(wave, lambda: (False, "line RUNNING"), start="waiting", interrupted="-")
+        waiter.wait(wave, "executions", lambda: (False, "line RUNNING"), start="waiting", advice=lambda: "-")
     # 3 s, growing by half each time up to 30 s; the last one is cut to what the timeout leaves
     # (every number here is exact in binary floating point: no tolerance needed)
     growing = [3.0, 4.5, 6.75, 10.125, 15.1875, 22.78125]
     assert sleeps == [*growing, *[30.0] * 17, 600 - sum(growing) - 17 * 30.0], sleeps
     assert 2 <= sleeps[0] <= 5 and max(sleeps) == 30  # a few seconds, growing to 30
     assert sleeps[:-1] == sorted(sleeps[:-1])
-    assert sum(sleeps) == 600 and wave.seconds_waited == 600
+    assert sum(sleeps) == 600 and wave.waited == {"executions": 600}
     assert wave.outcome == "timed out"
 
     # A probe that succeeds on its third call: two sleeps, then back without error; a later wait
-    # of the same wave shares its budget (the wave has waited 90 s of 100).
+    # of the same wave, for another cause, shares its budget (the wave has waited 90 s of 100).
     answers = iter([False, False, True])
     sleeps.clear()
-    wave = tool.Wave(2, [], seconds_waited=90.0)
+    wave = tool.Wave(2, 2, [], waited={"queues": 90.0})
     waiter.timeout = 100
-    waiter.wait(wave, lambda: (next(answers), ""), start="waiting", interrupted="-")
-    assert sleeps == [3.0, 4.5] and wave.seconds_waited == 97.5
+    waiter.wait(wave, "others", lambda: (next(answers), ""), start="waiting", advice=lambda: "-")
+    assert sleeps == [3.0, 4.5] and wave.waited == {"queues": 90.0, "others": 7.5}
     sleeps.clear()
     with pytest.raises(tool.FatalError):
-        waiter.wait(wave, lambda: (False, ""), start="waiting", interrupted="-")
-    assert sleeps == [2.5] and wave.seconds_waited == 100
+        waiter.wait(wave, "round_interval", lambda: (False, ""), start="waiting", advice=lambda: "-")
+    assert sleeps == [2.5] and wave.waited_total() == 100
 
 
-def test_execution_names_are_valid_and_unique() -> None:
-    cfg = tool.Config(export_dir=Path("."), shard=(12, 64))
-    ids = {tool.new_run_id(cfg, time.time()) for _ in range(50)}
-    assert len(ids) > 40  # a random token per run
-    name = tool.execution_name(next(iter(ids)), "line", 12345)
-    assert len(name) <= 80 and re.fullmatch(r"[A-Za-z0-9_-]+", name) and "-s12of64-" in name
+def test_execution_names_are_turns_of_their_state_machine() -> None:
+    """The tool's executions are named by turn; a prefix resolves only when it is unique."""
+    assert tool.turn_name(42) == "copy-dev-to-prod-000042"
+    assert tool.TURN_RE.fullmatch(tool.turn_name(1234567))
+    machines = {"line-submit-sf-prod-1a2b": "arn:1", "line-submit-sf-dev-9f9f": "arn:2",
+                "word-submit-sf-prod-3c4d": "arn:3"}
+    assert tool.resolve_machine("line-submit-sf-prod-", machines) == "arn:1"
+    assert tool.resolve_machine("word-submit-sf-prod-3c4d", machines) == "arn:3"
+    with pytest.raises(tool.FatalError, match="line-submit-sf-dev-9f9f, line-submit-sf-prod-1a2b"):
+        tool.resolve_machine("line-submit-sf-", machines)
+    with pytest.raises(tool.FatalError, match="not found"):
+        tool.resolve_machine("ingest", machines)
 
 
 def test_summary_counts_a_wave_stopped_before_its_copy_as_not_run() -> None:
     """--max-pending-embeddings: a wave whose backlog wait ended the run copied nothing, so it
     is not among the waves run, and its images are among those not run."""
-    plan = {"wave_size": 5, "waves": 2, "images": 10, "dry_run": False}
-    waiting = {"index": 1, "images": 5, "outcome": "timed out", "seconds_waited": 3.0}
+    plan = {"wave_size": 5, "waves": 2, "images": 10, "dry_run": False, "wave_done": "embedded"}
+    waiting = {"index": 1, "images": 5, "outcome": "timed out", "seconds_waited": {"backlog": 3.0}}
     assert tool.wave_summary_lines(plan, [waiting])[0] == \
-        "Waves of up to 5 images: 0 of 2 run (10 images in the waves not run)"
+        "Waves of up to 5 images: 0 of 2 run (10 images in the waves not run); a wave is done " \
+        "when none of its rows is NONE or PENDING"
     copied = {"index": 1, "images": 5, "images_copied": 5, "items_written": 90, "outcome": "done"}
-    assert tool.wave_summary_lines(plan, [copied])[0] == \
-        "Waves of up to 5 images: 1 of 2 run (5 images in the waves not run)"
+    assert tool.wave_summary_lines(plan, [copied])[0].startswith(
+        "Waves of up to 5 images: 1 of 2 run (5 images in the waves not run);")
