@@ -232,10 +232,11 @@ examples (the usual migration; dev.json/prod.json are `pulumi stack output --jso
   .venv/bin/python %(prog)s --status --prod-config prod.json
       receipt lines/words still waiting for embeddings
   .venv/bin/python %(prog)s --trigger-embeddings --no-dry-run --yes
-      start the line and word embedding workflows
+      start the embedding workflows (--workflow, else the line and word ones)
   .venv/bin/python %(prog)s --no-dry-run --dev-config dev.json --prod-config prod.json \\
       --wave-size 100 --report copy-report.json
-      a big migration: 100 images, then the workflows, waiting until both end, and so on
+      a big migration: 100 images, then rounds of the workflows until those images' receipt
+      lines and words are embedded, and so on (--workflow, --queue, --dead-letter-queue)
   --dev-stack dev --prod-stack prod (with --pulumi-cwd DIR) instead of the files asks pulumi.
 
 exit codes:
@@ -639,7 +640,8 @@ def wave_settings(args: argparse.Namespace) -> dict[str, Any]:
                   "--dead-letter-queue": args.dead_letter_queue, "--max-queue-depth": args.max_queue_depth}
     given = [flag for flag, value in companions.items() if value is not None]
     if args.wave_size is None and (given or args.wave_done != "embedded"):
-        raise UsageError(f"{', '.join(given) or '--wave-done'} go(es) with --wave-size")
+        given = given or ["--wave-done"]
+        raise UsageError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --wave-size")
     if args.max_pending_embeddings is not None and args.max_pending_embeddings < 0:
         raise UsageError("--max-pending-embeddings must be >= 0")
     for flag, value in (("--wave-timeout", args.wave_timeout), ("--round-interval", args.round_interval)):

@@ -142,7 +142,7 @@ def test_step_functions_endpoint_from_the_environment(aws_trap: RecordingProxy, 
                      timeout=60)
     assert result.returncode == 0, result.describe() + f"\nproxied: {aws_trap.requests}"
     assert f"Step Functions: {moto_server.url} (from environment {variable})" in result.stdout, result.stdout
-    assert "Started the line embedding workflow" in result.stdout
+    assert "Started the embedding workflow embedding-infra-prod-line-workflow" in result.stdout
     assert aws_trap.requests == []
     sfn = make_service_client(moto_server.url, "stepfunctions")
     machines = {m["name"]: m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]}

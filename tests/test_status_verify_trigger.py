@@ -147,8 +147,8 @@ def test_no_trigger_when_an_image_failed(fresh_table: TableHandle, tmp_path: Pat
 def test_dry_run_trigger_only_says_what_it_would_start(tmp_path: Path) -> None:
     proc = run_cli(["--trigger-embeddings", "--export-dir", str(GOLDEN_EXPORT), *BUCKET_FLAGS], cwd=tmp_path)
     assert proc.returncode == 0, proc.describe()
-    assert "Would start the line embedding workflow embedding-infra-prod-line-workflow" in proc.stdout
-    assert "Would start the word embedding workflow embedding-infra-prod-word-workflow" in proc.stdout
+    assert "Would start the embedding workflow embedding-infra-prod-line-workflow" in proc.stdout
+    assert "Would start the embedding workflow embedding-infra-prod-word-workflow" in proc.stdout
 
 
 # --- --status ----------------------------------------------------------------------------
