@@ -7,7 +7,8 @@ and `dev.json`/`prod.json` as `pulumi stack output --json` prints them, prod.jso
 table on the session's moto server (reached through `AWS_ENDPOINT_URL_DYNAMODB`, as an operator's
 environment would point at AWS). Step Functions and SQS are a moto server of this module's own
 that runs workflows (`AWS_ENDPOINT_URL_SFN`/`_SQS`): every workflow the README names is a
-callback machine answered by the embedding pipeline's stand-in, so the waves' rounds end. stdin is a terminal that answers "yes", so the copy that asks
+callback machine answered by the embedding pipeline's stand-in, so the waves' rounds end.
+stdin is a terminal that answers "yes", so the copy that asks
 for confirmation is confirmed as a user would. Installs, the test suite and the benchmark are
 the only commands not run here; any other command the test does not know fails it.
 
@@ -97,7 +98,8 @@ def start_pipeline(table: TableHandle, sfn_url: str) -> Pipeline:
     pipeline's stand-in (waves.Pipeline: it embeds every NONE line or word of the machine's
     kind, then lets the execution succeed), and the compaction queues, empty."""
     sqs, sfn = make_service_client(sfn_url, "sqs"), make_service_client(sfn_url, "stepfunctions")
-    queues = {kind: sqs.create_queue(QueueName=f"readme-{kind}-tokens")["QueueUrl"] for kind in ("line", "word")}
+    queues = {kind: sqs.create_queue(QueueName=f"readme-{kind}-tokens")["QueueUrl"]
+              for kind in ("line", "word")}
     for name in (*README_MACHINES, *PIPELINE_MACHINES):
         kind = "line" if "line" in name else "word"
         sfn.create_state_machine(name=name, definition=callback_definition(queues[kind]),
@@ -121,7 +123,8 @@ def test_readme_commands_run_as_written(fresh_table: TableHandle, sfn_url: str, 
 def run_readme(commands: list[str], fresh_table: TableHandle, sfn_url: str, tmp_path: Path) -> dict[str, str]:
     clone = scratch_clone(tmp_path / "clone", fresh_table.name)
     env = env_for_subprocess(fresh_table.url)
-    env.update(AWS_ENDPOINT_URL_SFN=sfn_url, AWS_ENDPOINT_URL_SQS=sfn_url, AWS_BATCH_JOB_ARRAY_INDEX="0", N="1")
+    env.update(AWS_ENDPOINT_URL_SFN=sfn_url, AWS_ENDPOINT_URL_SQS=sfn_url,
+               AWS_BATCH_JOB_ARRAY_INDEX="0", N="1")
     outputs = {}
     for command in commands:
         for old, new in SUBSTITUTIONS.items():
