@@ -4807,9 +4807,9 @@ class WaveDriver:
     def run_rounds(self, wave: Wave, wrote: bool) -> None:
         """Rounds until the wave is done; a wave with nothing left waiting needs none."""
         done_when = self.cfg.wave_done
-        rows = self.count_rows(wave)
         # A wave that wrote something has at least one round (what it wrote may be all noise,
         # or labels only: the workflows still see it); wave 0 only for rows not done.
+        rows = RowCounts() if wrote else self.count_rows(wave)
         needed = wrote or rows.waiting(done_when) > 0
         while needed:
             wave.rounds.append({"round": wave.round + 1, "executions": []})
