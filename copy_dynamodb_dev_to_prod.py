@@ -4727,6 +4727,9 @@ class WaveDriver:
             dead = self.queues.depths(self.queues.dead)
             live = self.queues.depths(self.queues.live)
         full = {q: n for q, n in dead.items() if n}
+        for q in dead:
+            if q not in full:
+                print(f"Dead-letter queue {q}: empty")
         if full:
             self.run_record.blocked = "; ".join(f"dead-letter queue {q} holds {plural(n, 'message')}"
                                                 for q, n in full.items())
