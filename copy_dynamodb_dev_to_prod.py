@@ -4799,9 +4799,11 @@ class WaveDriver:
                   "wave copied. Fix them and re-run the same command (copied images are skipped).")
             return False
         wrote = wave.tally.items["to_write" if dry else "written"] > 0
-        if dry:
-            wave.outcome = "planned" if wrote else "nothing to write"
-            wave.would_start = self.workflows.names() if wrote else []
+        if dry:  # rounds as run_rounds decides them: the rows of a wave that writes nothing count
+            rounds = wrote or (self.prod is not None
+                               and self.count_rows(wave).waiting(self.cfg.wave_done) > 0)
+            wave.outcome = "planned" if rounds else "nothing to write"
+            wave.would_start = self.workflows.names() if rounds else []
             return True
         with self.waits(wave):
             self.run_rounds(wave, wrote)
@@ -5396,8 +5398,9 @@ def planned_wave_text(w: Mapping[str, Any], stops_at: int) -> str:
         text = (f", {w['items_to_write']:,} items to write, {w['images_failed']:,} failed: would start "
                 "no workflows and stop the run here")  # the wave's other images are still copied
     elif w.get("would_start"):
-        text = (f", {w['items_to_write']:,} items to write; would run rounds of "
-                + ", ".join(w["would_start"]) + " (input {}) until the wave is done")
+        text = (f", {w['items_to_write']:,} items to write" if w["items_to_write"]
+                else ", nothing to write but its rows are not done")
+        text += "; would run rounds of " + ", ".join(w["would_start"]) + " (input {}) until the wave is done"
     else:
         text = ", nothing to write: would start no workflows"
     if stops_at:

@@ -6,6 +6,7 @@ thread plays the embedding pipeline: the harness is tests/waves.py (its docstrin
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -13,9 +14,9 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli import Terminal, tool_command
@@ -42,6 +43,16 @@ from waves import (
 import copy_dynamodb_dev_to_prod as tool
 
 TOOL = Path(tool.__file__)
+
+
+def machine_name(setup: Setup, kind: str) -> str:
+    """The kind's state machine's name: what the CLI is given and what its messages say."""
+    return setup.machines[kind].rsplit(":", 1)[1]
+
+
+def wave_executions(wave: dict[str, Any]) -> list[dict[str, Any]]:
+    """A reported wave's executions, round after round, in start order."""
+    return [e for r in wave.get("rounds", []) for e in r["executions"]]
 
 
 # --------------------------------------------------------------------------- tests
@@ -83,14 +94,21 @@ def test_twenty_images_in_waves_of_five(wave_setup: Setup, tmp_path: Path) -> No
     for w, k in zip(waves, range(4)):
         assert w["images"] == w["images_copied"] == 5 and w["outcome"] == "done"
         assert w["items_written"] == sum(1 for pk, _ in expected if pk[len("IMAGE#") :] in w["image_ids"])
-        assert [(e["kind"], e["status"]) for e in w["executions"]] == [
-            ("line", "SUCCEEDED"),
-            ("word", "SUCCEEDED"),
+        # The pipeline embeds every NONE row of a kind per token: one round does the wave.
+        [only] = w["rounds"]
+        assert only["round"] == 1 and "waited_for" not in only, only
+        assert [(e["workflow"], e["state_machine"], e["status"]) for e in only["executions"]] == [
+            (machine_name(wave_setup, "line"), wave_setup.machines["line"], "SUCCEEDED"),
+            (machine_name(wave_setup, "word"), wave_setup.machines["word"], "SUCCEEDED"),
         ]
-        assert {e["arn"] for e in w["executions"]} == {line[k]["executionArn"], word[k]["executionArn"]}
-        assert all(e["start"] and e["stop"] and NAME_RE.fullmatch(e["name"]) for e in w["executions"])
-        assert w["none_at_end"] == {"lines": 0, "words": 0}
-        assert w["seconds_waited"] > 0
+        assert [e["arn"] for e in only["executions"]] == [line[k]["executionArn"], word[k]["executionArn"]]
+        assert all(e["start"] and e["stop"] and NAME_RE.fullmatch(e["name"]) for e in only["executions"])
+        # the wave's rows after its round: every line and word SUCCESS (the golden rows hold no noise)
+        rows = sum(n for image_id, n in per_image.items() if image_id in w["image_ids"])
+        assert only["rows"] == {"none": 0, "pending": 0, "done": rows, "noise": 0}, only["rows"]
+        assert w["seconds_waited"]["executions"] > 0 and set(w["seconds_waited"]) <= set(tool.WAIT_CAUSES)
+        # done after its copy and its waits (each rounded to the millisecond)
+        assert w["seconds_to_done"] >= sum(w["seconds_waited"].values()) - 0.01, w
     assert report["images"]["copied"] == 20 and report["images"]["total"] == 20
     assert sum(line.startswith("  wave ") for line in proc.stdout.splitlines()) == 4
 
@@ -137,16 +155,23 @@ def test_sigterm_while_waiting_exits_143_and_says_the_executions_keep_running(
     wave_setup.pipeline.hold.set()
     bg = Background(wave_setup.args(tmp_path / "export", "--wave-size", 1, "--report", tmp_path / "r.json"))
     try:
-        bg.wait_for("waiting for the line and word workflows to end")
+        bg.wait_for("Wave 1 of 1, round 1: waiting for the workflows' executions to end")
         bg.proc.send_signal(signal.SIGTERM)
         assert bg.wait(30) == 143, bg.output
     finally:
         bg.kill()
     running = [wave_setup.executions(k)[0] for k in ("line", "word")]
-    assert all(e["status"] == "RUNNING" and e["executionArn"] in bg.output for e in running)
-    assert "keep running in AWS" in bg.output and "Re-running the same command continues" in bg.output
+    arns = [e["executionArn"] for e in running]
+    assert all(e["status"] == "RUNNING" for e in running), running
+    assert f"stopped in wave 1 of 1 while {', '.join(arns)} kept running in AWS. " in bg.output, bg.output
+    assert ("Nothing is lost: executions keep running in AWS, and re-running the same command first "
+            "runs rounds for the 1 image already in prod whose rows are not done (wave 0) (copied "
+            "images are skipped).") in bg.output, bg.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["interrupted"] is True and report["waves"][0]["outcome"] == "interrupted"
+    assert [(e["arn"], e["status"]) for e in wave_executions(report["waves"][0])] == [
+        (arn, "RUNNING") for arn in arns
+    ]
 
 
 def test_failing_word_workflow_stops_the_run_and_a_rerun_finishes(
@@ -161,15 +186,24 @@ def test_failing_word_workflow_stops_the_run_and_a_rerun_finishes(
         [failed] = s.executions("word")
         assert failed["status"] == "FAILED"
         message = proc.stderr
-        assert failed["executionArn"] in message and "FAILED" in message
-        assert "EmbeddingFailed" in message and "the word batch did not compact" in message
-        assert "re-run the same command" in message
+        word = s.machines["word"].rsplit(":", 1)[1]
+        assert (f"wave 1 of 2, round 1: the workflow {word} ended FAILED: {failed['executionArn']} "
+                "(error 'EmbeddingFailed', cause 'the word batch did not compact')") in message, message
+        assert "No further wave was copied" in message, message
+        assert ("re-running the same command first runs rounds for the 5 images already in prod whose "
+                "rows are not done (wave 0) and then copies the 5 images not yet copied, in waves") in message
         # Nothing of the second wave was written.
         assert s.image_ids_in_prod() == set(ids[:5])
         assert {pk for pk, _ in s.items()} == {f"IMAGE#{i}" for i in ids[:5]}
         assert len(report["waves"]) == 1 and report["waves"][0]["outcome"] == "workflow failed"
-        assert [e["status"] for e in report["waves"][0]["executions"]] == ["SUCCEEDED", "FAILED"]
-        assert report["waves"][0]["none_at_end"]["words"] > 0
+        [round1] = report["waves"][0]["rounds"]
+        assert [e["status"] for e in round1["executions"]] == ["SUCCEEDED", "FAILED"]
+        assert (round1["executions"][1]["error"], round1["executions"][1]["cause"]) == (
+            "EmbeddingFailed", "the word batch did not compact")
+        # The line workflow embedded the wave's lines; its words are left NONE.
+        statuses = {(i["TYPE"]["S"], i["embedding_status"]["S"]) for i in s.items().values()
+                    if i["TYPE"]["S"] in ("RECEIPT_LINE", "RECEIPT_WORD")}
+        assert statuses == {("RECEIPT_LINE", "SUCCESS"), ("RECEIPT_WORD", "NONE")}, statuses
         # The second wave's images were found but not copied: counted, as interrupted.
         images = report["images"]
         assert images["total"] == 10 and images["copied"] == 5 and images["interrupted"] == 5
@@ -178,11 +212,26 @@ def test_failing_word_workflow_stops_the_run_and_a_rerun_finishes(
         s.sfn.update_state_machine(
             stateMachineArn=s.machines["word"], definition=callback_definition(s.queues["word"])
         )
+        # It first finishes the failed wave's rows (wave 0: a round, no copy), then copies the rest.
         again, report = run(args, tmp_path / "r.json")
         assert again.returncode == 0, again.stdout + again.stderr
-        assert [w["image_ids"] for w in report["waves"]] == [ids[5:]]
+        assert "Wave 0: 5 images already in prod whose rows are not done" in again.stdout, again.stdout
+        assert [(w["index"], w["image_ids"]) for w in report["waves"]] == [(0, ids[:5]), (1, ids[5:])]
+        assert [w["outcome"] for w in report["waves"]] == ["done", "done"]
+        wave0, wave1 = report["waves"]
+        assert "images_copied" not in wave0 and wave1["images_copied"] == 5
+        kinds = {t: sum(1 for (pk, _), i in expected.items() if pk[len("IMAGE#"):] in ids[:5]
+                        and i["TYPE"]["S"] == t) for t in ("RECEIPT_LINE", "RECEIPT_WORD")}
+        assert wave0["rows_found"] == {"none": kinds["RECEIPT_WORD"], "pending": 0,
+                                       "done": kinds["RECEIPT_LINE"], "noise": 0}, wave0
+        assert [len(w["rounds"]) for w in report["waves"]] == [1, 1]
+        assert wave0["rounds"][0]["rows"]["none"] == wave1["rounds"][0]["rows"]["none"] == 0
         assert report["images"]["skipped_existing"] == 5 and report["images"]["copied"] == 5
-        actual, want = s.items(), embedded(expected)  # the second word run embedded both waves' words
+        for kind in ("line", "word"):  # turn 1 (the first run's), 2 (wave 0), 3 (wave 1)
+            check_names(s.executions(kind), kind, 3)
+        assert [e["status"] for e in s.executions("word")] == ["FAILED", "SUCCEEDED", "SUCCEEDED"]
+        # wave 0's word run embedded the first wave's words, wave 1's the second wave's
+        actual, want = s.items(), embedded(expected)
         assert set(actual) == set(want) and [k for k in want if actual[k] != want[k]] == []
     finally:
         s.close()
@@ -205,7 +254,7 @@ def test_a_workflow_ended_aborted_or_timed_out_stops_the_run(
         bg = Background(args)
         try:
             if status == "ABORTED":
-                bg.wait_for("waiting for the line and word workflows to end")
+                bg.wait_for("Wave 1 of 2, round 1: waiting for the workflows' executions to end")
                 [running] = s.executions("word")
                 s.sfn.stop_execution(executionArn=running["executionArn"], error="Stopped",
                                      cause="stopped by the operator")
@@ -217,7 +266,9 @@ def test_a_workflow_ended_aborted_or_timed_out_stops_the_run(
         assert len(words) == 1, f"a second wave's workflow was started:\n{bg.output}"
         ended = words[0]
         assert ended["status"] == status, ended
-        assert f"the word embedding workflow ended {status}: {ended['executionArn']}" in bg.output, bg.output
+        word = s.machines["word"].rsplit(":", 1)[1]
+        assert f"wave 1 of 2, round 1: the workflow {word} ended {status}: {ended['executionArn']}" \
+            in bg.output, bg.output
         assert "No further wave was copied" in bg.output, bg.output
         # Nothing of the second wave was written.
         assert s.image_ids_in_prod() == set(ids[:2])
@@ -225,7 +276,9 @@ def test_a_workflow_ended_aborted_or_timed_out_stops_the_run(
         assert len(s.executions("line")) == 1
         report = json.loads((tmp_path / "r.json").read_text())
         assert len(report["waves"]) == 1 and report["waves"][0]["outcome"] == "workflow failed"
-        assert [e["status"] for e in report["waves"][0]["executions"]] == ["SUCCEEDED", status]
+        [round1] = report["waves"][0]["rounds"]
+        assert [(e["arn"], e["status"]) for e in round1["executions"]] == [
+            (s.executions("line")[0]["executionArn"], "SUCCEEDED"), (ended["executionArn"], status)]
         images = report["images"]
         assert images["total"] == 4 and images["copied"] == 2 and images["interrupted"] == 2, images
     finally:
@@ -235,12 +288,16 @@ def test_a_workflow_ended_aborted_or_timed_out_stops_the_run(
 def test_ctrl_c_while_waiting_then_rerun_waits_for_the_running_executions(
     wave_setup: Setup, tmp_path: Path
 ) -> None:
+    """Ctrl-C while the first wave's executions run: they keep running. The re-run first
+    finishes that wave's rows (wave 0), and its turns wait for the still-running executions,
+    one workflow at a time, before it starts its own; then it copies the next wave."""
     ids, expected = make_export(tmp_path / "export", 4)
     args = wave_setup.args(tmp_path / "export", "--wave-size", 2, "--report", tmp_path / "r.json")
+    line, word = machine_name(wave_setup, "line"), machine_name(wave_setup, "word")
     wave_setup.pipeline.hold.set()
     first = Background(args)
     try:
-        first.wait_for("waiting for the line and word workflows to end")
+        first.wait_for("Wave 1 of 2, round 1: waiting for the workflows' executions to end")
         assert len(wave_setup.executions("line")) == len(wave_setup.executions("word")) == 1
         first.proc.send_signal(signal.SIGINT)
         assert first.wait(30) == 130, first.output
@@ -253,12 +310,21 @@ def test_ctrl_c_while_waiting_then_rerun_waits_for_the_running_executions(
     assert report["interrupted"] is True and report["waves"][0]["outcome"] == "interrupted"
     assert wave_setup.image_ids_in_prod() == set(ids[:2])
 
-    # The re-run copies the next wave, then waits for the still-running executions before its own.
+    # The re-run finishes the first wave's rows before it copies anything: its line turn waits
+    # for the held line execution, then (the line one let go) its word turn for the held word one.
     second = Background(args)
     try:
-        second.wait_for("waiting for execution(s) already running")
-        assert wave_setup.image_ids_in_prod() == set(ids)
+        second.wait_for(f"Wave 0 (images already in prod), round 1: waiting for the running execution(s) "
+                        f"of {line} to end before starting ours (one at a time)")
+        assert "Wave 0: 2 images already in prod whose rows are not done" in second.output, second.output
+        assert wave_setup.image_ids_in_prod() == set(ids[:2])  # nothing of the next wave yet
         assert len(wave_setup.executions("line")) == len(wave_setup.executions("word")) == 1
+        assert wave_setup.pipeline.release("line") == 1
+        second.wait_for(f"Wave 0 (images already in prod), round 1: waiting for the running execution(s) "
+                        f"of {word} to end before starting ours (one at a time)")
+        assert [e["status"] for e in wave_setup.executions("line")] == ["SUCCEEDED", "RUNNING"]
+        assert len(wave_setup.executions("word")) == 1
+        assert wave_setup.image_ids_in_prod() == set(ids[:2])
         wave_setup.pipeline.hold.clear()
         assert second.wait(120) == 0, second.output
     finally:
@@ -267,30 +333,56 @@ def test_ctrl_c_while_waiting_then_rerun_waits_for_the_running_executions(
     assert [e["executionArn"] for e in (runs["line"][0], runs["word"][0])] == [
         e["executionArn"] for e in held
     ]
-    held_ended = max(runs["line"][0]["stopDate"], runs["word"][0]["stopDate"])
     for kind in ("line", "word"):
-        assert len(runs[kind]) == 2 and all(e["status"] == "SUCCEEDED" for e in runs[kind])
-        assert runs[kind][1]["startDate"] >= held_ended
+        # turn 1 (held), 2 (wave 0), 3 (wave 1): never two of one workflow at a time
+        check_names(runs[kind], kind, 3)
+        assert all(e["status"] == "SUCCEEDED" for e in runs[kind]), runs[kind]
+        for before, after in itertools.pairwise(runs[kind]):
+            assert after["startDate"] >= before["stopDate"], (before, after)
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["waves"][0]["waited_for_running"] == [e["executionArn"] for e in held]
+    assert [(w["index"], w["image_ids"], w["outcome"]) for w in report["waves"]] == [
+        (0, ids[:2], "done"), (1, ids[2:], "done")
+    ]
+    wave0, wave1 = report["waves"]
+    assert wave0["rounds"][0]["waited_for"] == [e["executionArn"] for e in held]
+    assert [e["arn"] for e in wave_executions(wave0)] == [runs["line"][1]["executionArn"],
+                                                          runs["word"][1]["executionArn"]]
+    assert wave0["seconds_waited"]["others"] > 0
+    assert "waited_for" not in wave1["rounds"][0]  # wave 0's executions had ended
+    assert [e["arn"] for e in wave_executions(wave1)] == [runs["line"][2]["executionArn"],
+                                                          runs["word"][2]["executionArn"]]
     actual, want = wave_setup.items(), embedded(expected)
     assert set(actual) == set(want) and [k for k in want if actual[k] != want[k]] == []
 
 
 def test_wave_timeout_exits_1_and_a_rerun_continues(wave_setup: Setup, tmp_path: Path) -> None:
+    """The first wave's executions outlast --wave-timeout: exit 1, and the message says what a
+    re-run does, which the re-run then does: wave 0 for the two copied images, then the third."""
     ids, _ = make_export(tmp_path / "export", 3)
     wave_setup.pipeline.hold.set()
     args = wave_setup.args(tmp_path / "export", "--wave-size", 2, "--wave-timeout", 1)
     proc, report = run(args, tmp_path / "r.json")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "--wave-timeout 1 s" in proc.stderr and "re-running the same command continues" in proc.stderr
-    assert report["waves"][0]["outcome"] == "timed out" and report["waves"][0]["seconds_waited"] >= 1
+    assert "wave 1 of 2, round 1: still waiting after" in proc.stderr and "--wave-timeout 1 s" in proc.stderr
+    assert ("Nothing is lost: executions keep running in AWS, and re-running the same command first "
+            "runs rounds for the 2 images already in prod whose rows are not done (wave 0) and then "
+            "copies the 1 image not yet copied, in waves (copied images are skipped).") in proc.stderr
+    assert report["waves"][0]["outcome"] == "timed out"
+    assert sum(report["waves"][0]["seconds_waited"].values()) >= 1, report["waves"][0]
     assert wave_setup.image_ids_in_prod() == set(ids[:2])
-    wave_setup.pipeline.hold.clear()
-    again, report = run(args[:-2], tmp_path / "r.json")
-    assert again.returncode == 0, again.stdout + again.stderr
+    # The re-run (no --wave-timeout: 6 hours) finds the first wave's rows still NONE: wave 0.
+    again = Background([*args[:-2], "--report", tmp_path / "r.json"])
+    try:
+        again.wait_for("Wave 0: 2 images already in prod whose rows are not done")
+        wave_setup.pipeline.hold.clear()
+        assert again.wait(120) == 0, again.output
+    finally:
+        again.kill()
+    report = json.loads((tmp_path / "r.json").read_text())
     assert wave_setup.image_ids_in_prod() == set(ids)
-    assert [w["image_ids"] for w in report["waves"]] == [ids[2:]]
+    assert [(w["index"], w["image_ids"], w["outcome"]) for w in report["waves"]] == [
+        (0, ids[:2], "done"), (1, ids[2:], "done")
+    ]
 
 
 def test_backlog_gate_waits_for_the_none_count(wave_setup: Setup, tmp_path: Path) -> None:
@@ -314,10 +406,36 @@ def test_backlog_gate_waits_for_the_none_count(wave_setup: Setup, tmp_path: Path
     assert set(ids) <= wave_setup.image_ids_in_prod()
 
 
+def test_a_resynced_wave_that_writes_nothing_runs_rounds_when_its_rows_are_not_done(
+    wave_setup: Setup, tmp_path: Path
+) -> None:
+    """--no-skip-existing: an image prod holds whole is in a wave that writes nothing, but its
+    rows (copied by a plain run) are still NONE: the dry run plans the rounds the live run runs."""
+    _, expected = make_export(tmp_path / "export", 1)
+    proc, _ = run(wave_setup.args(tmp_path / "export"))  # plain copy: its lines/words stay NONE
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    args = wave_setup.args(tmp_path / "export", "--wave-size", 1, "--no-skip-existing")
+    dry, plan = run([a for a in args if a not in ("--no-dry-run", "--yes")], tmp_path / "plan.json")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "wave 1 of 1: 1 image, nothing to write but its rows are not done; would run rounds of" \
+        in dry.stdout
+    assert [w["outcome"] for w in plan["waves"]] == ["planned"] and plan["waves"][0]["items_to_write"] == 0
+    assert wave_setup.executions("line") == [] and wave_setup.executions("word") == []
+
+    live, report = run(args, tmp_path / "r.json")
+    assert live.returncode == 0, live.stdout + live.stderr
+    [wave] = report["waves"]
+    assert wave["index"] == 1 and wave["items_written"] == 0 and wave["outcome"] == "done"
+    assert len(wave["rounds"]) == 1 and wave["rounds"][0]["rows"]["none"] == 0
+    actual, want = wave_setup.items(), embedded(expected)
+    assert set(actual) == set(want) and [k for k in want if actual[k] != want[k]] == []
+
+
 def test_on_a_terminal_it_asks_and_shows_one_status_line_while_waiting(wave_setup: Setup,
                                                                        tmp_path: Path) -> None:
     """stdin, stdout and stderr a terminal: the confirmation says workflows will start, and while
-    the workflows run one status line shows the wave, the time waited and its NONE records."""
+    the workflows run one status line shows the wave, the round, the time waited and the wave's
+    NONE/PENDING/done rows."""
     ids, expected = make_export(tmp_path / "export", 2)
     args = [a for a in wave_setup.args(tmp_path / "export", "--wave-size", 2)
             if a not in ("--yes", "--no-progress")]
@@ -325,14 +443,16 @@ def test_on_a_terminal_it_asks_and_shows_one_status_line_while_waiting(wave_setu
     with Terminal(tool_command(args), env=env_for_subprocess(base={**os.environ, **POLL_ENV})) as term:
         term.wait_for_output("Type 'yes' to continue", timeout=120)
         term.type("yes\n")
-        none = sum(none_items_per_image(expected).values())
-        lines = sum(1 for k, i in expected.items() if i["TYPE"]["S"] == "RECEIPT_LINE")
-        term.wait_for_output(f"this wave still NONE: {lines:,} lines, {none - lines:,} words", timeout=120)
+        none = sum(none_items_per_image(expected).values())  # every line and word of the wave
+        term.wait_for_output(f"this wave's rows NONE {none:,}, PENDING 0, done 0", timeout=120)
         wave_setup.pipeline.hold.clear()
         assert term.wait(120) == 0
     out = term.output
-    assert "in waves of 2 images: after each wave that wrote something the line and word workflows" in out
-    assert "\r\x1b[Kwave 1 of 1: waited 0m 0" in out  # rewritten in place, under the bars
+    line, word = machine_name(wave_setup, "line"), machine_name(wave_setup, "word")
+    assert (f"in waves of 2 images: after each wave, rounds of the workflows {line}, {word} (input {{}}, "
+            "one execution per workflow at a time) every 5m 00s until none of the wave's rows is NONE "
+            "or PENDING any more") in out
+    assert "\r\x1b[Kwave 1 of 1, round 1: waited 0m 0" in out  # rewritten in place, under the bars
     assert wave_setup.image_ids_in_prod() == set(ids)
 
 
@@ -372,6 +492,10 @@ def test_dry_run_plan_is_what_the_live_run_does_wave_by_wave(wave_setup: Setup, 
     mutate(export / f"{ids[4]}.json", lambda d: d["receipt_words"][0].update(confidence=1.5))
     pre, _ = run(wave_setup.args(export, "--image-id", ids[2]))
     assert pre.returncode == 0, pre.stdout + pre.stderr
+    # Its rows embedded: the plan of its wave (nothing to write, rows done) cannot be changed
+    # by the first wave's round, which embeds every NONE row of the table.
+    wave_setup.pipeline.embed("line")
+    wave_setup.pipeline.embed("word")
 
     args = wave_setup.args(export, "--wave-size", 1, "--no-skip-existing")
     dry, plan = run([a for a in args if a != "--no-dry-run"], tmp_path / "plan.json")
@@ -384,18 +508,21 @@ def test_dry_run_plan_is_what_the_live_run_does_wave_by_wave(wave_setup: Setup, 
     waved = [[ids[0]], [ids[2]], [ids[3]]]
     assert [w["image_ids"] for w in planned] == waved == [w["image_ids"] for w in done]
     assert plan["wave_plan"]["waves"] == report["wave_plan"]["waves"] == 3
-    assert [bool(p.get("would_start")) for p in planned] == [bool(d.get("executions")) for d in done]
+    assert [bool(p.get("would_start")) for p in planned] == [bool(d.get("rounds")) for d in done]
     for p, d in zip(planned, done):
         assert p["images_copied"] == d["images_copied"], (p, d)
         assert p["items_to_write"] == d["items_written"], (p, d)
-    assert [bool(d.get("executions")) for d in done] == [True, False, True]
-    assert [d["outcome"] for d in done] == ["done", "nothing written", "done"]
+    assert [len(d.get("rounds", [])) for d in done] == [1, 0, 1]
+    assert [p["outcome"] for p in planned] == ["planned", "nothing to write", "planned"]
+    # the re-synced image wrote nothing, and its rows were done: no round, and done
+    assert [d["outcome"] for d in done] == ["done", "done", "done"]
+    assert [d["items_written"] > 0 for d in done] == [True, False, True]
     for result in (plan, report):
         assert result["failed_images"] == [ids[4]], result["failed_images"]
         images = result["images"]
         assert (images["skipped_empty"], images["failed"], images["interrupted"]) == (1, 1, 0), images
     lines = [line for line in dry.stdout.splitlines() if line.startswith("  wave ")]
-    assert ["with input {}" in line for line in lines] == [True, False, True]
+    assert ["(input {}) until the wave is done" in line for line in lines] == [True, False, True]
     assert "nothing to write: would start no workflows" in lines[1]
     assert all(e["status"] == "SUCCEEDED" for k in ("line", "word") for e in wave_setup.executions(k))
     assert len(wave_setup.executions("line")) == len(wave_setup.executions("word")) == 2
@@ -437,7 +564,7 @@ def test_a_run_failing_before_its_first_wave_counts_every_planned_image(
         proc, report = run([a for a in args if a != "--no-dry-run"] if dry else args, tmp_path / "r.json")
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "state machine 'nope' not found" in proc.stderr, proc.stderr
-        assert "would start nope" not in proc.stdout
+        assert "would run rounds of" not in proc.stdout and "nope" not in proc.stdout, proc.stdout
         assert re.search(r"^Images found:\s+4$", proc.stdout, re.M), proc.stdout
         assert report["images"]["total"] == 4 and report["images"]["copied"] == 0, report["images"]
         assert report["images"]["interrupted"] == 4 and report["wave_plan"]["images"] == 4
@@ -467,41 +594,46 @@ def test_a_wave_stopped_mid_copy_counts_what_it_wrote(wave_setup: Setup, tmp_pat
 
 
 def test_single_trigger_names_its_executions(sfn_url: str, tmp_path: Path) -> None:
+    """--trigger-embeddings alone takes one turn of each workflow: the executions are named by
+    turn of their state machine, so a second trigger takes the next turn."""
     url = sfn_url
     sfn = make_service_client(url, "stepfunctions")
     definition = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
     suffix = uuid.uuid4().hex[:8]
+    names = [f"{k}-{suffix}" for k in ("line", "word")]
     arns = [
-        sfn.create_state_machine(name=f"{k}-{suffix}", definition=definition,
-                                 roleArn=EMBEDDING_ROLE)["stateMachineArn"]
-        for k in ("line", "word")
+        sfn.create_state_machine(name=name, definition=definition, roleArn=EMBEDDING_ROLE)["stateMachineArn"]
+        for name in names
     ]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(TOOL),
-            "--trigger-embeddings",
-            "--no-dry-run",
-            "--yes",
-            "--endpoint-url",
-            url,
-            "--region",
-            REGION,
-            "--line-state-machine",
-            arns[0],
-            "--word-state-machine",
-            arns[1],
-        ],
-        env=env_for_subprocess(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    for kind, arn in zip(("line", "word"), arns):
-        [e] = sfn.list_executions(stateMachineArn=arn)["executions"]
-        assert re.fullmatch(r"copy-dev-to-prod-\d{8}T\d{6}Z-[0-9a-f]{4}-" + kind, e["name"]), e["name"]
+    command = [
+        sys.executable,
+        str(TOOL),
+        "--trigger-embeddings",
+        "--no-dry-run",
+        "--yes",
+        "--endpoint-url",
+        url,
+        "--region",
+        REGION,
+        "--line-state-machine",
+        arns[0],
+        "--word-state-machine",
+        arns[1],
+    ]
+    for turn in (1, 2):
+        proc = subprocess.run(command, env=env_for_subprocess(), cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        for name, arn in zip(names, arns):
+            # the Pass machine's execution ends at once: the second trigger has none running
+            wait_for(lambda arn=arn: all(e["status"] != "RUNNING" for e in
+                                         sfn.list_executions(stateMachineArn=arn)["executions"]),
+                     timeout=30, what=f"the executions of {name} to end")
+            executions = sfn.list_executions(stateMachineArn=arn)["executions"]
+            assert sorted(e["name"] for e in executions) == [tool.turn_name(n) for n in range(1, turn + 1)]
+            started = next(e for e in executions if e["name"] == tool.turn_name(turn))
+            assert f"Started the embedding workflow {name}: {started['executionArn']}" in proc.stdout, \
+                proc.stdout
 
 
 @pytest.mark.parametrize(

@@ -249,6 +249,18 @@ class Pipeline:
         except BaseException as exc:  # surfaced by close()
             self.error = exc
 
+    def release(self, kind: str) -> int:
+        """While :attr:`hold` is set: answer the held tokens of one kind now (embed, then let
+        the execution succeed), the others stay held; the number answered. The loop only
+        appends to :attr:`held` while holding."""
+        assert self.hold.is_set(), "release() is for a held pipeline"
+        mine = [entry for entry in list(self.held) if entry[0] == kind]
+        for entry in mine:
+            self.held.remove(entry)  # one atomic step each: the loop may append meanwhile
+            self.embed(kind)
+            self.sfn.send_task_success(taskToken=entry[1], output="{}")
+        return len(mine)
+
     def close(self) -> None:
         self.hold.clear()
         try:
