@@ -371,7 +371,7 @@ def test_wave_timeout_exits_1_and_a_rerun_continues(wave_setup: Setup, tmp_path:
     assert sum(report["waves"][0]["seconds_waited"].values()) >= 1, report["waves"][0]
     assert wave_setup.image_ids_in_prod() == set(ids[:2])
     # The re-run (no --wave-timeout: 6 hours) finds the first wave's rows still NONE: wave 0.
-    again = Background([*args[:-2], "--report", tmp_path / "r.json"])
+    again = Background([*args[:-2], "--report", str(tmp_path / "r.json")])
     try:
         again.wait_for("Wave 0: 2 images already in prod whose rows are not done")
         wave_setup.pipeline.hold.clear()
@@ -626,9 +626,11 @@ def test_single_trigger_names_its_executions(sfn_url: str, tmp_path: Path) -> No
         assert proc.returncode == 0, proc.stderr
         for name, arn in zip(names, arns):
             # the Pass machine's execution ends at once: the second trigger has none running
-            wait_for(lambda arn=arn: all(e["status"] != "RUNNING" for e in
-                                         sfn.list_executions(stateMachineArn=arn)["executions"]),
-                     timeout=30, what=f"the executions of {name} to end")
+            def ended(arn: str = arn) -> bool:
+                executions = sfn.list_executions(stateMachineArn=arn)["executions"]
+                return all(e["status"] != "RUNNING" for e in executions)
+
+            wait_for(ended, timeout=30, what=f"the executions of {name} to end")
             executions = sfn.list_executions(stateMachineArn=arn)["executions"]
             assert sorted(e["name"] for e in executions) == [tool.turn_name(n) for n in range(1, turn + 1)]
             started = next(e for e in executions if e["name"] == tool.turn_name(turn))
