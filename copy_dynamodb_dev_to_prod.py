@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --wave-size: before each wave and each round wait until this SQS "
                           "queue holds at most --max-queue-depth messages (repeatable)")
     emb.add_argument("--max-queue-depth", type=int, metavar="M",
-                     help=f"messages visible plus in flight a --queue may hold (default "
+                     help=f"messages (visible, in flight and delayed) a --queue may hold (default "
                           f"{DEFAULT_MAX_QUEUE_DEPTH})")
     emb.add_argument("--dead-letter-queue", action="append", metavar="NAME_OR_URL",
                      help="with --wave-size: any message in this SQS queue stops the run before its "
@@ -3271,21 +3271,24 @@ class ProdTable:
                 return rows, scanned - rows
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def row_counts(self, image_ids: Sequence[str] | None = None, workers: int = 1) -> RowCounts:
+    def row_counts(self, image_ids: Sequence[str] | None = None, workers: int = 1,
+                   done: bool = True) -> RowCounts:
         """Where the receipt lines and words of some images (None: the whole table) stand in the
-        embedding pipeline."""
+        embedding pipeline. Without `done`, SUCCESS rows are not counted: a COUNT query still
+        reads every row it counts, and the decisions need only NONE and PENDING."""
         counts = RowCounts()
-        for image_counts in self.rows_by_image(image_ids, workers).values():
+        for image_counts in self.rows_by_image(image_ids, workers, done).values():
             counts.add_counts(image_counts)
         return counts
 
-    def rows_by_image(self, image_ids: Sequence[str] | None, workers: int = 1) -> dict[str, RowCounts]:
+    def rows_by_image(self, image_ids: Sequence[str] | None, workers: int = 1,
+                      done: bool = True) -> dict[str, RowCounts]:
         """RowCounts per image (None: one entry "", the whole table): one GSI1 query per image,
         kind and status (the image is in the GSI1SK), `workers` at a time."""
         scopes = [""] if image_ids is None else list(image_ids)
         queries = [(scope, status, prefix + (f"IMAGE#{scope}#" if scope else ""))
                    for scope in scopes for prefix in EMBEDDED_KINDS.values()
-                   for status in ("NONE", "PENDING", "SUCCESS")]
+                   for status in ("NONE", "PENDING", "SUCCESS")[:3 if done else 2]]
         out = {scope: RowCounts() for scope in scopes}
 
         def one(query: tuple[str, str, str]) -> tuple[str, str, int, int]:
@@ -4324,13 +4327,20 @@ class Workflows:
                     w.arn = w.given
                     continue
                 if listed is None:
-                    listed = {str(m["name"]): str(m["stateMachineArn"])
-                              for page in self.sfn.get_paginator("list_state_machines").paginate()
-                              for m in page["stateMachines"]}
+                    listed = self.retrier.call(self.list_machines)
                 w.arn = resolve_machine(w.given, listed)
 
+    def list_machines(self) -> dict[str, str]:
+        return {str(m["name"]): str(m["stateMachineArn"])
+                for page in self.sfn.get_paginator("list_state_machines").paginate()
+                for m in page["stateMachines"]}
+
     def running(self, machine: Workflow) -> list[str]:
-        """The ARNs of the machine's RUNNING executions, whoever started them."""
+        """The ARNs of the machine's RUNNING executions, whoever started them. Listings are
+        retried whole, like every request (botocore's own retries are off)."""
+        return self.retrier.call(self.list_running, machine)
+
+    def list_running(self, machine: Workflow) -> list[str]:
         pages = self.sfn.get_paginator("list_executions").paginate(stateMachineArn=machine.arn,
                                                                        statusFilter="RUNNING")
         return [str(e["executionArn"]) for page in pages for e in page.get("executions", [])]
@@ -4338,6 +4348,9 @@ class Workflows:
     def last_turn(self, machine: Workflow) -> tuple[int, list[str]]:
         """The last turn taken (0: none) and the running executions seen on the way: newest
         first, up to the end of the page that holds the newest turn."""
+        return self.retrier.call(self.list_turns, machine)
+
+    def list_turns(self, machine: Workflow) -> tuple[int, list[str]]:
         turn, running = 0, []
         pages = self.sfn.get_paginator("list_executions").paginate(stateMachineArn=machine.arn)
         for page in pages:
@@ -4475,6 +4488,7 @@ POLL_FIRST, POLL_MAX, POLL_GROWTH = 3.0, 30.0, 1.5  # seconds between two polls
 POLL_ENV = "COPY_DEV_TO_PROD_POLL_SECONDS"
 QUIET_LOG_EVERY = 300.0  # without a terminal, a "still waiting" line every 5 minutes
 WAIT_CAUSES = ("backlog", "queues", "others", "executions", "round_interval")
+STATUS_ROWS_EVERY = 60.0  # seconds between two counts of a wave's rows for the status line
 
 
 def poll_delays(first: float = POLL_FIRST, cap: float = POLL_MAX) -> Iterator[float]:
@@ -4708,7 +4722,7 @@ class WaveDriver:
         if not held:
             return None
         with errors_as(FatalError, "cannot read the embedding status of the images already in prod"):
-            rows = self.prod.rows_by_image([p.image_id for p in held], self.cfg.max_workers)
+            rows = self.prod.rows_by_image([p.image_id for p in held], self.cfg.max_workers, done=False)
         unfinished = [p for p in held if rows[p.image_id].waiting(self.cfg.wave_done)]
         if not unfinished:
             return None
@@ -4780,10 +4794,10 @@ class WaveDriver:
         dry = self.cfg.dry_run
         wave.started = self.waiter.clock()
         if not dry:
-            with self.waits(wave):
-                self.gate_queues(wave, "wave")
+            with self.waits(wave):  # the gates last: nothing waits between them and the copy
                 if self.cfg.max_pending_embeddings is not None:
                     self.wait_for_backlog(wave)
+                self.gate_queues(wave, "wave")
         wave.copied = True
         try:
             self.copier.run(wave.images, len(wave.images), wave.tally)
@@ -4800,8 +4814,9 @@ class WaveDriver:
             return False
         wrote = wave.tally.items["to_write" if dry else "written"] > 0
         if dry:  # rounds as run_rounds decides them: the rows of a wave that writes nothing count
-            rounds = wrote or (self.prod is not None
-                               and self.count_rows(wave).waiting(self.cfg.wave_done) > 0)
+            with errors_as(FatalError, f"{wave.label}: cannot read the embedding status of its rows"):
+                rounds = wrote or (self.prod is not None
+                                   and self.count_rows(wave, done=False).waiting(self.cfg.wave_done) > 0)
             wave.outcome = "planned" if rounds else "nothing to write"
             wave.would_start = self.workflows.names() if rounds else []
             return True
@@ -4814,13 +4829,13 @@ class WaveDriver:
         done_when = self.cfg.wave_done
         # A wave that wrote something has at least one round (what it wrote may be all noise,
         # or labels only: the workflows still see it); wave 0 only for rows not done.
-        rows = RowCounts() if wrote else self.count_rows(wave)
+        rows = RowCounts() if wrote else self.count_rows(wave, done=False)
         needed = wrote or rows.waiting(done_when) > 0
         while needed:
-            wave.rounds.append({"round": wave.round + 1, "executions": []})
-            if wave.round > 1:
+            if wave.rounds:
                 self.pause(wave, rows)
             self.gate_queues(wave, "round")
+            wave.rounds.append({"round": wave.round + 1, "executions": []})
             self.run_round(wave)
             rows = self.count_rows(wave)
             wave.rounds[-1]["rows"] = rows.to_json()
@@ -4832,9 +4847,9 @@ class WaveDriver:
         print(f"{self.label(wave)}: done after {format_duration(wave.seconds_to_done)}, "
               f"{plural(wave.round, 'round')} ({rows.text()})")
 
-    def count_rows(self, wave: Wave) -> RowCounts:
+    def count_rows(self, wave: Wave, done: bool = True) -> RowCounts:
         assert self.prod is not None
-        return self.prod.row_counts(wave.image_ids(), self.cfg.max_workers)
+        return self.prod.row_counts(wave.image_ids(), self.cfg.max_workers, done)
 
     def run_round(self, wave: Wave) -> None:
         """One turn of each workflow, in order, then wait until all of them ended SUCCEEDED."""
@@ -4880,12 +4895,16 @@ class WaveDriver:
 
     def wait_for_executions(self, wave: Wave) -> None:
         executions = wave.rounds[-1]["executions"]
+        shown: list[Any] = []   # [when, text] of the last count shown
 
         def probe() -> tuple[bool, str]:
             done = self.workflows.follow(executions)
             text = ", ".join(f"{e['state_machine'].rsplit(':', 1)[-1]} {e['status']}" for e in executions)
-            if not done and self.waiter.status.enabled:  # the wave's rows, for the operator's eye
-                text += f"; this wave's {self.count_rows(wave).text()}"
+            if not done and self.waiter.status.enabled:  # the wave's rows, for the operator's eye:
+                now = self.waiter.clock()                # counted at most once a minute
+                if not shown or now - shown[0] >= STATUS_ROWS_EVERY:
+                    shown[:] = [now, self.count_rows(wave).text()]
+                text += f"; this wave's {shown[1]}"
             return done, text
 
         self.waiter.wait(wave, "executions", probe, start="waiting for the workflows' executions to end",
@@ -4944,7 +4963,7 @@ class WaveDriver:
         prod, limit = self.prod, self.cfg.max_pending_embeddings or 0
 
         def probe() -> tuple[bool, str]:
-            n = prod.row_counts(None, self.cfg.max_workers).in_flight
+            n = prod.row_counts(None, self.cfg.max_workers, done=False).in_flight
             return n <= limit, f"{n:,} receipt lines/words in flight in the table"
 
         self.waiter.wait(wave, "backlog", probe,
@@ -5552,6 +5571,8 @@ def run_operations(cfg: Config, origin: ConfigOrigin, report: Report, prod: Prod
 def stop_message(report: Report | None) -> str:
     if report is None or not report.copy_started:
         return "stopped: nothing was written"
+    if report.waves is not None:  # a wave's copy, or before the first wave's rounds
+        return "stopped. " + report.waves.rerun_advice()
     unfinished = report.image_counts()["interrupted"]
     if not unfinished:
         return "stopped after every image was finished: nothing is left to do"

@@ -222,8 +222,10 @@ def test_failing_word_workflow_stops_the_run_and_a_rerun_finishes(
         assert "images_copied" not in wave0 and wave1["images_copied"] == 5
         kinds = {t: sum(1 for (pk, _), i in expected.items() if pk[len("IMAGE#"):] in ids[:5]
                         and i["TYPE"]["S"] == t) for t in ("RECEIPT_LINE", "RECEIPT_WORD")}
-        assert wave0["rows_found"] == {"none": kinds["RECEIPT_WORD"], "pending": 0,
-                                       "done": kinds["RECEIPT_LINE"], "noise": 0}, wave0
+        # chosen by NONE and PENDING only (SUCCESS rows are not read to choose: they are most)
+        assert kinds["RECEIPT_LINE"] > 0
+        assert wave0["rows_found"] == {"none": kinds["RECEIPT_WORD"], "pending": 0, "done": 0,
+                                       "noise": 0}, wave0
         assert [len(w["rounds"]) for w in report["waves"]] == [1, 1]
         assert wave0["rounds"][0]["rows"]["none"] == wave1["rounds"][0]["rows"]["none"] == 0
         assert report["images"]["skipped_existing"] == 5 and report["images"]["copied"] == 5
