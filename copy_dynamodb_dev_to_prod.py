@@ -5571,8 +5571,6 @@ def run_operations(cfg: Config, origin: ConfigOrigin, report: Report, prod: Prod
 def stop_message(report: Report | None) -> str:
     if report is None or not report.copy_started:
         return "stopped: nothing was written"
-    if report.waves is not None:  # a wave's copy, or before the first wave's rounds
-        return "stopped. " + report.waves.rerun_advice()
     unfinished = report.image_counts()["interrupted"]
     if not unfinished:
         return "stopped after every image was finished: nothing is left to do"
