@@ -22,21 +22,24 @@ Sections, in the order data flows:
    6. The prod table (ProdTable: the only code that reads or writes prod)
    7. Compare with prod (one diff, for the copy and for --verify)
    8. The run plan (RunPlan: what the run does with each image, decided once)
-   9. The copier (reads prod's versions, diffs, writes; one outcome per image)
+   9. The copier (reads prod's versions, diffs, writes; one outcome per image; the journal)
   10. Workflows and waves (Workflows: the one driver of Step Functions)
-  11. Read-only operations (--status, --verify)
-  12. Report
-  13. Main
+  11. Undo (--undo: a journal read back and applied)
+  12. Read-only operations (--status, --verify)
+  13. Report
+  14. Main
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import datetime as dt
 import functools
 import gzip
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -352,6 +355,34 @@ def build_parser() -> argparse.ArgumentParser:
                           "that may hold partial images left by version 1.0, which wrote an image's "
                           "items in any order, or by another writer")
 
+    mirror = p.add_argument_group(
+        "mirror and delete (destructive: opt-in, planned exactly by the dry run, journaled)")
+    mirror.add_argument("--mirror", action="store_true",
+                        help="make prod's items of the kinds this tool writes exactly the source's "
+                             "for every selected image: put new and changed items, delete those the "
+                             "source no longer has, leave equal ones (and their embedding status) "
+                             "alone; items of other types are never touched (implies "
+                             "--no-skip-existing)")
+    mirror.add_argument("--delete-missing", action="store_true",
+                        help="delete the prod images the source does not have (their items of the "
+                             "kinds this tool writes, the IMAGE item last); only with a complete "
+                             "source (--source-table, unfiltered) or --delete-image-ids")
+    mirror.add_argument("--delete-image-ids", type=Path, metavar="FILE",
+                        help="with --delete-missing: delete exactly the images listed in FILE (one "
+                             "id a line), none of which the source may have")
+    mirror.add_argument("--protect", type=Path, metavar="FILE",
+                        help="image ids (one a line) prod holds that are never changed or deleted")
+    mirror.add_argument("--journal", type=Path, metavar="FILE",
+                        help="where a live run with --mirror, --delete-missing or "
+                             "--overwrite-changed records, before each batch, the items it "
+                             "overwrites or deletes and the keys it adds (default: next to "
+                             "--report, else copy-journal-<time>.jsonl; appended to if it exists)")
+    mirror.add_argument("--undo", type=Path, metavar="JOURNAL",
+                        help="put prod back as it was before the journaled run: delete what it "
+                             "added, restore what it overwrote or deleted; items changed since are "
+                             "left alone and reported as conflicts (runs on its own; dry run by "
+                             "default)")
+
     ops = p.add_argument_group("operations that run on their own, instead of a copy (read-only)")
     ops.add_argument("--status", action="store_true",
                      help="count receipt lines/words still waiting for embeddings, for the whole "
@@ -480,6 +511,13 @@ class Config:
     sqs_endpoint_url: str | None = None
     status: bool = False
     verify: bool = False
+    # issue 21: mirror, delete, protect, journal, undo
+    mirror: bool = False
+    delete_missing: bool = False
+    delete_image_ids: tuple[str, ...] | None = None
+    protect: frozenset[str] = frozenset()   # lower-cased ids
+    journal: Path | None = None
+    undo: Path | None = None
     report: Path | None = None
     dump_items: Path | None = None
     progress: bool = True
@@ -506,10 +544,17 @@ class Config:
         copies first only when --export-dir is given; alone it only triggers."""
         trigger_only = self.trigger_embeddings and not (self.export_dir_given or self.other_source
                                                         or self.wave_size)
-        return not (self.status or self.verify or trigger_only)
+        return not (self.status or self.verify or trigger_only or self.undo)
+
+    @property
+    def destructive(self) -> bool:
+        """A run that may overwrite or delete prod's items: live, it keeps a journal."""
+        return self.copies and (self.mirror or self.delete_missing or self.overwrite_changed)
 
     @property
     def mode(self) -> str:
+        if self.undo:
+            return "undo-dry-run" if self.dry_run else "undo"
         if self.status or self.verify:
             return "+".join(m for m, on in (("verify", self.verify), ("status", self.status)) if on)
         return "dry-run" if self.dry_run else "live"
@@ -517,6 +562,8 @@ class Config:
     @property
     def operation(self) -> str:
         """What this run does, as messages name it."""
+        if self.undo:
+            return "--undo"
         if self.status or self.verify:
             return " and ".join(f"--{m}" for m in self.mode.split("+"))
         if not self.copies:
@@ -526,12 +573,12 @@ class Config:
     @property
     def reads_table(self) -> bool:
         """The copy (live, or dry with a table), --status and --verify read the prod table."""
-        return bool(self.table) and (self.copies or self.status or self.verify)
+        return bool(self.table) and (self.copies or self.status or self.verify or bool(self.undo))
 
     def needed_values(self) -> set[str]:
         """The configured values this operation uses (each operation asks only for those)."""
         needed = set()
-        if self.copies or self.status or self.verify:
+        if self.copies or self.status or self.verify or self.undo:
             needed.add("table")
         if self.copies or self.verify:
             needed |= {"dev_raw_bucket", "prod_raw_bucket", "dev_cdn_bucket", "prod_cdn_bucket"}
@@ -639,7 +686,7 @@ def wave_settings(args: argparse.Namespace) -> dict[str, Any]:
                   "--round-interval": args.round_interval, "--queue": args.queue,
                   "--dead-letter-queue": args.dead_letter_queue, "--max-queue-depth": args.max_queue_depth}
     given = [flag for flag, value in companions.items() if value is not None]
-    if args.wave_size is None and (given or args.wave_done != "embedded"):
+    if args.wave_size is None and not args.undo and (given or args.wave_done != "embedded"):
         given = given or ["--wave-done"]
         raise UsageError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --wave-size")
     if args.max_pending_embeddings is not None and args.max_pending_embeddings < 0:
@@ -651,7 +698,8 @@ def wave_settings(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--max-queue-depth must be >= 0")
     if args.max_queue_depth is not None and not args.queue:
         raise UsageError("--max-queue-depth goes with --queue")
-    return {"trigger_embeddings": args.trigger_embeddings or args.wave_size is not None,
+    # --undo goes in waves too (its gates between them), but starts no workflow
+    return {"trigger_embeddings": args.trigger_embeddings or (args.wave_size is not None and not args.undo),
             "wave_timeout": DEFAULT_WAVE_TIMEOUT if args.wave_timeout is None else args.wave_timeout,
             "round_interval": DEFAULT_ROUND_INTERVAL if args.round_interval is None else args.round_interval,
             "max_queue_depth": (DEFAULT_MAX_QUEUE_DEPTH if args.max_queue_depth is None
@@ -727,8 +775,10 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
         "progress": not args.no_progress,
         # --overwrite-changed means "make prod match the export", which images skipped whole
         # would never do; an explicit --skip-existing still wins (and check_config warns).
-        "skip_existing": (not args.overwrite_changed) if skip_existing is None else skip_existing,
+        "skip_existing": (not (args.overwrite_changed or args.mirror) if skip_existing is None
+                          else skip_existing),
         "image_ids": read_image_ids(args.image_id, args.image_ids_file),
+        **mirror_settings(args),
         **wave_settings(args),
         "workflows": workflow_names(args, stages["prod"], sources),
         "workflows_given": tuple(args.workflow or ()),
@@ -737,6 +787,25 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str],
     as_given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                 if f.name not in derived and hasattr(args, f.name)}
     return Config(**as_given, **derived), ConfigOrigin(sources, missing, list(argv))
+
+
+def mirror_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """--mirror, --delete-missing and their lists, --journal (a live destructive run always
+    has one: a default name next to the report), --undo."""
+    if args.mirror and args.skip_existing:
+        raise UsageError("--mirror compares the images prod holds: it cannot go with --skip-existing")
+    if args.delete_image_ids is not None and not args.delete_missing:
+        raise UsageError("--delete-image-ids lists what --delete-missing deletes: give both")
+    destructive = args.mirror or args.delete_missing or args.overwrite_changed
+    journal = args.journal
+    if journal is None and destructive and not args.dry_run and not args.undo:
+        journal = (args.report.with_suffix(".journal.jsonl") if args.report else
+                   Path(f"copy-journal-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.jsonl"))
+    return {
+        "delete_image_ids": read_image_ids(None, args.delete_image_ids, "--delete-image-ids"),
+        "protect": frozenset(i.lower() for i in read_image_ids(None, args.protect, "--protect") or ()),
+        "journal": journal,
+    }
 
 
 # Where Step Functions requests go when --sfn-endpoint-url is not given, after --endpoint-url:
@@ -833,9 +902,10 @@ def sfn_endpoint_text(cfg: Config, origin: ConfigOrigin) -> str:
 UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[45][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z", re.I)
 
 
-def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, ...] | None:
+def read_image_ids(ids: Sequence[str] | None, path: Path | None,
+                   flag: str = "--image-ids-file") -> tuple[str, ...] | None:
     """--image-id (repeatable) and --image-ids-file (one id a line), in order, deduplicated in
-    any case."""
+    any case; also the id files of --delete-image-ids and --protect (`flag`)."""
     if not ids and path is None:
         return None
     found = [(i, "--image-id") for i in ids or ()]
@@ -843,7 +913,7 @@ def read_image_ids(ids: Sequence[str] | None, path: Path | None) -> tuple[str, .
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read --image-ids-file {path}: {exc}") from None
+            raise UsageError(f"cannot read {flag} {path}: {exc}") from None
         found += [(line.strip(), f"{path} line {n}") for n, line in enumerate(lines, 1)
                   if line.strip()]
     first: dict[str, str] = {}  # an id listed again in another case is the same image
@@ -863,6 +933,7 @@ def check_config(cfg: Config, origin: ConfigOrigin) -> list[str]:
         raise UsageError(f"{flag} goes with a copy" + ("" if cfg.wave_size else " or on its own")
                          + ", not with --status/--verify (run those on their own)")
     check_source_config(cfg)
+    check_mirror_config(cfg)
     check_sfn_endpoint(cfg, origin)
     if (cfg.copies or cfg.verify or cfg.export_dir_given) and not cfg.other_source \
             and not cfg.export_dir.is_dir():
@@ -895,6 +966,43 @@ def check_config(cfg: Config, origin: ConfigOrigin) -> list[str]:
             raise UsageError(f"refusing to copy into {cfg.table!r} ({origin.of('table')}): the name "
                              "looks like a dev table (--force overrides)")
     return warnings
+
+
+def check_mirror_config(cfg: Config) -> None:
+    """Deleting is allowed only where the source is known to be complete: an image missing from
+    a filtered selection is not missing from dev. --undo runs on its own."""
+    if cfg.undo:
+        others = [flag for flag, on in (("--mirror", cfg.mirror), ("--delete-missing", cfg.delete_missing),
+                                        ("--overwrite-changed", cfg.overwrite_changed),
+                                        ("--status", cfg.status), ("--verify", cfg.verify),
+                                        ("--trigger-embeddings", cfg.trigger_embeddings),
+                                        ("--journal", cfg.journal is not None)) if on]
+        if others:
+            raise UsageError(f"--undo runs on its own, not with {', '.join(others)}")
+        return
+    if cfg.journal is not None and not (cfg.mirror or cfg.delete_missing or cfg.overwrite_changed):
+        raise UsageError("--journal records what --mirror, --delete-missing or --overwrite-changed "
+                         "overwrite or delete: give one of them")
+    if not cfg.delete_missing:
+        return
+    if not cfg.copies:
+        raise UsageError("--delete-missing goes with a copy, not with --status/--verify")
+    if not cfg.table:
+        raise UsageError("--delete-missing needs the prod table (its images are listed to find "
+                         "those the source lacks), also in a dry run")
+    if cfg.delete_image_ids is not None:
+        return
+    narrowing = [flag for flag, on in (("--image-id/--image-ids-file", cfg.image_ids is not None),
+                                       ("--limit", cfg.limit is not None),
+                                       ("--shard", cfg.shard is not None)) if on]
+    if not cfg.source_table:
+        raise UsageError("--delete-missing deletes what the source lacks, so it needs a source known "
+                         "to be complete: --source-table (read in full), or the images to delete "
+                         "listed with --delete-image-ids FILE")
+    if narrowing:
+        raise UsageError(f"--delete-missing with {', '.join(narrowing)}: a narrowed selection would "
+                         "call every other image missing; list the images to delete with "
+                         "--delete-image-ids FILE")
 
 
 def check_bucket_pair(cfg: Config, origin: ConfigOrigin, kind: str) -> list[str]:
@@ -960,7 +1068,8 @@ def check_output_paths(cfg: Config) -> None:
     """--report and --dump-items must be writable before anything is read or written:
     finding out after an hour of copying would lose the record of what was done. Neither
     may overwrite an input or the other output."""
-    outputs = [(flag, path) for flag, path in (("--report", cfg.report), ("--dump-items", cfg.dump_items))
+    outputs = [(flag, path) for flag, path in (("--report", cfg.report), ("--dump-items", cfg.dump_items),
+                                               ("--journal", cfg.journal if not cfg.dry_run else None))
                if path is not None]
     for flag, path in outputs:
         parent = path.parent if str(path.parent) else Path(".")
@@ -972,9 +1081,9 @@ def check_output_paths(cfg: Config) -> None:
         if not os.access(path if path.exists() else parent, os.W_OK):
             raise UsageError(f"{flag} {path}: not writable")
         check_not_an_input(cfg, flag, path)
-    if len(outputs) == 2 and same_file(outputs[0][1], outputs[1][1]) and \
-            not same_file(outputs[0][1], Path(os.devnull)):
-        raise UsageError(f"--report and --dump-items both name {cfg.report}: each needs a file of its own")
+    for (flag_a, a), (flag_b, b) in itertools.combinations(outputs, 2):
+        if same_file(a, b) and not same_file(a, Path(os.devnull)):
+            raise UsageError(f"{flag_a} and {flag_b} both name {a}: each needs a file of its own")
 
 
 # Outputs that are no regular file but are fine to write to. /dev/full is a full disk (every
@@ -1013,7 +1122,8 @@ def run_inputs(cfg: Config) -> Iterator[tuple[str, Path]]:
     """Every file this run reads, and how messages name it. Export files are listed (not just
     the directory): one may be a symlink to a file elsewhere."""
     for flag, path in (("--dev-config", cfg.dev_config), ("--prod-config", cfg.prod_config),
-                       ("--image-ids-file", cfg.image_ids_file), ("--source-items", cfg.source_items)):
+                       ("--image-ids-file", cfg.image_ids_file), ("--source-items", cfg.source_items),
+                       ("--undo", cfg.undo)):
         if path is not None:
             yield f"the {flag} file", path
     if cfg.source_items is not None and cfg.source_items.is_dir():
@@ -2076,6 +2186,11 @@ class ConvertedImage:
     other_types: Counter[str] = dataclasses.field(default_factory=Counter)
 
 
+def nothing_of(source: ImageSource) -> ConvertedImage:
+    """What the source has of an image to delete: no item."""
+    return ConvertedImage(source, source.image_id, [], Counter(), Counter(), Counter(), True)
+
+
 def never_copy_type(entry: Mapping[str, Any]) -> str | None:
     """The never-copy kind an entry is, judged by its TYPE or its key shape."""
     if "TYPE" not in entry and "PK" not in entry and "SK" not in entry:
@@ -2589,22 +2704,32 @@ class WriteError(Exception):
 
 
 class BatchWriter:
-    """Writes up to 25 items with one BatchWriteItem, re-sending UnprocessedItems with
-    exponential backoff and full jitter until written or out of retries."""
+    """Writes up to 25 items with one BatchWriteItem (puts of whole items and deletes by key),
+    re-sending UnprocessedItems with exponential backoff and full jitter until written or out
+    of retries. A delete counts like a put for --max-items-per-second: every delete of a line,
+    word, label, place or receipt is a compaction message in prod."""
 
     def __init__(self, client: DynamoDBClient, table: str, retrier: Retrier,
                  limiter: RateLimiter | None = None) -> None:
         self.client, self.table, self.retrier, self.limiter = client, table, retrier, limiter
 
-    def write(self, items: Sequence[dict[str, AttributeValue]]) -> None:
-        """Raises WriteError naming how many items were not written."""
-        if not 0 < len(items) <= BATCH_SIZE:
-            raise ValueError(f"a batch holds 1..{BATCH_SIZE} items, not {len(items)}")
-        if len({item_key(i) for i in items}) != len(items):
-            raise ValueError("a batch must not hold two puts of the same key")
+    def write(self, items: Sequence[dict[str, AttributeValue]],
+              deletes: Sequence[Mapping[str, AttributeValue]] = ()) -> None:
+        """Put `items` and delete the items under the keys of `deletes` (any item of theirs:
+        only PK and SK are sent). Raises WriteError naming how many were not written; its
+        `unwritten` holds the items and the deletes lost."""
+        n = len(items) + len(deletes)
+        if not 0 < n <= BATCH_SIZE:
+            raise ValueError(f"a batch holds 1..{BATCH_SIZE} items, not {n}")
+        if len({item_key(i) for i in [*items, *deletes]}) != n:
+            raise ValueError("a batch must not hold two writes of the same key")
         # The tool's items are plain DynamoDB JSON (AttributeValue), which the stubs spell as
         # TypedDicts: the request and what comes back are taken as DynamoDB gives them.
-        pending: Sequence[Any] = [{"PutRequest": {"Item": item}} for item in items]
+        self.send([{"PutRequest": {"Item": item}} for item in items]
+                  + [{"DeleteRequest": {"Key": {"PK": d["PK"], "SK": d["SK"]}}} for d in deletes])
+
+    def send(self, requests: Sequence[Any]) -> None:
+        pending = requests
 
         def attempt() -> str | None:
             nonlocal pending
@@ -2617,27 +2742,27 @@ class BatchWriter:
         try:
             self.retrier.run(attempt)
         except RetriesExhausted as exc:
-            raise WriteError(f"not written: {exc}", [p["PutRequest"]["Item"] for p in pending],
+            raise WriteError(f"not written: {exc}", [request_item(p) for p in pending],
                              reason=f"still unprocessed after {self.retrier.max_retries} retries "
                                     "(table throttled?)") from None
         except Exception as exc:
-            unwritten = [p["PutRequest"]["Item"] for p in pending]
+            unwritten = [request_item(p) for p in pending]
             if not is_refusal(exc):
                 raise WriteError(f"{len(unwritten)} item(s) not written: {describe_error(exc)}",
                                  unwritten, reason=describe_error(exc)) from None
             if len(unwritten) == 1:
                 raise refusal_error(unwritten[0], describe_error(exc)) from None
-            self.write_one_by_one(unwritten)
+            self.send_one_by_one(pending)
 
-    def write_one_by_one(self, items: Sequence[dict[str, AttributeValue]]) -> None:
-        """The server refused a whole batch as invalid (a rule no check here foresaw): write
-        its items one at a time to single out the item it refuses, and name it."""
+    def send_one_by_one(self, requests: Sequence[Any]) -> None:
+        """The server refused a whole batch as invalid (a rule no check here foresaw): send
+        its requests one at a time to single out the item it refuses, and name it."""
         failures = []
-        for item in items:
+        for request in requests:
             try:
-                self.write([item])
+                self.send([request])
             except WriteError as exc:
-                failures.append((item, exc))
+                failures.append((request_item(request), exc))
         refusals = [exc for _, exc in failures if exc.refused is not None]
         if refusals:
             more = f" ({len(refusals) - 1} more item(s) of its batch refused too)" * (len(refusals) > 1)
@@ -2648,6 +2773,13 @@ class BatchWriter:
             raise WriteError(str(failures[0][1]), [i for i, _ in failures])
 
 
+def request_item(request: Mapping[str, Any]) -> dict[str, AttributeValue]:
+    """The item of a put request, the key of a delete request."""
+    if "PutRequest" in request:
+        return cast("dict[str, AttributeValue]", request["PutRequest"]["Item"])
+    return cast("dict[str, AttributeValue]", request["DeleteRequest"]["Key"])
+
+
 def is_refusal(exc: BaseException) -> bool:
     """The server refuses the request as invalid: sending it again cannot help."""
     response = getattr(exc, "response", None)
@@ -2656,8 +2788,8 @@ def is_refusal(exc: BaseException) -> bool:
 
 def refusal_error(item: dict[str, AttributeValue], reason: str) -> WriteError:
     pk, sk = item_key(item)
-    return WriteError(f"DynamoDB refused the {item['TYPE']['S']} item PK {pk}, SK {sk}: {reason}",
-                      [item], refused=item)
+    what = f"the {item['TYPE']['S']} item" if "TYPE" in item else "the delete of"
+    return WriteError(f"DynamoDB refused {what} PK {pk}, SK {sk}: {reason}", [item], refused=item)
 
 
 def item_key(item: Mapping[str, AttributeValue]) -> tuple[str, str]:
@@ -2683,6 +2815,7 @@ class ImageSource:
     name: str
     read: Callable[[], ExportImage]
     absent: str | None = None  # why the source does not hold this id (see missing)
+    delete: bool = False       # a prod image the source lacks, to delete (--delete-missing)
 
     @classmethod
     def from_file(cls, path: Path) -> ImageSource:
@@ -2693,6 +2826,15 @@ class ImageSource:
         """An id --image-id/--image-ids-file names that the source does not hold: it fails
         as an image, so the operator sees it by name and the rest goes on."""
         return cls(image_id, image_id, functools.partial(raise_input_error, why), absent=why)
+
+
+    @classmethod
+    def to_delete(cls, image_id: str) -> ImageSource:
+        """A prod image the source does not have: --delete-missing makes prod match the
+        source's nothing (its items are never read from a source)."""
+        return cls(image_id, f"IMAGE#{image_id} (not in the source)",
+                   functools.partial(raise_input_error, "an image to delete has no source"),
+                   delete=True)
 
 
 def raise_input_error(message: str) -> ExportImage:
@@ -2815,7 +2957,8 @@ def nesting_error(text: str) -> InputError:
 # back from items by the spec's inverse, section 3), so everything after reading is the
 # path of an export file: same checks, rules, diff and writes, byte-identical items.
 class ReadOnlyTable:
-    """The dev table. Only Query and Scan are ever sent to it: nothing here can write."""
+    """The dev table (and prod's reads of whole partitions and of its image list, through
+    ProdTable). Only Query and Scan are ever sent: nothing here can write."""
 
     def __init__(self, client: DynamoDBClient, table: str, retrier: Retrier) -> None:
         self.client, self.table, self.retrier = client, table, retrier
@@ -2871,10 +3014,14 @@ class ReadOnlyTable:
         return lower
 
     def partition(self, image_id: str) -> list[dict[str, AttributeValue]]:
-        """Every item of one image: one paginated, strongly consistent Query of its PK."""
-        return [item for page in self.pages("query", KeyConditionExpression="PK = :pk",
-                                            ExpressionAttributeValues={":pk": {"S": f"IMAGE#{image_id}"}},
-                                            ConsistentRead=True)
+        """Every item of one image."""
+        return self.partition_items(f"IMAGE#{image_id}")
+
+    def partition_items(self, pk: str) -> list[dict[str, AttributeValue]]:
+        """Every item under one PK: one paginated, strongly consistent Query."""
+        return [cast("dict[str, AttributeValue]", item)
+                for page in self.pages("query", KeyConditionExpression="PK = :pk",
+                                       ExpressionAttributeValues={":pk": {"S": pk}}, ConsistentRead=True)
                 for item in page.get("Items", [])]
 
 
@@ -3102,6 +3249,35 @@ def select_sources(cfg: Config) -> list[ImageSource]:
     return sources
 
 
+def deletion_sources(cfg: Config, prod: ProdTable | None,
+                     sources: Sequence[ImageSource]) -> list[ImageSource]:
+    """--delete-missing: the prod images the source does not have. Listed with
+    --delete-image-ids, checked against the whole source (not only the selection): an id the
+    source has is refused. Else the source is the whole dev table (check_mirror_config) and
+    every image prod holds that it lacks is deleted."""
+    if not cfg.delete_missing:
+        return []
+    assert prod is not None  # check_mirror_config: --delete-missing needs the table
+    if cfg.delete_image_ids is not None:
+        whole = set(map(str.lower, source_image_ids(cfg)))
+        held = [i for i in cfg.delete_image_ids if i.lower() in whole]
+        if held:
+            raise UsageError(f"--delete-image-ids lists {plural(len(held), 'image')} the source has "
+                             f"({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}): refusing "
+                             "to delete them")
+        return [ImageSource.to_delete(i) for i in cfg.delete_image_ids]
+    with errors_as(UsageError, f"cannot list the images of the prod table {cfg.table}"):
+        in_prod = prod.image_ids()
+    ours = {s.image_id.lower() for s in sources}
+    return [ImageSource.to_delete(i) for i in in_prod if i.lower() not in ours]
+
+
+def source_image_ids(cfg: Config) -> list[str]:
+    """Every image id of the source, whatever the selection."""
+    whole = dataclasses.replace(cfg, image_ids=None, shard=None)
+    return [s.image_id for s in select_sources(whole)]
+
+
 # =============================================================================
 # 6. The prod table
 # =============================================================================
@@ -3151,8 +3327,8 @@ class RowCounts:
 class ProdTable:
     """The prod table: the only code that reads or writes it. One client, whose every request
     reports its capacity units to one meter; one retry policy (--max-retries); one rate
-    limiter for writes (--max-items-per-second). Writes are puts of whole items, in batches
-    (BatchWriter); nothing here deletes or updates."""
+    limiter for writes (--max-items-per-second). Writes are puts of whole items and deletes by
+    key, in batches (BatchWriter); nothing here updates an attribute in place."""
 
     def __init__(self, cfg: Config, client: Any = None) -> None:
         self.name = cfg.table or ""
@@ -3235,9 +3411,21 @@ class ProdTable:
         return {item["SK"]["S"]: item for chunk in batches(keys, GET_BATCH_SIZE)
                 for item in self.read_keys(chunk)}
 
-    def write(self, items: Sequence[dict[str, AttributeValue]]) -> None:
-        """Put up to 25 items (one BatchWriteItem and its resends); raises WriteError."""
-        self.writer.write(items)
+    def write(self, items: Sequence[dict[str, AttributeValue]],
+              deletes: Sequence[Mapping[str, AttributeValue]] = ()) -> None:
+        """Put items and delete keys, up to 25 together (one BatchWriteItem and its resends);
+        raises WriteError."""
+        self.writer.write(items, deletes)
+
+    def partition(self, pk: str) -> list[dict[str, AttributeValue]]:
+        """Every item under one partition key (an image's): a paginated, strongly consistent
+        Query. A mirror needs what prod holds that the source does not, so it reads it all."""
+        return ReadOnlyTable(self.client, self.name, self.retrier).partition_items(pk)
+
+    def image_ids(self) -> list[str]:
+        """Every image prod holds (its IMAGE items, through GSITYPE): what --delete-missing
+        compares with the source."""
+        return ReadOnlyTable(self.client, self.name, self.retrier).image_ids()
 
     def count_waiting(self, image_ids: Sequence[str] | None = None) -> dict[str, int]:
         """Receipt lines/words still NONE (noise included: --status shows what the table holds),
@@ -3340,6 +3528,12 @@ def meaningful_differences(item: Mapping[str, AttributeValue], names: Sequence[s
     return [n for n in names if n not in owned]
 
 
+# The types this tool writes. A mirror makes prod's items of these types in an image's
+# partition exactly the source's; an item of any other type there (COMPACTION_RUN, a summary,
+# whatever another part of the system keeps beside the image) is never changed or deleted.
+WRITTEN_TYPES = frozenset(k.type for k in KINDS)
+
+
 @dataclasses.dataclass
 class Diff:
     to_write: list[dict[str, AttributeValue]]
@@ -3347,6 +3541,12 @@ class Diff:
     unchanged: int = 0
     prod_progress: int = 0   # differs only in prod-owned embedding fields: left alone
     conflicts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # a mirror: prod's items of the written types that the source no longer has, and how many
+    # items of other types the partition holds (never touched), by TYPE
+    to_delete: list[dict[str, AttributeValue]] = dataclasses.field(default_factory=list)
+    other_types: Counter[str] = dataclasses.field(default_factory=Counter)
+    # prod's version of each item to write or delete that prod holds (the journal's "before")
+    before: dict[str, dict[str, AttributeValue]] = dataclasses.field(default_factory=dict)
 
 
 CONFLICT_VALUE_CHARS = 200
@@ -3364,8 +3564,15 @@ def shown_value(v: AttributeValue | None) -> str | None:
 
 
 def diff_with_prod(items: Sequence[dict[str, AttributeValue]],
-                   prod: Mapping[str, Mapping[str, AttributeValue]], overwrite_changed: bool) -> Diff:
-    """Decide per item: write (missing), unchanged (identical), or conflict (prod differs)."""
+                   prod: Mapping[str, dict[str, AttributeValue]], overwrite_changed: bool,
+                   mirror: bool = False) -> Diff:
+    """Decide per item: write (missing), unchanged (identical), or conflict (prod differs).
+
+    With `mirror`, `prod` is the image's whole partition and prod is made the source's: an item
+    that differs is written (no conflict: the mirror was asked for), and prod's items of the
+    written types that the source lacks are to delete. "Differs" is the same test as for a
+    conflict: prod's own embedding progress (PROD_OWNED) is no difference, so an unchanged
+    line or word keeps its status; a changed one is written as the source has it (NONE)."""
     diff = Diff([])
     for item in items:
         existing = prod.get(item["SK"]["S"])
@@ -3378,6 +3585,9 @@ def diff_with_prod(items: Sequence[dict[str, AttributeValue]],
             diff.unchanged += 1
         elif not meaningful_differences(item, names):
             diff.prod_progress += 1
+        elif mirror:
+            diff.to_write.append(item)
+            diff.before[item["SK"]["S"]] = existing
         else:
             meaningful = meaningful_differences(item, names)
             diff.conflicts.append({
@@ -3389,6 +3599,18 @@ def diff_with_prod(items: Sequence[dict[str, AttributeValue]],
                 "action": "overwrite" if overwrite_changed else "keep prod"})
             if overwrite_changed:
                 diff.to_write.append(item)
+                diff.before[item["SK"]["S"]] = existing
+    if mirror:
+        ours = {item["SK"]["S"] for item in items}
+        for sk, existing in sorted(prod.items()):
+            kind = existing.get("TYPE", {}).get("S", "(no TYPE)")
+            if sk in ours:
+                continue
+            if kind in WRITTEN_TYPES:
+                diff.to_delete.append(existing)
+                diff.before[sk] = existing
+            else:
+                diff.other_types[kind] += 1
     return diff
 
 
@@ -3481,8 +3703,9 @@ class RunPlan:
     need the totals); the items are then dropped, and the copier converts the image again."""
 
     def __init__(self, cfg: Config, sources: Sequence[ImageSource], prod: ProdTable | None,
-                 rules: Rules) -> None:
-        self.cfg, self.sources, self.prod, self.rules = cfg, list(sources), prod, rules
+                 rules: Rules, deletions: Sequence[ImageSource] = ()) -> None:
+        # the selection, then the prod images to delete (--delete-missing)
+        self.cfg, self.sources, self.prod, self.rules = cfg, [*sources, *deletions], prod, rules
         self.decided: list[PlannedImage] = []
         self.settled = False
         self.started = False
@@ -3501,7 +3724,8 @@ class RunPlan:
                 limit_reached = limit_reached or (
                     unknown is None and not in_prod and self.cfg.limit is not None
                     and new >= self.cfg.limit)
-                planned = (PlannedImage(source, in_prod, "not_reached_limit") if limit_reached
+                planned = (PlannedImage(source, in_prod, "not_reached_limit")
+                           if limit_reached and not source.delete
                            else self.decide_image(source, in_prod, unknown))
                 new += planned.outcome is None and not in_prod
                 self.record(planned)
@@ -3524,6 +3748,10 @@ class RunPlan:
         if unknown is not None:
             return PlannedImage(source, False, "failed",
                                 InputError(f"cannot check prod for this image: {unknown}"))
+        if in_prod and source.image_id.lower() in self.cfg.protect:
+            return PlannedImage(source, True, "protected")
+        if source.delete:  # the copier reads its partition: also a partial image is deleted
+            return PlannedImage(source, in_prod, image=nothing_of(source))
         if in_prod and self.cfg.skip_existing:
             return PlannedImage(source, True, "skipped_existing")
         try:
@@ -3537,6 +3765,8 @@ class RunPlan:
     def record(self, planned: PlannedImage) -> None:
         if planned.error is not None:
             log.error("%s", format_error(planned.error.record(planned.source)))
+        if planned.outcome == "protected":
+            print(action_line({"image_id": planned.image_id, "action": "PROTECTED"}))
         self.decided.append(planned)
 
     def settle(self) -> RunPlan:
@@ -3569,17 +3799,21 @@ class RunPlan:
         """The confirmation's line: what the run will do, from the settled plan. Items are
         counted from the export, so "up to": the copy's diff skips what prod already holds."""
         outcomes = self.outcomes()
-        todo = self.to_copy()
+        deletes = [p for p in self.to_copy() if p.source.delete]
+        todo = [p for p in self.to_copy() if not p.source.delete]
         resynced = sum(p.in_prod for p in todo)
         parts = [(outcomes["skipped_existing"], "already in prod, skipped"),
-                 (resynced, "re-synced (already in prod)"),
+                 (resynced, f"{'mirrored' if self.cfg.mirror else 're-synced'} (already in prod)"),
+                 (len(deletes), "prod images the source lacks, to DELETE"),
+                 (outcomes["protected"], "protected (--protect), left as prod holds them"),
                  (outcomes["skipped_empty"], "without receipts, skipped"),
                  (outcomes["failed"], "failing (named above), not copied"),
                  (outcomes["not_reached_limit"], "left for a later run (--limit)")]
         others = ", ".join(f"{n:,} {what}" for n, what in parts if n)
         return (f"{plural(len(todo) - resynced, 'image')} to copy" + (f" ({others})" if others else "")
                 + f", with up to {sum(p.items for p in todo):,} items; items prod already holds "
-                  "are not rewritten")
+                  "are not rewritten" + ("; items of those images prod holds and the source lacks "
+                                         "are deleted" if self.cfg.mirror else ""))
 
 
 # =============================================================================
@@ -3593,7 +3827,7 @@ class Tally:
     workers settle images. A wave has a tally of its own; the run's adds them up."""
 
     ITEMS = ("planned", "to_write", "written", "unchanged", "prod_progress_kept", "conflicts",
-             "failed_before_diff")
+             "failed_before_diff", "to_delete", "deleted")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -3603,6 +3837,8 @@ class Tally:
         self.excluded: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         self.other_types: Counter[str] = Counter()   # by TYPE, never written
+        self.prod_other_types: Counter[str] = Counter()  # in partitions mirrored: never touched
+        self.actions: list[dict[str, Any]] = []      # --mirror/--delete-missing: per image
         self.errors: list[dict[str, Any]] = []
         self.conflicts: list[dict[str, Any]] = []
         self.failed_images: list[str] = []
@@ -3620,14 +3856,21 @@ class Tally:
             self.items["unchanged"] += diff.unchanged
             self.items["prod_progress_kept"] += diff.prod_progress
             self.items["conflicts"] += len(diff.conflicts)
+            self.items["to_delete"] += len(diff.to_delete)
+            self.prod_other_types.update(diff.other_types)
             self.conflicts.extend(dict(c, image_id=image.image_id) for c in diff.conflicts)
         for c in diff.conflicts:
             log.warning("conflict: %s %s differs in prod (%s); %s", c["PK"], c["SK"],
                         ", ".join(c["attributes"]), c["action"])
 
-    def written(self, n: int) -> None:
+    def written(self, n: int, deleted: int = 0) -> None:
         with self.lock:
             self.items["written"] += n
+            self.items["deleted"] += deleted
+
+    def action(self, record: dict[str, Any]) -> None:
+        with self.lock:
+            self.actions.append(record)
 
     def done(self, image: ConvertedImage, outcome: str) -> None:
         with self.lock:
@@ -3652,8 +3895,10 @@ class Tally:
         with self.lock, other.lock:
             for mine, theirs in ((self.images, other.images), (self.items, other.items),
                                  (self.entities, other.entities), (self.excluded, other.excluded),
-                                 (self.ignored, other.ignored), (self.other_types, other.other_types)):
+                                 (self.ignored, other.ignored), (self.other_types, other.other_types),
+                                 (self.prod_other_types, other.prod_other_types)):
                 mine.update(theirs)
+            self.actions += other.actions
             self.errors += other.errors
             self.conflicts += other.conflicts
             self.failed_images += other.failed_images
@@ -3677,6 +3922,12 @@ class ItemBudget:
     def acquire(self, n: int) -> None:
         with self.cond:
             self.cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    def take(self, n: int) -> None:
+        """Count items already in memory (prod's items to delete) without waiting: a worker
+        thread must never wait for a budget only workers give back."""
+        with self.cond:
             self.used += n
 
     def release(self, n: int) -> None:
@@ -3705,6 +3956,11 @@ class ImageJob:
     to_write: int = 0
     written: int = 0
     diffed: bool = False           # its items were counted as to write, unchanged, kept or conflicts
+    deleting: bool = False         # a prod image the source lacks (--delete-missing)
+    delete_keys: set[str] = dataclasses.field(default_factory=set)  # SKs its stages delete
+    before: dict[str, dict[str, AttributeValue]] = dataclasses.field(default_factory=dict)  # journal
+    to_delete: int = 0
+    deleted: int = 0
     errors: list[InputError] = dataclasses.field(default_factory=list)
     lost: int = 0                  # items a write lost for a cause other than a refusal
     lost_reasons: list[str] = dataclasses.field(default_factory=list)
@@ -3793,10 +4049,18 @@ class Copier:
     pays in throughput). When the first item is there, every key is read and diffed, so
     nothing prod holds is overwritten unseen. A dry run with a table makes the same reads
     and decisions and writes nothing; without one it reads nothing and takes prod to be
-    empty."""
+    empty.
 
-    def __init__(self, cfg: Config, rules: Rules, prod: ProdTable | None, dump: DumpFile) -> None:
-        self.cfg, self.rules, self.prod, self.dump = cfg, rules, prod, dump
+    A mirror (--mirror) and a delete (--delete-missing) read the image's whole partition
+    instead (one Query): what prod holds that the source lacks is deleted. Their stages: the
+    first item, the other puts, the deletes, then the IMAGE item (put, or for an image
+    deleted, deleted last: until then it is the handle by which a re-run finds the image).
+    With a journal, each batch's writes are recorded, prod's versions included, before the
+    batch is sent."""
+
+    def __init__(self, cfg: Config, rules: Rules, prod: ProdTable | None, dump: DumpFile,
+                 journal: Journal | None = None) -> None:
+        self.cfg, self.rules, self.prod, self.dump, self.journal = cfg, rules, prod, dump, journal
         self.live = prod is not None and not cfg.dry_run
         # Items not yet settled (read, diffed, written), released batch by batch, so the
         # next image starts while the last batches of the previous one are still out
@@ -3855,6 +4119,8 @@ class Copier:
         plan converted it) and started."""
         for planned in images:
             self.dump.check()
+            if self.journal:
+                self.journal.check()
             image, planned.image = planned.image, None
             if planned.outcome is None and image is None:
                 image = self.convert_again(planned)
@@ -3863,12 +4129,14 @@ class Copier:
                 continue
             self.tally.planned(image)
             start(ImageJob(image, held=len(image.items), in_prod=planned.in_prod,
-                           first=first_item(image.items)))
+                           first=first_item(image.items), deleting=planned.source.delete))
             del image  # not alive while the next image is read
 
     def convert_again(self, planned: PlannedImage) -> ConvertedImage | None:
         """A settled plan dropped the image's items: convert it again (it failing now is
         its outcome)."""
+        if planned.source.delete:
+            return nothing_of(planned.source)
         try:
             return convert_source(planned.source, self.rules, self.cfg.ignore_unknown)
         except InputError as exc:
@@ -3915,6 +4183,11 @@ class Copier:
             self.set_producing(False)  # blocked: let open batches go
             self.budget.acquire(job.held)
             self.set_producing(True)
+        if self.cfg.mirror or job.deleting:  # what prod holds beyond the source's keys counts
+            self.reads.task_started()
+            self.writes.task_started()
+            self.spawn(lambda: self.read_partition(job), lambda: [job], self.writes, self.reads)
+            return
         if job.in_prod:
             self.read_keys(job)
             return
@@ -4003,13 +4276,28 @@ class Copier:
         else:
             self.read_keys(job)
 
-    def decide(self, job: ImageJob, prod: Mapping[str, Mapping[str, AttributeValue]]) -> None:
+    def read_partition(self, job: ImageJob) -> None:
+        """--mirror, --delete-missing: every item prod holds under the image's PK."""
+        assert self.prod is not None
+        try:
+            items = self.prod.partition(f"IMAGE#{job.image.image_id}")
+        except Exception as exc:
+            self.fail([job], InputError(f"cannot read prod: {describe_error(exc)}"))
+            return
+        prod = {item["SK"]["S"]: item for item in items}
+        job.in_prod = prod.get("IMAGE", {}).get("TYPE", {}).get("S") == "IMAGE"
+        self.decide(job, prod)
+
+    def decide(self, job: ImageJob, prod: Mapping[str, dict[str, AttributeValue]]) -> None:
         """Diff with prod; a dry run stops here, a live run hands the items to the batcher."""
         image = job.image
-        diff = diff_with_prod(image.items, prod, self.cfg.overwrite_changed)
+        mirror = self.cfg.mirror or job.deleting
+        diff = diff_with_prod(image.items, prod, self.cfg.overwrite_changed, mirror)
         self.tally.diffed(image, diff)
         job.diffed = True
-        job.to_write = len(diff.to_write)
+        job.to_write, job.to_delete = len(diff.to_write), len(diff.to_delete)
+        if mirror or self.cfg.delete_missing:
+            self.record_action(job, diff)
         settled = len(image.items) - job.to_write
         image.items = []  # from here on only the batches hold the items still to write
         if not self.live:  # dry run: what the live run would write
@@ -4019,13 +4307,38 @@ class Copier:
             return
         if self.progress:
             self.progress.items_done(settled)
+            self.progress.planned(job.to_delete)
         self.release(job, settled)
-        # The image's first item, where prod lacks it, goes alone and before the others.
-        stages = [[i for i in diff.to_write if i is job.first],
-                  [i for i in diff.to_write if i is not job.first and i["SK"]["S"] != "IMAGE"],
-                  [i for i in diff.to_write if i["SK"]["S"] == "IMAGE"]]
+        with job.lock:  # prod's items to delete are held until deleted
+            job.held += job.to_delete
+        self.budget.take(job.to_delete)
+        job.delete_keys = {i["SK"]["S"] for i in diff.to_delete}
+        job.before = diff.before if self.journal else {}
+        # The image's first item, where prod lacks it, goes alone and before the others; the
+        # IMAGE item (a put, or the delete of an image the source lacks) goes last.
+        puts = [i for i in diff.to_write if i is not job.first and i["SK"]["S"] != "IMAGE"]
+        stages = [[i for i in diff.to_write if i is job.first], puts,
+                  [i for i in diff.to_delete if i["SK"]["S"] != "IMAGE"],
+                  [i for i in [*diff.to_write, *diff.to_delete] if i["SK"]["S"] == "IMAGE"]]
         job.stages = [stage for stage in stages if stage]
         self.write_next_stage(job)
+
+    def record_action(self, job: ImageJob, diff: Diff) -> None:
+        """--mirror/--delete-missing: what happens to the image, one line each (the dry run's
+        plan, the live run's record)."""
+        if job.deleting:
+            action = "DELETE" if diff.to_delete else "ABSENT"
+        elif not job.in_prod:
+            action = "ADD"
+        else:
+            action = "UPDATE" if diff.to_write or diff.to_delete else "UNCHANGED"
+        record = {"image_id": job.image.image_id, "action": action, "put": len(diff.to_write),
+                  "delete": len(diff.to_delete), "unchanged": diff.unchanged + diff.prod_progress}
+        self.tally.action(record)
+        if self.progress:
+            self.progress.write(action_line(record))
+        else:
+            print(action_line(record))
 
     # --- writing ------------------------------------------------------------------
 
@@ -4034,11 +4347,18 @@ class Copier:
         self.spawn(lambda: self.write_batch(batch), lambda: {job for job, _ in batch}, self.writes)
 
     def write_batch(self, batch: list[Entry]) -> None:
+        """Puts and deletes of any images, as one request; with a journal, recorded first."""
         assert self.prod is not None
+        deletes = [(job, item) for job, item in batch if item["SK"]["S"] in job.delete_keys]
+        puts = [(job, item) for job, item in batch if item["SK"]["S"] not in job.delete_keys]
         try:
-            self.prod.write([item for _, item in batch])
+            if self.journal:
+                self.journal.record(puts, deletes)
+            self.prod.write([item for _, item in puts], [item for _, item in deletes])
             lost: set[tuple[str, str]] = set()
             error: WriteError | None = None
+        except JournalError as exc:  # not recorded, so not sent; the run stops (Journal.check)
+            lost, error = {item_key(i) for _, i in batch}, WriteError(str(exc))
         except WriteError as exc:
             lost, error = {item_key(i) for i in exc.unwritten}, exc
         by_job: dict[ImageJob, list[dict[str, AttributeValue]]] = {}
@@ -4060,15 +4380,18 @@ class Copier:
         """These items of the job were written or lost; after the last item of a stage, the
         next stage goes (only if nothing was lost), and after the last stage the image is
         finished."""
-        written = [i for i in items if item_key(i) not in lost]
+        done = [i for i in items if item_key(i) not in lost]
         failed = [i for i in items if item_key(i) in lost]
-        if written:
+        if done:
+            written = [i for i in done if i["SK"]["S"] not in job.delete_keys]
+            deleted = len(done) - len(written)
             with job.lock:
                 job.written += len(written)
-            self.tally.written(len(written))
+                job.deleted += deleted
+            self.tally.written(len(written), deleted)
             self.dump.write(written)
             if self.progress:
-                self.progress.items_done(len(written))
+                self.progress.items_done(len(done))
         with job.lock:
             if failed and error is not None:
                 add_write_error(job, error, failed)
@@ -4124,7 +4447,9 @@ class Copier:
             if job.errors:
                 # e.g. prod could not be read: its items were never decided
                 self.tally.failed(image.source, job.errors, 0 if job.diffed else len(image.items))
-            elif job.in_prod and job.to_write == 0:
+            elif job.deleting:
+                self.tally.done(image, "deleted" if job.to_delete else "not_in_prod")
+            elif job.in_prod and job.to_write == 0 and job.to_delete == 0:
                 self.tally.done(image, "skipped_existing")
             else:
                 self.tally.done(image, "copied")
@@ -4132,6 +4457,13 @@ class Copier:
             self.progress_image()
         finally:
             self.release(job, job.held)
+
+
+def action_line(record: Mapping[str, Any]) -> str:
+    """One image of a mirror or delete: `UPDATE    <id>: put 12, delete 9, unchanged 300`."""
+    counts = ", ".join(f"{what} {record[what]:,}" for what in ("put", "delete", "unchanged")
+                       if record.get(what))
+    return f"{record['action']:<9} {record['image_id']}" + (f": {counts}" if counts else "")
 
 
 def first_item(items: Iterable[dict[str, AttributeValue]]) -> dict[str, AttributeValue] | None:
@@ -4192,6 +4524,144 @@ class DumpFile:
                 self.error = self.error or exc
 
 
+# --- the journal: what a destructive run overwrites and deletes, written before it does -----
+
+JOURNAL_FORMAT = "copy_dynamodb_dev_to_prod journal"
+JOURNAL_VERSION = 1
+
+
+class JournalError(Exception):
+    """The journal could not be written: the batch it was for is not sent."""
+
+
+def json_item(item: Mapping[str, AttributeValue]) -> dict[str, Any]:
+    """An item as JSON can hold it: binary values (B, BS) as base64 text, tagged B64/BS64."""
+    return {name: json_value(v) for name, v in item.items()}
+
+
+def json_value(v: Any) -> Any:
+    (tag, x), = v.items()
+    if tag == "B":
+        return {"B64": base64.b64encode(x).decode("ascii")}
+    if tag == "BS":
+        return {"BS64": [base64.b64encode(b).decode("ascii") for b in x]}
+    if tag == "M":
+        return {"M": {k: json_value(y) for k, y in x.items()}}
+    if tag == "L":
+        return {"L": [json_value(y) for y in x]}
+    return {tag: x}
+
+
+def item_from_json(data: Mapping[str, Any]) -> dict[str, AttributeValue]:
+    return {name: value_from_json(v) for name, v in data.items()}
+
+
+def value_from_json(v: Any) -> Any:
+    (tag, x), = v.items()
+    if tag == "B64":
+        return {"B": base64.b64decode(x)}
+    if tag == "BS64":
+        return {"BS": [base64.b64decode(b) for b in x]}
+    if tag == "M":
+        return {"M": {k: value_from_json(y) for k, y in x.items()}}
+    if tag == "L":
+        return {"L": [value_from_json(y) for y in x]}
+    return {tag: x}
+
+
+def item_digest(item: Mapping[str, AttributeValue] | None) -> str | None:
+    """What an item says, apart from prod's own embedding progress (PROD_OWNED): equal items
+    have equal digests however DynamoDB spells their numbers. None: no item."""
+    if item is None:
+        return None
+    owned = PROD_OWNED.get(item.get("TYPE", {}).get("S", ""), set())
+    text = json.dumps({k: stable_form(v) for k, v in item.items() if k not in owned},
+                      sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def stable_form(v: Any) -> Any:
+    """canonical() as JSON: numbers normalised, sets sorted."""
+    (tag, x), = v.items()
+    if tag == "N":
+        return ["N", str(Decimal(x).normalize())]
+    if tag == "NS":
+        return ["NS", sorted(str(Decimal(n).normalize()) for n in x)]
+    if tag in ("SS", "BS"):
+        return [tag, sorted(base64.b64encode(b).decode() if isinstance(b, bytes) else b for b in x)]
+    if tag == "B":
+        return ["B", base64.b64encode(x).decode()]
+    if tag == "M":
+        return ["M", {k: stable_form(y) for k, y in x.items()}]
+    if tag == "L":
+        return ["L", [stable_form(y) for y in x]]
+    return [tag, x]
+
+
+class Journal:
+    """--journal: JSON Lines, appended to. Each run begins with a header line (the format, the
+    table and endpoint it writes to, when); then one line per write, recorded with its whole
+    batch and flushed to the disk (fsync) before the batch is sent:
+    {"PK", "SK", "op": "put"|"delete", "before": prod's item or null (a new item),
+    "after": the digest of the item put, or null (deleted)}. A new item costs its key and a
+    digest; an overwritten or deleted one its whole former self, which is what --undo puts
+    back. A write that cannot be recorded is not sent: the run stops before its next image."""
+
+    def __init__(self, path: Path, header: Mapping[str, Any]) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.error: OSError | None = None
+        self.records = 0
+        try:
+            # One write(2) per batch on an O_APPEND descriptor, no buffer in between: a run
+            # killed while recording leaves whole lines, or at most one cut-off last line.
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self.append([{"journal": JOURNAL_FORMAT, "version": JOURNAL_VERSION, **header}])
+            self.records = 0
+        except OSError as exc:
+            raise UsageError(f"--journal {path}: cannot write: {describe_error(exc)}") from None
+
+    def record(self, puts: Sequence[Entry], deletes: Sequence[Entry]) -> None:
+        lines = [{"PK": item["PK"]["S"], "SK": item["SK"]["S"], "op": "put",
+                  "before": self.before(job, item), "after": item_digest(item)} for job, item in puts]
+        lines += [{"PK": item["PK"]["S"], "SK": item["SK"]["S"], "op": "delete",
+                   "before": json_item(item), "after": None} for _, item in deletes]
+        try:
+            self.append(lines)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise JournalError(f"--journal {self.path}: cannot write: {describe_error(exc)}; "
+                               "not sent") from None
+
+    @staticmethod
+    def before(job: ImageJob, item: Mapping[str, AttributeValue]) -> dict[str, Any] | None:
+        existing = job.before.get(item["SK"]["S"])
+        return json_item(existing) if existing is not None else None
+
+    def append(self, lines: Sequence[Mapping[str, Any]]) -> None:
+        text = "".join(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n" for line in lines)
+        data = text.encode("utf-8")
+        with self.lock:
+            if self.error is not None:
+                raise self.error
+            while data:
+                data = data[os.write(self.fd, data):]
+            os.fsync(self.fd)
+            self.records += len(lines)
+
+    def check(self) -> None:
+        """Raise FatalError once a record has failed (called before each new image)."""
+        if self.error is not None:
+            raise FatalError(f"--journal {self.path}: cannot write: {describe_error(self.error)}; "
+                             "stopped before the next image (nothing unrecorded was sent)")
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError as exc:
+            self.error = self.error or exc
+
+
 class Progress:
     """tqdm bars on stderr for images and items; silent when stderr is not a terminal."""
 
@@ -4222,6 +4692,15 @@ class Progress:
         if self.enabled:
             with self.lock:
                 self.images.update(1)
+
+    def write(self, line: str) -> None:
+        """A line on stdout that does not tear the bars."""
+        if self.enabled:
+            from tqdm import tqdm
+            with self.lock:
+                tqdm.write(line, file=sys.stdout)
+        else:
+            print(line)
 
     def close(self) -> None:
         for bar in self.bars:
@@ -4983,7 +5462,302 @@ def wave_preview(cfg: Config) -> str:
 
 
 # =============================================================================
-# 11. Read-only operations: status, verify
+# 11. Undo: a journal read back
+# =============================================================================
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalEntry:
+    """One write a journaled run made (or was about to make when it stopped)."""
+    pk: str
+    sk: str
+    op: str                                   # put | delete
+    before: dict[str, AttributeValue] | None  # prod's item before it (None: there was none)
+    after: str | None                         # the digest of the item put (None: deleted)
+
+
+def read_journal(path: Path, cfg: Config) -> tuple[int, list[JournalEntry]]:
+    """(runs, entries) of the whole journal, checked before anything is done: one that cannot
+    be read, is cut off, is not a journal of this tool, or is another table's is refused
+    (UsageError: exit 2), so it is never half applied."""
+    where = f"--undo {path}"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{where}: cannot read: {describe_error(exc)}") from None
+    if not data.endswith(b"\n"):
+        raise UsageError(f"{where}: " + ("empty: not a journal" if not data else
+                         "cut off (its last line is incomplete): refusing to apply part of it; a "
+                         "run killed while recording never sent that batch: remove the incomplete "
+                         "line and undo again"))
+    runs, entries = 0, []
+    for n, line in enumerate(data.split(b"\n")[:-1], 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+            if "journal" in record:
+                check_journal_header(record, cfg, where, n)
+                runs += 1
+                continue
+            if n == 1:
+                raise UsageError(f"{where}: not a journal of this tool (no journal header)")
+            entries.append(journal_entry(record))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UsageError(f"{where} line {n}: " + ("not a journal of this tool" if n == 1 else
+                             "damaged (not a journal record): refusing to apply any of it")) from None
+    return runs, entries
+
+
+def check_journal_header(header: Mapping[str, Any], cfg: Config, where: str, n: int) -> None:
+    if header.get("journal") != JOURNAL_FORMAT or header.get("version") != JOURNAL_VERSION:
+        raise UsageError(f"{where} line {n}: not a journal this version reads "
+                         f"({header.get('journal')!r} version {header.get('version')!r})")
+    theirs = (header.get("table"), header.get("endpoint_url"))
+    if theirs != (cfg.table, cfg.endpoint_url):
+        raise UsageError(f"{where}: a journal of table {theirs[0]!r} at {theirs[1] or 'AWS'}, not of "
+                         f"{cfg.table!r} at {cfg.endpoint_url or 'AWS'}: refusing to apply it here")
+
+
+def journal_entry(record: Mapping[str, Any]) -> JournalEntry:
+    pk, sk, op, before, after = (record["PK"], record["SK"], record["op"], record["before"],
+                                 record["after"])
+    if not (isinstance(pk, str) and isinstance(sk, str) and op in ("put", "delete")
+            and (after is None or isinstance(after, str)) and (op == "put") == (after is not None)):
+        raise ValueError("bad record")
+    item = item_from_json(before) if before is not None else None
+    if item is not None and (item_key(item) != (pk, sk)):
+        raise ValueError("key mismatch")
+    return JournalEntry(pk, sk, op, item, after)
+
+
+@dataclasses.dataclass
+class UndoResult:
+    """What --undo did (or, in a dry run, would do) with a journal."""
+    journal: str
+    runs: int = 0
+    records: int = 0
+    images: int = 0
+    to_restore: int = 0     # put back as prod held it before the run
+    to_delete: int = 0      # added by the run: removed
+    restored: int = 0
+    deleted: int = 0
+    already: int = 0        # prod holds what it held before the run
+    conflicts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    images_done: int = 0
+    interrupted: bool = False
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.conflicts or self.errors or self.interrupted)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in (
+            "journal", "runs", "records", "images", "to_restore", "to_delete", "restored", "deleted",
+            "already", "conflicts", "errors", "images_done", "interrupted")}
+
+
+def undo_decision(chain: Sequence[JournalEntry], current: Mapping[str, AttributeValue] | None
+                  ) -> tuple[str, str]:
+    """(action, why) for one key: "already" (prod holds its state before the run), "restore"
+    or "delete" (prod holds what a journaled write left, or what it was about to replace),
+    "conflict" (prod holds something else: changed since; left alone). Compared without prod's
+    own embedding progress, so a row the pipeline moved on still counts as the run's."""
+    target = chain[0].before
+    now = item_digest(current)
+    if now == item_digest(target):
+        return "already", ""
+    left_by_run = {e.after for e in chain} | {item_digest(e.before) for e in chain}
+    if now in left_by_run:
+        return ("restore" if target is not None else "delete"), ""
+    if current is None:
+        return "conflict", "deleted since the run"
+    return "conflict", "changed since the run"
+
+
+class Undoer:
+    """--undo: per image (the journal's keys by PK), read prod's items under its keys, decide
+    each key (undo_decision), then write: restores, deletes, the IMAGE item last, like a copy.
+    Images go `--max-workers` at a time, in waves of --wave-size with the queue gates before
+    each; --max-items-per-second paces the writes. Deciding again on every run makes it
+    repeatable: what is undone already is "already"."""
+
+    def __init__(self, cfg: Config, prod: ProdTable, queues: Queues, result: UndoResult) -> None:
+        self.cfg, self.prod, self.queues, self.result = cfg, prod, queues, result
+
+    def images(self, entries: Sequence[JournalEntry]) -> list[list[list[JournalEntry]]]:
+        """Per image (first seen first), its keys' chains of entries, in journal order."""
+        by_pk: dict[str, dict[str, list[JournalEntry]]] = {}
+        for e in entries:
+            by_pk.setdefault(e.pk, {}).setdefault(e.sk, []).append(e)
+        return [list(chains.values()) for chains in by_pk.values()]
+
+    def run(self, images: Sequence[list[list[JournalEntry]]], apply: bool) -> None:
+        size = self.cfg.wave_size or max(1, len(images))
+        with ThreadPoolExecutor(self.cfg.max_workers, thread_name_prefix="undo") as pool:
+            for wave in batches(images, size):
+                if apply and self.queues.wanted:
+                    self.gate_queues()
+                futures = [pool.submit(self.undo_image, chains, apply) for chains in wave]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+
+    def undo_image(self, chains: Sequence[list[JournalEntry]], apply: bool) -> None:
+        pk = chains[0][0].pk
+        try:
+            keys = [{"PK": {"S": c[0].pk}, "SK": {"S": c[0].sk}} for c in chains]
+            current = {item["SK"]["S"]: item for chunk in batches(keys, GET_BATCH_SIZE)
+                       for item in self.prod.read_keys(chunk)}
+            restores, deletes = [], []
+            for chain in chains:
+                action, why = undo_decision(chain, current.get(chain[0].sk))
+                if action == "restore":
+                    restores.append(cast("dict[str, AttributeValue]", chain[0].before))
+                elif action == "delete":
+                    deletes.append({"PK": {"S": pk}, "SK": {"S": chain[0].sk}})
+                else:
+                    self.count(already=action == "already")
+                    if action == "conflict":
+                        log.warning("undo: %s %s %s: left alone", pk, chain[0].sk, why)
+                        with self.result.lock:
+                            self.result.conflicts.append({"PK": pk, "SK": chain[0].sk, "reason": why})
+            self.count(to_restore=len(restores), to_delete=len(deletes))
+            if apply:
+                self.write(restores, deletes)
+            self.count(images_done=1)
+        except WriteError as exc:
+            self.error(pk, str(exc))
+        except Exception as exc:
+            if botocore_setup_error(exc):
+                raise
+            self.error(pk, describe_error(exc))
+
+    def write(self, restores: list[dict[str, AttributeValue]],
+              deletes: list[dict[str, AttributeValue]]) -> None:
+        """Children before the IMAGE item: restores, then deletes, then the IMAGE item."""
+        last = [("put", i) for i in restores if i["SK"]["S"] == "IMAGE"] + \
+            [("delete", i) for i in deletes if i["SK"]["S"] == "IMAGE"]
+        for stage in ([("put", i) for i in restores if i["SK"]["S"] != "IMAGE"],
+                      [("delete", i) for i in deletes if i["SK"]["S"] != "IMAGE"], last):
+            for batch in batches(stage):
+                puts = [i for op, i in batch if op == "put"]
+                gone = [i for op, i in batch if op == "delete"]
+                self.prod.write(puts, gone)
+                self.count(restored=len(puts), deleted=len(gone))
+
+    def count(self, **amounts: int) -> None:
+        with self.result.lock:
+            for name, n in amounts.items():
+                setattr(self.result, name, getattr(self.result, name) + n)
+
+    def error(self, pk: str, message: str) -> None:
+        log.error("undo: %s: %s", pk, message)
+        with self.result.lock:
+            self.result.errors.append({"PK": pk, "message": message})
+
+    def gate_queues(self) -> None:
+        """Before each wave: any message in a dead-letter queue stops the undo; a --queue
+        deeper than --max-queue-depth is waited for (at most --wave-timeout)."""
+        began, delays, announced = time.monotonic(), poll_delays(*poll_schedule(os.environ)), False
+        while True:
+            dead = {q: n for q, n in self.queues.depths(self.queues.dead).items() if n}
+            if dead:
+                raise FatalError("; ".join(f"dead-letter queue {q} holds {plural(n, 'message')}"
+                                           for q, n in dead.items())
+                                 + ": undo stopped; run the same --undo again once it is empty")
+            deep = {q: n for q, n in self.queues.depths(self.queues.live).items()
+                    if n > self.cfg.max_queue_depth}
+            if not deep:
+                return
+            waited = time.monotonic() - began
+            if waited > self.cfg.wave_timeout:
+                raise FatalError(f"queues still deep after {format_duration(waited)} (--wave-timeout): "
+                                 "undo stopped; run the same --undo again")
+            if not announced:
+                print("Waiting until " + "; ".join(f"queue {q} ({n:,} messages)" for q, n in deep.items())
+                      + f" holds at most {self.cfg.max_queue_depth:,} messages")
+                announced = True
+            time.sleep(next(delays))
+
+
+def run_undo(cfg: Config, report: Report, prod: ProdTable) -> None:
+    """--undo JOURNAL: read it all (refused whole if damaged), decide every key against prod
+    now, and (live, confirmed) write. A dry run decides and writes nothing."""
+    assert cfg.undo is not None
+    result = report.undo = UndoResult(str(cfg.undo))
+    result.runs, entries = read_journal(cfg.undo, cfg)
+    result.records = len(entries)
+    queues = Queues(cfg)
+    undoer = Undoer(cfg, prod, queues, result)
+    images = undoer.images(entries)
+    result.images = len(images)
+    print(f"Mode: {'DRY RUN (nothing is written; --no-dry-run undoes)' if cfg.dry_run else 'LIVE'}")
+    print(f"Undo: {cfg.undo} ({plural(result.runs, 'run')}, {plural(result.records, 'write')}, "
+          f"{plural(result.images, 'image')}) in table {cfg.table}"
+          + (f" at {cfg.endpoint_url}" if cfg.endpoint_url else ""))
+    if queues.wanted:
+        queues.connect()
+    asks = not cfg.dry_run and not cfg.yes
+    if asks and not sys.stdin.isatty():
+        raise UsageError("a live undo needs confirmation: run it on a terminal or pass --yes")
+    try:
+        if cfg.dry_run or asks:
+            undoer.run(images, apply=False)
+        if asks:
+            print(f"About to undo in table {cfg.table!r}: restore {result.to_restore:,} item(s), delete "
+                  f"{result.to_delete:,}; {result.already:,} already as before the run, "
+                  f"{len(result.conflicts):,} changed since (left alone)")
+            try:
+                answer = input("Type 'yes' to continue: ")
+            except KeyboardInterrupt as exc:
+                print()
+                raise Stopped.by(exc, "stopped at the confirmation prompt: nothing was written") from None
+            if answer.strip().lower() not in ("y", "yes"):
+                raise UsageError("aborted: not confirmed")
+            fresh = UndoResult(result.journal, result.runs, result.records, result.images)
+            result = report.undo = undoer.result = fresh
+        if not cfg.dry_run:
+            undoer.run(images, apply=True)
+    except KeyboardInterrupt as exc:
+        result.interrupted = True
+        print("\n".join(undo_summary(cfg, result)))
+        raise Stopped.by(exc, f"stopped: {result.images_done:,} of {plural(result.images, 'image')} "
+                              "undone; run the same --undo again to finish (it is repeatable)") from None
+    print("\n".join(undo_summary(cfg, result)))
+
+
+def undo_summary(cfg: Config, result: UndoResult) -> list[str]:
+    dry = cfg.dry_run
+
+    def line(label: str, n: int) -> str:
+        return f"{label + ':':<44}{n:>10,}"
+
+    lines = [line("Journaled writes", result.records), line("Images", result.images),
+             line("Items to restore", result.to_restore), line("Items to delete", result.to_delete)]
+    if not dry:
+        lines += [line("Items restored", result.restored), line("Items deleted", result.deleted)]
+    lines += [line("Items already as before the run", result.already),
+              line("Conflicts (changed since, left alone)", len(result.conflicts))]
+    lines += [f"  {c['PK']} {c['SK']}: {c['reason']}" for c in result.conflicts[:10]]
+    if len(result.conflicts) > 10:
+        lines.append(f"  ... and {len(result.conflicts) - 10:,} more (see --report)")
+    if result.errors:
+        lines.append(line("Images failed", len(result.errors)))
+        lines += [f"  {e['PK']}: {e['message']}" for e in result.errors[:10]]
+    if result.interrupted:
+        lines.append(f"Interrupted after {result.images_done:,} of {result.images:,} images")
+    return lines
+
+
+# =============================================================================
+# 12. Read-only operations: status, verify
 # =============================================================================
 
 
@@ -5134,7 +5908,7 @@ def print_verify(cfg: Config, origin: ConfigOrigin, prod: ProdTable, result: Ver
 
 
 # =============================================================================
-# 12. Report
+# 13. Report
 # =============================================================================
 
 
@@ -5151,7 +5925,7 @@ class Report:
     # later) or from the copier (copied, skipped when prod held everything, failed);
     # "interrupted" is what is left: images the run was stopped before finishing.
     OUTCOMES = ("copied", "skipped_existing", "skipped_empty", "failed", "not_reached_limit",
-                "interrupted")
+                "deleted", "protected", "not_in_prod", "interrupted")
     SHOWN_CONFLICTS = 10
     SHOWN_ERRORS = 50
 
@@ -5164,6 +5938,8 @@ class Report:
         self.status: StatusResult | None = None
         self.verify: VerifyResult | None = None
         self.trigger: TriggerResult | None = None
+        self.undo: UndoResult | None = None
+        self.journal: Journal | None = None
         self.operation_errors: list[dict[str, str]] = []
         # (region, where it came from) of the clients this run made; None until one is made.
         self.region: tuple[str, str] | None = None
@@ -5196,6 +5972,14 @@ class Report:
     def errors(self) -> list[dict[str, Any]]:
         return (self.plan.errors() if self.plan else []) + self.tally.errors
 
+    def actions(self) -> list[dict[str, Any]]:
+        """--mirror/--delete-missing: what happened to each image, in the plan's order."""
+        decided = self.plan.decided if self.plan else []
+        protected = [{"image_id": p.image_id, "action": "PROTECTED", "put": 0, "delete": 0,
+                      "unchanged": 0} for p in decided if p.outcome == "protected"]
+        order = {p.image_id: n for n, p in enumerate(decided)}
+        return sorted(protected + self.tally.actions, key=lambda a: order.get(a["image_id"], len(order)))
+
     def failed_images(self) -> list[str]:
         planned = [p.image_id for p in self.plan.decided if p.outcome == "failed"] if self.plan else []
         return planned + self.tally.failed_images
@@ -5209,7 +5993,8 @@ class Report:
     @property
     def operations_failed(self) -> bool:
         return bool(self.operation_errors or (self.status and self.status.failed)
-                    or (self.verify and self.verify.failed) or (self.trigger and self.trigger.refused))
+                    or (self.verify and self.verify.failed) or (self.trigger and self.trigger.refused)
+                    or (self.undo and self.undo.failed))
 
     def operation_images(self) -> dict[str, int] | None:
         """A run that copies nothing: the images its operation counted, if any."""
@@ -5245,6 +6030,14 @@ class Report:
             "interrupted": self.interrupted,
             "operations_failed": self.operations_failed,
         }
+        if cfg.mirror or cfg.delete_missing or cfg.protect:
+            out["actions"] = self.actions()
+        if cfg.mirror or cfg.delete_missing:
+            out["prod_other_types"] = dict(tally.prod_other_types)
+        if cfg.destructive:
+            out["journal"] = str(self.journal.path) if self.journal else None
+        if self.undo is not None:
+            out["undo"] = self.undo.to_json()
         if self.waves is not None:
             out["wave_plan"], out["waves"] = self.waves.plan_json(), self.waves.waves_json()
         if self.status is not None:
@@ -5281,6 +6074,17 @@ class Report:
                       else "Already in prod, nothing to write", im["skipped_existing"]),
                  line("Skipped (no receipts)", im["skipped_empty"]),
                  line("Failed", im["failed"])]
+        if self.cfg.delete_missing:
+            lines.append(line("Would delete (not in the source)" if dry else "Deleted (not in the source)",
+                              im["deleted"]))
+            if im["not_in_prod"]:
+                lines.append(line("To delete, but not in prod", im["not_in_prod"]))
+        if im["protected"]:
+            lines.append(line("Protected (--protect), left alone", im["protected"]))
+        if self.cfg.mirror or self.cfg.delete_missing:
+            actions = Counter(a["action"] for a in self.actions())
+            lines.append("Images by action: " + (", ".join(f"{k} {actions[k]:,}" for k in (
+                "ADD", "UPDATE", "DELETE", "UNCHANGED", "PROTECTED", "ABSENT") if actions[k]) or "none"))
         if im["interrupted"]:
             lines.append(line("Interrupted (no IMAGE item yet)", im["interrupted"],
                               "re-run the same command to finish them"))
@@ -5292,6 +6096,10 @@ class Report:
         lines.append(line("Items to write", it["to_write"]))
         if not dry:
             lines.append(line("Items written", it["written"]))
+        if self.cfg.mirror or self.cfg.delete_missing:
+            lines.append(line("Items to delete", it["to_delete"]))
+            if not dry:
+                lines.append(line("Items deleted", it["deleted"]))
         if self.prod_checked:
             decision = ("overwritten" if self.cfg.overwrite_changed
                         else "kept unless --overwrite-changed" if dry else "prod's version kept")
@@ -5317,6 +6125,9 @@ class Report:
         done = it["planned"] if dry else it["written"]
         lines.append(f"Elapsed {elapsed:,.1f} s, {done / elapsed if elapsed else 0:,.0f} items/s "
                      f"{'planned' if dry else 'written'}")
+        if self.journal:
+            lines.append(f"Journal: {self.journal.path} ({plural(self.journal.records, 'write')} "
+                         f"recorded; --undo {self.journal.path} puts prod back)")
         if self.cfg.report:
             lines.append(f"Report: {self.cfg.report}" + (" (NOT written)" if self.report_error else ""))
         return lines
@@ -5331,6 +6142,8 @@ class Report:
         for title, counts in (("Excluded (never copied):", tally.excluded),
                               ("Other types in image partitions (not exported, never copied):",
                                tally.other_types),
+                              ("Other types in prod's partitions (never changed or deleted):",
+                               tally.prod_other_types),
                               ("Ignored unknown lists (--ignore-unknown):", tally.ignored)):
             if counts:
                 lines.append(title)
@@ -5441,7 +6254,7 @@ def format_error(e: Mapping[str, Any]) -> str:
 
 
 # =============================================================================
-# 13. Main
+# 14. Main
 # =============================================================================
 
 
@@ -5476,10 +6289,19 @@ def print_header(cfg: Config, origin: ConfigOrigin, files: int, region: tuple[st
               else f"{kind.upper()} bucket: not rewritten (not configured)")
     if cfg.trigger_embeddings:
         print(sfn_endpoint_text(cfg, origin))
-    if cfg.overwrite_changed:
+    if cfg.overwrite_changed and not cfg.mirror:
         print("Images already in prod: " + ("skipped (--skip-existing), so not overwritten"
               if cfg.skip_existing else "compared; items that differ are overwritten "
               "(--overwrite-changed)"))
+    if cfg.mirror:
+        print("Images already in prod: mirrored (--mirror): items that differ are overwritten, "
+              "items the source lacks deleted, items of other types left alone")
+    if cfg.protect:
+        print(f"Protected (--protect): {plural(len(cfg.protect), 'image')}, never changed or deleted")
+    if cfg.destructive:
+        print(f"Journal: {cfg.journal} (what is overwritten or deleted is recorded first; "
+              f"--undo {cfg.journal} puts it back)" if not cfg.dry_run and cfg.journal
+              else "Journal: none (a dry run writes nothing)")
     print()
 
 
@@ -5508,8 +6330,11 @@ def run_copy(cfg: Config, origin: ConfigOrigin, report: Report, prod: ProdTable 
     rules = Rules.from_config(cfg)
     sources = select_sources(cfg)
     check_export_side(cfg, origin, sources)
+    deletions = deletion_sources(cfg, prod, sources)
     print_header(cfg, origin, len(sources), report.region)
-    plan = report.plan = RunPlan(cfg, sources, prod, rules)
+    if cfg.delete_missing:
+        print(f"Prod images the source lacks, to delete (--delete-missing): {len(deletions):,}\n")
+    plan = report.plan = RunPlan(cfg, sources, prod, rules, deletions)
     asks = not cfg.dry_run and not cfg.yes
     if asks and not sys.stdin.isatty():
         raise UsageError("a live run needs confirmation: run it on a terminal or pass --yes")
@@ -5519,8 +6344,9 @@ def run_copy(cfg: Config, origin: ConfigOrigin, report: Report, prod: ProdTable 
         confirm_live_run(cfg, origin, plan, report.region)
     report.copy_started = True
     dump = DumpFile(cfg.dump_items)
+    journal = report.journal = open_journal(cfg, report)
     try:
-        copier = Copier(cfg, rules, prod, dump)
+        copier = Copier(cfg, rules, prod, dump, journal)
         if cfg.wave_size:
             report.waves = WaveRun(cfg.wave_size, cfg.dry_run, cfg.wave_done)
             waiter = Waiter(cfg.wave_timeout, poll=poll_schedule(os.environ),
@@ -5531,7 +6357,23 @@ def run_copy(cfg: Config, origin: ConfigOrigin, report: Report, prod: ProdTable 
             copier.run(plan.walk(), len(sources), report.tally)
     finally:
         dump.close()
+        if journal:
+            journal.close()
     dump.check()  # the dump's last lines failed to reach the disk
+    if journal:
+        journal.check()
+
+
+def open_journal(cfg: Config, report: Report) -> Journal | None:
+    """A live run that may overwrite or delete records what it does before it does it."""
+    if cfg.dry_run or not cfg.destructive or cfg.journal is None:
+        return None
+    return Journal(cfg.journal, {
+        "table": cfg.table, "endpoint_url": cfg.endpoint_url,
+        "region": report.region[0] if report.region else cfg.region,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "modes": [flag for flag, on in (("--mirror", cfg.mirror), ("--delete-missing", cfg.delete_missing),
+                                        ("--overwrite-changed", cfg.overwrite_changed)) if on]})
 
 
 def run_operations(cfg: Config, origin: ConfigOrigin, report: Report, prod: ProdTable | None) -> None:
@@ -5607,6 +6449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.region = client_region(cfg, prod.client)
         if cfg.copies:
             run_copy(cfg, origin, report, prod)
+        elif cfg.undo:
+            assert prod is not None
+            run_undo(cfg, report, prod)
         run_operations(cfg, origin, report, prod)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
