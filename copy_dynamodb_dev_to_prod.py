@@ -371,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --delete-missing: delete exactly the images listed in FILE (one "
                              "id a line), none of which the source may have")
     mirror.add_argument("--protect", type=Path, metavar="FILE",
-                        help="image ids (one a line) prod holds that are never changed or deleted")
+                        help="image ids (one a line) that are never written or deleted, in any "
+                             "mode: prod keeps them as it holds them (or lacks them)")
     mirror.add_argument("--journal", type=Path, metavar="FILE",
                         help="where a live run with --mirror, --delete-missing or "
                              "--overwrite-changed records, before each batch, the items it "
@@ -3748,8 +3749,8 @@ class RunPlan:
         if unknown is not None:
             return PlannedImage(source, False, "failed",
                                 InputError(f"cannot check prod for this image: {unknown}"))
-        if in_prod and source.image_id.lower() in self.cfg.protect:
-            return PlannedImage(source, True, "protected")
+        if source.image_id.lower() in self.cfg.protect:  # as prod holds it, or lacks it
+            return PlannedImage(source, in_prod, "protected")
         if source.delete:  # the copier reads its partition: also a partial image is deleted
             return PlannedImage(source, in_prod, image=nothing_of(source))
         if in_prod and self.cfg.skip_existing:
@@ -6067,8 +6068,10 @@ class Report:
         def line(label: str, n: float, note: str = "") -> str:
             return f"{label + ':':<44}{n:>10,}" + (f"  {note}" if note else "")
 
+        copied = "add or update" if self.cfg.mirror else "copy"
         lines = [line("Images found", im["total"]),
-                 line("Would copy" if dry else "Copied", im["copied"]),
+                 line(f"Would {copied}" if dry else ("Added or updated" if self.cfg.mirror else "Copied"),
+                      im["copied"]),
                  # --no-skip-existing compared them with prod: nothing differed
                  line("Skipped (already in prod)" if self.cfg.skip_existing
                       else "Already in prod, nothing to write", im["skipped_existing"]),
@@ -6297,7 +6300,7 @@ def print_header(cfg: Config, origin: ConfigOrigin, files: int, region: tuple[st
         print("Images already in prod: mirrored (--mirror): items that differ are overwritten, "
               "items the source lacks deleted, items of other types left alone")
     if cfg.protect:
-        print(f"Protected (--protect): {plural(len(cfg.protect), 'image')}, never changed or deleted")
+        print(f"Protected (--protect): {plural(len(cfg.protect), 'image')}, never written or deleted")
     if cfg.destructive:
         print(f"Journal: {cfg.journal} (what is overwritten or deleted is recorded first; "
               f"--undo {cfg.journal} puts it back)" if not cfg.dry_run and cfg.journal
@@ -6416,6 +6419,9 @@ def stop_message(report: Report | None) -> str:
     unfinished = report.image_counts()["interrupted"]
     if not unfinished:
         return "stopped after every image was finished: nothing is left to do"
+    if report.cfg.mirror or report.cfg.delete_missing:  # their images are compared again
+        return (f"stopped: {plural(unfinished, 'image')} not finished; re-run the same command to "
+                "finish them (it compares them with prod again)")
     return (f"stopped: {plural(unfinished, 'image')} not finished (no IMAGE item yet); "
             "re-run the same command to finish them")
 
