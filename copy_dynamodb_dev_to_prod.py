@@ -4336,10 +4336,8 @@ class Copier:
         record = {"image_id": job.image.image_id, "action": action, "put": len(diff.to_write),
                   "delete": len(diff.to_delete), "unchanged": diff.unchanged + diff.prod_progress}
         self.tally.action(record)
-        if self.progress:
-            self.progress.write(action_line(record))
-        else:
-            print(action_line(record))
+        assert self.progress is not None  # set by run()
+        self.progress.write(action_line(record))
 
     # --- writing ------------------------------------------------------------------
 
@@ -4695,13 +4693,15 @@ class Progress:
                 self.images.update(1)
 
     def write(self, line: str) -> None:
-        """A line on stdout that does not tear the bars."""
-        if self.enabled:
-            from tqdm import tqdm
-            with self.lock:
+        """A whole line on stdout (workers write them: one write each, under the lock) that
+        does not tear the bars."""
+        with self.lock:
+            if self.enabled:
+                from tqdm import tqdm
                 tqdm.write(line, file=sys.stdout)
-        else:
-            print(line)
+            else:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
 
     def close(self) -> None:
         for bar in self.bars:

@@ -3,6 +3,7 @@ plus in-process unit tests of the writer, the prod diff, the rate limiter and th
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -172,7 +173,7 @@ def test_changed_label_is_a_conflict_kept_unless_overwrite(ddblocal_table: Table
     # with an explicit --skip-existing the image is skipped: still kept, and a warning says so
     # (--overwrite-changed alone implies --no-skip-existing)
     skip = run_cli(live_args(ddblocal_table.name, ddblocal_table.url, GOLDEN_EXPORT, "--overwrite-changed",
-                             "--skip-existing"))
+                             "--skip-existing"), cwd=tmp_path)
     assert skip.returncode == 0, skip.describe()
     assert "--overwrite-changed with --skip-existing" in skip.stderr
     assert_table_equals(ddblocal_table.client, ddblocal_table.name, with_change)
@@ -201,6 +202,13 @@ def test_overwrite_changed_overwrites_images_already_in_prod(fresh_table: TableH
     assert proc.returncode == 0, proc.stderr
     key = (original["PK"]["S"], original["SK"]["S"])
     assert table_items(fresh_table.client, fresh_table.name)[key] == original
+    # a live --overwrite-changed keeps a journal (default name in the working directory): the
+    # changed word prod held, recorded before it was overwritten
+    (journal,) = tmp_path.glob("copy-journal-*.jsonl")
+    records = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines()]
+    assert records[0]["journal"] and records[0]["table"] == fresh_table.name
+    (write,) = [r for r in records[1:] if (r["PK"], r["SK"]) == key]
+    assert write["op"] == "put" and write["before"] != original and write["before"]["PK"] == original["PK"]
 
 
 def test_overwrite_changed_with_explicit_skip_existing_warns(fresh_table: TableHandle,
