@@ -5477,7 +5477,7 @@ class JournalEntry:
     after: str | None                         # the digest of the item put (None: deleted)
 
 
-def read_journal(path: Path, cfg: Config) -> tuple[int, list[JournalEntry]]:
+def read_journal(path: Path, cfg: Config, region: str | None) -> tuple[int, list[JournalEntry]]:
     """(runs, entries) of the whole journal, checked before anything is done: one that cannot
     be read, is cut off, is not a journal of this tool, or is another table's is refused
     (UsageError: exit 2), so it is never half applied."""
@@ -5498,7 +5498,7 @@ def read_journal(path: Path, cfg: Config) -> tuple[int, list[JournalEntry]]:
             if not isinstance(record, dict):
                 raise ValueError("not an object")
             if "journal" in record:
-                check_journal_header(record, cfg, where, n)
+                check_journal_header(record, cfg, region, where, n)
                 runs += 1
                 continue
             if n == 1:
@@ -5510,14 +5510,24 @@ def read_journal(path: Path, cfg: Config) -> tuple[int, list[JournalEntry]]:
     return runs, entries
 
 
-def check_journal_header(header: Mapping[str, Any], cfg: Config, where: str, n: int) -> None:
+def check_journal_header(header: Mapping[str, Any], cfg: Config, region: str | None, where: str,
+                         n: int) -> None:
+    """A journal is applied only to the table it was written for: the same name, endpoint
+    (any trailing slash aside) and, where both are known, region."""
     if header.get("journal") != JOURNAL_FORMAT or header.get("version") != JOURNAL_VERSION:
         raise UsageError(f"{where} line {n}: not a journal this version reads "
                          f"({header.get('journal')!r} version {header.get('version')!r})")
-    theirs = (header.get("table"), header.get("endpoint_url"))
-    if theirs != (cfg.table, cfg.endpoint_url):
-        raise UsageError(f"{where}: a journal of table {theirs[0]!r} at {theirs[1] or 'AWS'}, not of "
-                         f"{cfg.table!r} at {cfg.endpoint_url or 'AWS'}: refusing to apply it here")
+
+    def place(table: Any, endpoint: Any, region: Any) -> tuple[Any, ...]:
+        return (table, (endpoint or "").rstrip("/") or None, region)
+
+    theirs = place(header.get("table"), header.get("endpoint_url"), header.get("region"))
+    ours = place(cfg.table, cfg.endpoint_url, region)
+    if theirs[:2] != ours[:2] or (theirs[2] and ours[2] and theirs[2] != ours[2]):
+        def text(p: tuple[Any, ...]) -> str:
+            return f"table {p[0]!r} at {p[1] or 'AWS'}" + (f", region {p[2]}" if p[2] else "")
+        raise UsageError(f"{where}: a journal of {text(theirs)}, not of {text(ours)}: refusing to "
+                         "apply it here")
 
 
 def journal_entry(record: Mapping[str, Any]) -> JournalEntry:
@@ -5693,7 +5703,7 @@ def run_undo(cfg: Config, report: Report, prod: ProdTable) -> None:
     now, and (live, confirmed) write. A dry run decides and writes nothing."""
     assert cfg.undo is not None
     result = report.undo = UndoResult(str(cfg.undo))
-    result.runs, entries = read_journal(cfg.undo, cfg)
+    result.runs, entries = read_journal(cfg.undo, cfg, report.region[0] if report.region else cfg.region)
     result.records = len(entries)
     queues = Queues(cfg)
     undoer = Undoer(cfg, prod, queues, result)
