@@ -142,13 +142,23 @@ def errors_as(error: type[Exception], what: str, then: str = "") -> Iterator[Non
         raise error(f"{what}: {describe_error(exc)}" + (f". {then}" if then else "")) from None
 
 
+# What to do about botocore's setup errors, whose own words do not say how.
+SETUP_HINTS = {
+    "NoRegionError": "give --region, set AWS_DEFAULT_REGION, or set region in the AWS profile's "
+                     "config (--profile or AWS_PROFILE)",
+    "NoCredentialsError": "give --profile (or set AWS_PROFILE), or set AWS_ACCESS_KEY_ID and "
+                          "AWS_SECRET_ACCESS_KEY",
+}
+
+
 def describe_error(exc: BaseException) -> str:
     """A one-line reason without request details (which could carry signed headers)."""
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and "Error" in response:
         err = response["Error"]
         return f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
-    return f"{type(exc).__name__}: {exc}"
+    hint = SETUP_HINTS.get(type(exc).__name__)
+    return f"{type(exc).__name__}: {exc}" + (f" ({hint})" if hint else "")
 
 
 class InputError(Exception):
@@ -4614,11 +4624,29 @@ class Journal:
         try:
             # One write(2) per batch on an O_APPEND descriptor, no buffer in between: a run
             # killed while recording leaves whole lines, or at most one cut-off last line.
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            self.drop_cut_line()
             self.append([{"journal": JOURNAL_FORMAT, "version": JOURNAL_VERSION, **header}])
             self.records = 0
         except OSError as exc:
             raise UsageError(f"--journal {path}: cannot write: {describe_error(exc)}") from None
+
+    def drop_cut_line(self) -> None:
+        """A journal appended to whose last line is cut off (a run killed, or a disk that filled
+        up, while recording): that batch was never sent, since a batch goes only once its
+        record is on the disk. The cut line is dropped, so the file stays a whole journal."""
+        size = os.fstat(self.fd).st_size
+        if not size:
+            return
+        tail = os.pread(self.fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        keep = size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= len(tail) else None)
+        if keep is None:
+            raise OSError(f"its last line is cut off and longer than 1 MiB: repair {self.path} first")
+        log.warning("--journal %s: its last line was cut off (a batch never sent): dropped", self.path)
+        os.ftruncate(self.fd, keep)
 
     def record(self, puts: Sequence[Entry], deletes: Sequence[Entry]) -> None:
         lines = [{"PK": item["PK"]["S"], "SK": item["SK"]["S"], "op": "put",
@@ -6109,6 +6137,10 @@ class Report:
         lines.append(line("Items to write", it["to_write"]))
         if not dry:
             lines.append(line("Items written", it["written"]))
+            if it["to_write"] > it["written"]:
+                lines.append(line("Items not written", it["to_write"] - it["written"],
+                                  "stopped before they were sent; re-run the same command"
+                                  if self.interrupted else "their images failed (see Errors)"))
         if self.cfg.mirror or self.cfg.delete_missing:
             lines.append(line("Items to delete", it["to_delete"]))
             if not dry:
@@ -6141,9 +6173,7 @@ class Report:
         if self.journal:
             lines.append(f"Journal: {self.journal.path} ({plural(self.journal.records, 'write')} "
                          f"recorded; --undo {self.journal.path} puts prod back)")
-        if self.cfg.report:
-            lines.append(f"Report: {self.cfg.report}" + (" (NOT written)" if self.report_error else ""))
-        return lines
+        return lines  # the "Report:" line follows once the report is written (finish_report)
 
     def entity_lines(self) -> list[str]:
         tally, lines = self.tally, []
@@ -6353,6 +6383,9 @@ def run_copy(cfg: Config, origin: ConfigOrigin, report: Report, prod: ProdTable 
         raise UsageError("a live run needs confirmation: run it on a terminal or pass --yes")
     if asks or cfg.wave_size:  # both need every decision up front
         plan.settle()
+    if asks and not plan.to_copy() and not cfg.wave_size and not cfg.trigger_embeddings:
+        asks = False  # nothing to confirm: nothing will be written
+        print(f"Nothing to copy ({plan.preview()}): not asking for confirmation")
     if asks:
         confirm_live_run(cfg, origin, plan, report.region)
     report.copy_started = True
@@ -6465,6 +6498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.region = client_region(cfg, prod.client)
         if cfg.copies:
             run_copy(cfg, origin, report, prod)
+            report.print_summary()  # what was copied, before what the operations after it say
         elif cfg.undo:
             assert prod is not None
             run_undo(cfg, report, prod)
@@ -6505,6 +6539,8 @@ def finish_report(cfg: Config, report: Report) -> int:
         except OSError as exc:
             report.report_error = describe_error(exc)
     report.print_summary()
+    if cfg.report and report.copy_started:
+        print(f"Report: {cfg.report}" + (" (NOT written)" if report.report_error else ""))
     if report.report_error:
         print(f"error: --report {cfg.report}: cannot write: {report.report_error}; "
               "the summary above is this run's record", file=sys.stderr)

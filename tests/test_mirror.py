@@ -525,3 +525,24 @@ def test_delete_missing_needs_a_complete_source(prod: Prod) -> None:
     assert prod.records_since(prod.seen) == []
     assert_table(prod, prod.before)
     assert list(prod.tmp.glob("copy-journal-*")) == [], "a refused run wrote a journal"
+
+
+def test_a_journal_appended_to_after_a_cut_record_drops_the_cut_line(tmp_path: Path) -> None:
+    """A run killed while recording leaves a cut last line (that batch was never sent): the
+    next run appending to the same journal drops it, so --undo still reads the whole file."""
+    import json
+
+    import copy_dynamodb_dev_to_prod as tool
+
+    path = tmp_path / "j.jsonl"
+    first = tool.Journal(path, {"table": "t", "endpoint_url": None})
+    first.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"PK": "IMAGE#x", "SK": "LINE#000')  # the cut record
+    second = tool.Journal(path, {"table": "t", "endpoint_url": None})
+    second.close()
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and [json.loads(line)["journal"] for line in lines[:-1]] == [
+        tool.JOURNAL_FORMAT, tool.JOURNAL_FORMAT]
+    cfg = tool.Config(export_dir=tmp_path, table="t")
+    assert tool.read_journal(path, cfg, None) == (2, [])
