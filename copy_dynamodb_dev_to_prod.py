@@ -365,6 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "that may hold partial images left by version 1.0, which wrote an image's "
                           "items in any order, or by another writer")
 
+    objects = p.add_argument_group("S3 objects (the raw upload and CDN variants items point to)")
+    objects.add_argument("--copy-objects", action="store_true",
+                         help="copy every object an image's or receipt's rewritten bucket names "
+                              "point to from the dev bucket to the prod bucket (server-side, same "
+                              "key, metadata kept), before the image's items; an object prod "
+                              "holds with the same size and ETag is not copied again; a dry run "
+                              "counts them (HeadObject only)")
+    objects.add_argument("--allow-missing-objects", action="store_true",
+                         help="with --copy-objects: an object missing in the dev bucket is a warning "
+                              "(listed in the report), not a failure of its image")
+    objects.add_argument("--s3-endpoint-url",
+                         help="S3 endpoint (default: a non-AWS --endpoint-url, else "
+                              "AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS)")
+
     mirror = p.add_argument_group(
         "mirror and delete (destructive: opt-in, planned exactly by the dry run, journaled)")
     mirror.add_argument("--mirror", action="store_true",
@@ -520,6 +534,9 @@ class Config:
     dead_letter_queues: tuple[str, ...] = ()
     max_queue_depth: int = DEFAULT_MAX_QUEUE_DEPTH
     sqs_endpoint_url: str | None = None
+    copy_objects: bool = False
+    allow_missing_objects: bool = False
+    s3_endpoint_url: str | None = None
     status: bool = False
     verify: bool = False
     # issue 21: mirror, delete, protect, journal, undo
@@ -825,6 +842,7 @@ def mirror_settings(args: argparse.Namespace) -> dict[str, Any]:
 # botocore does not) and passes what it found, so the header says where the workflows start.
 SFN_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_STEPFUNCTIONS", "AWS_ENDPOINT_URL")
 SQS_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL")
+S3_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 AWS_ENDPOINT_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws", ".c2s.ic.gov",
                         ".sc2s.sgov.gov")
 
@@ -856,6 +874,9 @@ def endpoint_settings(args: argparse.Namespace, environ: Mapping[str, str],
         "sqs_endpoint_url": first("sqs_endpoint_url", [
             (args.sqs_endpoint_url, "--sqs-endpoint-url", "given as --sqs-endpoint-url"),
             (local, "--endpoint-url", "given as --endpoint-url"), *env(SQS_ENDPOINT_VARS)]),
+        "s3_endpoint_url": first("s3_endpoint_url", [
+            (args.s3_endpoint_url, "--s3-endpoint-url", "given as --s3-endpoint-url"),
+            (local, "--endpoint-url", "given as --endpoint-url"), *env(S3_ENDPOINT_VARS)]),
     }
 
 
@@ -895,6 +916,12 @@ def check_sfn_endpoint(cfg: Config, origin: ConfigOrigin) -> None:
         raise UsageError(f"DynamoDB goes to {cfg.endpoint_url} ({origin.of('endpoint_url')}) but SQS "
                          "would go to AWS, where the queue gates would read prod's queues: give the "
                          "SQS endpoint with --sqs-endpoint-url URL or AWS_ENDPOINT_URL_SQS")
+    if cfg.copy_objects and not is_aws_endpoint(cfg.endpoint_url) and cfg.s3_endpoint_url is None:
+        raise UsageError(f"DynamoDB goes to {cfg.endpoint_url} ({origin.of('endpoint_url')}) but S3 "
+                         "would go to AWS, where --copy-objects would write prod's buckets: give the "
+                         "S3 endpoint with --s3-endpoint-url URL or AWS_ENDPOINT_URL_S3")
+    if cfg.allow_missing_objects and not cfg.copy_objects:
+        raise UsageError("--allow-missing-objects goes with --copy-objects")
 
 
 def sfn_endpoint_text(cfg: Config, origin: ConfigOrigin) -> str:
@@ -2195,6 +2222,34 @@ class ConvertedImage:
     has_receipts: bool
     # items of types no export holds, found in the image's partition (item sources only)
     other_types: Counter[str] = dataclasses.field(default_factory=Counter)
+    # the S3 objects its items point to where the rules rewrote the bucket (--copy-objects)
+    objects: list[ObjectRef] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectRef:
+    """An object an item points to: copied from the dev bucket to the prod one, same key."""
+    source: str   # the dev bucket
+    target: str   # the prod bucket
+    key: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.source}/{self.key}"
+
+
+def referenced_objects(kind: KindSpec, raw: Mapping[str, Any], rules: Rules) -> list[ObjectRef]:
+    """Image and receipt entities: the raw upload (raw_s3_key) and the CDN variants (cdn_s3_key
+    and its 11 siblings), for each bucket the rules rename (ITEMS.md §5); non-empty keys only."""
+    if kind.export_key not in ("images", "receipts"):
+        return []
+    refs = []
+    for bucket_field, renames, keys in (("raw_s3_bucket", rules.raw_buckets, ("raw_s3_key",)),
+                                        ("cdn_s3_bucket", rules.cdn_buckets, CDN_KEYS)):
+        bucket = raw.get(bucket_field)
+        if isinstance(bucket, str) and bucket in renames:
+            refs += [ObjectRef(bucket, renames[bucket], raw[k]) for k in keys
+                     if isinstance(raw.get(k), str) and raw[k]]
+    return refs
 
 
 def nothing_of(source: ImageSource) -> ConvertedImage:
@@ -2265,6 +2320,8 @@ def convert_image(source: ImageSource, image: ExportImage, rules: Rules,
                                  f"(SK {pk_sk[1]})", entity=key, index=index)
             seen[pk_sk] = (key, index)
             converted.entities[key] += 1
+            converted.objects += [r for r in referenced_objects(kind, raw, rules)
+                                  if r not in converted.objects]
             if kind.type == "IMAGE":
                 image_item = item
             else:
@@ -2496,7 +2553,7 @@ def make_client(cfg: Config, service: str = "dynamodb") -> Any:
         parameter_validation=False,
     )
     endpoint = {"dynamodb": cfg.endpoint_url, "stepfunctions": cfg.sfn_endpoint_url,
-                "sqs": cfg.sqs_endpoint_url}[service]
+                "sqs": cfg.sqs_endpoint_url, "s3": cfg.s3_endpoint_url}[service]
     client = session.client(service, endpoint_url=endpoint, config=config)
     if service == "dynamodb":
         PlainJsonBodies.install(client)
@@ -3500,6 +3557,118 @@ class ProdTable:
         return out
 
 
+# --- prod's buckets: the objects the items point to (--copy-objects) ------------------------
+
+# Checksums S3 keeps of a whole object (HeadObject with ChecksumMode): equal ones mean equal
+# content where ETags cannot say (a KMS-encrypted object's ETag is no digest of its bytes).
+CHECKSUM_FIELDS = ("ChecksumCRC64NVME", "ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1", "ChecksumSHA256")
+
+
+@dataclasses.dataclass
+class ObjectResult:
+    """What became of one object: present (prod holds it: same size and ETag or checksum),
+    copied, to_copy (a dry run), or missing (the source cannot be read: `error` says why)."""
+    ref: ObjectRef
+    outcome: str
+    size: int = 0
+    error: str = ""
+
+
+class Buckets:
+    """The S3 side of a migration: the only code that reads or copies objects. Server-side
+    copies (no byte passes through this machine): CopyObject, which keeps content type,
+    metadata and cache headers and, for an object uploaded in one piece, its ETag; an object
+    uploaded in parts (its ETag ends in -N; objects over 5 GiB always are) is copied part by
+    part with UploadPartCopy in the source's own part sizes, so its ETag comes out the same as
+    the source's too. That is what makes "already present" survive the copy: same size and
+    same ETag (or the same whole-object checksum) is the same object, and a re-run copies
+    nothing again."""
+
+    def __init__(self, cfg: Config, client: Any = None) -> None:
+        self.cfg = cfg
+        self.client = client if client is not None else make_client(cfg, "s3")
+        self.retrier = Retrier(cfg.max_retries)
+
+    def head(self, bucket: str, key: str, part: int | None = None) -> dict[str, Any] | None:
+        """The object's metadata, None where it does not exist; other errors raise."""
+        from botocore.exceptions import ClientError
+
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        if part is not None:
+            kwargs["PartNumber"] = part
+        try:
+            return cast("dict[str, Any]", self.retrier.call(self.client.head_object, **kwargs))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    @staticmethod
+    def same(source: Mapping[str, Any], target: Mapping[str, Any]) -> bool:
+        if source.get("ContentLength") != target.get("ContentLength"):
+            return False
+        if source.get("ETag") and source.get("ETag") == target.get("ETag"):
+            return True
+        return any(source.get(f) and source.get(f) == target.get(f) for f in CHECKSUM_FIELDS)
+
+    def ensure(self, ref: ObjectRef, copy: bool) -> ObjectResult:
+        """Make prod hold the object (copy=False: only say whether it would be copied)."""
+        try:
+            source = self.head(ref.source, ref.key)
+        except Exception as exc:
+            if botocore_setup_error(exc):
+                raise
+            return ObjectResult(ref, "missing", error=f"cannot read it: {describe_error(exc)}")
+        if source is None:
+            return ObjectResult(ref, "missing", error="not found (404)")
+        size = int(source.get("ContentLength", 0))
+        target = self.head(ref.target, ref.key)
+        if target is not None and self.same(source, target):
+            return ObjectResult(ref, "present", size)
+        if not copy:
+            return ObjectResult(ref, "to_copy", size)
+        parts = int(source.get("PartsCount") or 0) or etag_parts(source.get("ETag", ""))
+        if parts > 1:
+            self.copy_in_parts(ref, source, parts)
+        else:
+            self.retrier.call(self.client.copy_object, Bucket=ref.target, Key=ref.key,
+                              CopySource={"Bucket": ref.source, "Key": ref.key},
+                              MetadataDirective="COPY", TaggingDirective="COPY")
+        return ObjectResult(ref, "copied", size)
+
+    def copy_in_parts(self, ref: ObjectRef, source: Mapping[str, Any], parts: int) -> None:
+        """UploadPartCopy in the source's part sizes (HeadObject PartNumber=n); the upload is
+        aborted if any part fails, so no half object is left behind."""
+        kept = {name: source[name] for name in ("ContentType", "CacheControl", "ContentDisposition",
+                                                "ContentEncoding", "ContentLanguage", "Expires",
+                                                "Metadata", "StorageClass") if source.get(name)}
+        upload = self.retrier.call(self.client.create_multipart_upload, Bucket=ref.target, Key=ref.key,
+                                   **kept)["UploadId"]
+        try:
+            done, start = [], 0
+            for n in range(1, parts + 1):
+                part = self.head(ref.source, ref.key, part=n)
+                length = int((part or {}).get("ContentLength", 0))
+                result = self.retrier.call(
+                    self.client.upload_part_copy, Bucket=ref.target, Key=ref.key, UploadId=upload,
+                    PartNumber=n, CopySource={"Bucket": ref.source, "Key": ref.key},
+                    CopySourceRange=f"bytes={start}-{start + length - 1}")
+                done.append({"PartNumber": n, "ETag": result["CopyPartResult"]["ETag"]})
+                start += length
+            self.retrier.call(self.client.complete_multipart_upload, Bucket=ref.target, Key=ref.key,
+                              UploadId=upload, MultipartUpload={"Parts": done})
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=ref.target, Key=ref.key, UploadId=upload)
+            raise
+
+
+def etag_parts(etag: str) -> int:
+    """The part count a multipart ETag ends in ("...-3": 3), else 0."""
+    match = re.search(r"-(\d+)\"?$", etag)
+    return int(match.group(1)) if match else 0
+
+
 # =============================================================================
 # 7. Compare with prod
 # =============================================================================
@@ -3849,6 +4018,10 @@ class Tally:
         self.ignored: Counter[str] = Counter()
         self.other_types: Counter[str] = Counter()   # by TYPE, never written
         self.prod_other_types: Counter[str] = Counter()  # in partitions mirrored: never touched
+        # --copy-objects: referenced, copied, already_present, to_copy, missing_in_source,
+        # bytes_copied, bytes_to_copy; and the objects missing where that was allowed
+        self.objects: Counter[str] = Counter()
+        self.missing_objects: list[dict[str, str]] = []
         self.actions: list[dict[str, Any]] = []      # --mirror/--delete-missing: per image
         self.errors: list[dict[str, Any]] = []
         self.conflicts: list[dict[str, Any]] = []
@@ -3857,6 +4030,7 @@ class Tally:
     def planned(self, image: ConvertedImage) -> None:
         with self.lock:
             self.items["planned"] += len(image.items)
+            self.objects["referenced"] += len(image.objects)
             self.excluded.update(image.excluded)
             self.ignored.update(image.ignored)
             self.other_types.update(image.other_types)
@@ -3883,6 +4057,18 @@ class Tally:
         with self.lock:
             self.actions.append(record)
 
+    def object_done(self, result: ObjectResult, allowed_missing: bool) -> None:
+        with self.lock:
+            if result.outcome == "missing":
+                self.objects["missing_in_source"] += 1
+                if allowed_missing:
+                    self.missing_objects.append({"bucket": result.ref.source, "key": result.ref.key,
+                                                 "error": result.error})
+                return
+            self.objects["already_present" if result.outcome == "present" else result.outcome] += 1
+            if result.outcome in ("copied", "to_copy"):
+                self.objects["bytes_" + result.outcome] += result.size
+
     def done(self, image: ConvertedImage, outcome: str) -> None:
         with self.lock:
             self.images[outcome] += 1
@@ -3907,9 +4093,11 @@ class Tally:
             for mine, theirs in ((self.images, other.images), (self.items, other.items),
                                  (self.entities, other.entities), (self.excluded, other.excluded),
                                  (self.ignored, other.ignored), (self.other_types, other.other_types),
-                                 (self.prod_other_types, other.prod_other_types)):
+                                 (self.prod_other_types, other.prod_other_types),
+                                 (self.objects, other.objects)):
                 mine.update(theirs)
             self.actions += other.actions
+            self.missing_objects += other.missing_objects
             self.errors += other.errors
             self.conflicts += other.conflicts
             self.failed_images += other.failed_images
@@ -3972,6 +4160,7 @@ class ImageJob:
     before: dict[str, dict[str, AttributeValue]] = dataclasses.field(default_factory=dict)  # journal
     to_delete: int = 0
     deleted: int = 0
+    objects_left: int = 0          # --copy-objects: its objects not yet in prod (or checked)
     errors: list[InputError] = dataclasses.field(default_factory=list)
     lost: int = 0                  # items a write lost for a cause other than a refusal
     lost_reasons: list[str] = dataclasses.field(default_factory=list)
@@ -4070,8 +4259,9 @@ class Copier:
     batch is sent."""
 
     def __init__(self, cfg: Config, rules: Rules, prod: ProdTable | None, dump: DumpFile,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, buckets: Buckets | None = None) -> None:
         self.cfg, self.rules, self.prod, self.dump, self.journal = cfg, rules, prod, dump, journal
+        self.buckets = buckets  # --copy-objects (None offline: objects are only counted)
         self.live = prod is not None and not cfg.dry_run
         # Items not yet settled (read, diffed, written), released batch by batch, so the
         # next image starts while the last batches of the previous one are still out
@@ -4314,7 +4504,7 @@ class Copier:
         if not self.live:  # dry run: what the live run would write
             self.dump.write(diff.to_write)
             self.release(job, job.held)
-            self.finish(job)
+            self.then_objects(job, copy=False, then=self.finish)
             return
         if self.progress:
             self.progress.items_done(settled)
@@ -4332,7 +4522,43 @@ class Copier:
                   [i for i in diff.to_delete if i["SK"]["S"] != "IMAGE"],
                   [i for i in [*diff.to_write, *diff.to_delete] if i["SK"]["S"] == "IMAGE"]]
         job.stages = [stage for stage in stages if stage]
-        self.write_next_stage(job)
+        self.then_objects(job, copy=True, then=self.write_next_stage)
+
+    def then_objects(self, job: ImageJob, copy: bool, then: Callable[[ImageJob], None]) -> None:
+        """--copy-objects: the image's objects first (a dry run only asks whether each would be
+        copied), one pool task each; `then` once the last is settled. An object that cannot
+        be read from the dev bucket fails the image before any of its items is written (with
+        --allow-missing-objects it is a warning)."""
+        refs = [] if self.buckets is None or job.deleting else job.image.objects
+        if not refs:
+            then(job)
+            return
+        job.objects_left = len(refs)
+        for ref in refs:
+            self.writes.task_started()
+            self.spawn(functools.partial(self.object_task, job, ref, copy, then), lambda: [job],
+                       self.writes)
+
+    def object_task(self, job: ImageJob, ref: ObjectRef, copy: bool,
+                    then: Callable[[ImageJob], None]) -> None:
+        assert self.buckets is not None
+        try:
+            result = self.buckets.ensure(ref, copy)
+        except Exception as exc:
+            if botocore_setup_error(exc):
+                raise
+            result = ObjectResult(ref, "missing", error=f"cannot copy it: {describe_error(exc)}")
+        allowed = self.cfg.allow_missing_objects and result.error.startswith(("not found", "cannot read"))
+        self.tally.object_done(result, allowed)
+        with job.lock:
+            if result.outcome == "missing" and not allowed:
+                job.errors.append(InputError(f"object {ref}: {result.error}"))
+            job.objects_left -= 1
+            last = job.objects_left == 0
+        if result.outcome == "missing" and allowed:
+            log.warning("%s: object %s: %s (--allow-missing-objects)", job.image.image_id, ref, result.error)
+        if last:
+            then(job)
 
     def record_action(self, job: ImageJob, diff: Diff) -> None:
         """--mirror/--delete-missing: what happens to the image, one line each (the dry run's
@@ -6069,6 +6295,12 @@ class Report:
             "interrupted": self.interrupted,
             "operations_failed": self.operations_failed,
         }
+        if cfg.copy_objects:
+            out["objects"] = {k: tally.objects[k] for k in (
+                "referenced", "copied", "already_present", "missing_in_source", "bytes_copied",
+                *(("to_copy", "bytes_to_copy") if cfg.dry_run else ()))}
+            out["objects"]["checked"] = self.prod_checked  # a dry run without a table only counts
+            out["missing_objects"] = tally.missing_objects
         if cfg.mirror or cfg.delete_missing or cfg.protect:
             out["actions"] = self.actions()
         if cfg.mirror or cfg.delete_missing:
@@ -6170,10 +6402,22 @@ class Report:
         done = it["planned"] if dry else it["written"]
         lines.append(f"Elapsed {elapsed:,.1f} s, {done / elapsed if elapsed else 0:,.0f} items/s "
                      f"{'planned' if dry else 'written'}")
+        if self.cfg.copy_objects:
+            lines.append(self.objects_line())
         if self.journal:
             lines.append(f"Journal: {self.journal.path} ({plural(self.journal.records, 'write')} "
                          f"recorded; --undo {self.journal.path} puts prod back)")
         return lines  # the "Report:" line follows once the report is written (finish_report)
+
+    def objects_line(self) -> str:
+        o, dry = self.tally.objects, self.mode == "dry-run"
+        text = f"Objects: {o['referenced']:,} referenced"
+        if not self.prod_checked:
+            return text + " (not checked: no prod table given)"
+        copied = (f"{o['to_copy']:,} to copy ({o['bytes_to_copy']:,} bytes)" if dry
+                  else f"{o['copied']:,} copied ({o['bytes_copied']:,} bytes)")
+        return (f"{text}, {copied}, {o['already_present']:,} already in prod, "
+                f"{o['missing_in_source']:,} missing in the source")
 
     def entity_lines(self) -> list[str]:
         tally, lines = self.tally, []
@@ -6392,7 +6636,8 @@ def run_copy(cfg: Config, origin: ConfigOrigin, report: Report, prod: ProdTable 
     dump = DumpFile(cfg.dump_items)
     journal = report.journal = open_journal(cfg, report)
     try:
-        copier = Copier(cfg, rules, prod, dump, journal)
+        buckets = Buckets(cfg) if cfg.copy_objects and prod is not None else None
+        copier = Copier(cfg, rules, prod, dump, journal, buckets)
         if cfg.wave_size:
             report.waves = WaveRun(cfg.wave_size, cfg.dry_run, cfg.wave_done)
             waiter = Waiter(cfg.wave_timeout, poll=poll_schedule(os.environ),
