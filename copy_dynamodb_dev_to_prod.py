@@ -6080,7 +6080,7 @@ class VerifyResult:
 
     @property
     def problems(self) -> list[dict[str, Any]]:
-        return [r for r in self.checked if r["missing"] or r["different"]]
+        return [r for r in self.checked if r["missing"] or r["different"] or r.get("objects")]
 
     @property
     def failed(self) -> bool:
@@ -6099,9 +6099,11 @@ class VerifyResult:
                 "problems": self.problems, "not_checked": self.not_checked}
 
 
-def verify_image(cfg: Config, prod: ProdTable, rules: Rules, source: ImageSource) -> dict[str, Any]:
+def verify_image(cfg: Config, prod: ProdTable, rules: Rules, source: ImageSource,
+                 buckets: Buckets | None = None) -> dict[str, Any]:
     """Compare one exported image with prod by the copy's own diff (prod-owned embedding
-    fields excepted). An image that cannot be read (or whose prod items cannot be) is not
+    fields excepted); with --copy-objects also its objects (in the prod bucket, with the
+    source's size). An image that cannot be read (or whose prod items cannot be) is not
     checked: it gets an "error"."""
     name = source.name
     try:
@@ -6116,9 +6118,33 @@ def verify_image(cfg: Config, prod: ProdTable, rules: Rules, source: ImageSource
         return {"file": name, "image_id": image.image_id,
                 "error": f"{name}: cannot read prod: {describe_error(exc)}"}
     diff = diff_with_prod(image.items, versions, overwrite_changed=False)
-    return {"file": name, "image_id": image.image_id, "items": len(image.items),
-            "missing": [item["SK"]["S"] for item in diff.missing],
-            "different": [{"SK": c["SK"], "attributes": c["attributes"]} for c in diff.conflicts]}
+    result = {"file": name, "image_id": image.image_id, "items": len(image.items),
+              "missing": [item["SK"]["S"] for item in diff.missing],
+              "different": [{"SK": c["SK"], "attributes": c["attributes"]} for c in diff.conflicts]}
+    if buckets is not None:
+        try:
+            problems = (object_problem(buckets, ref) for ref in image.objects)
+            result["objects"] = [p for p in problems if p]
+        except Exception as exc:
+            if botocore_setup_error(exc):
+                raise
+            return {"file": name, "image_id": image.image_id,
+                    "error": f"{name}: cannot read the S3 objects: {describe_error(exc)}"}
+    return result
+
+
+def object_problem(buckets: Buckets, ref: ObjectRef) -> dict[str, Any] | None:
+    """An object a prod item points to that the prod bucket lacks, or holds with another size
+    than the dev bucket's."""
+    target = buckets.head(ref.target, ref.key)
+    source = buckets.head(ref.source, ref.key)
+    where = f"s3://{ref.target}/{ref.key}"
+    if target is None:
+        return {"object": where, "problem": "missing in prod"}
+    if source is not None and source.get("ContentLength") != target.get("ContentLength"):
+        return {"object": where, "problem": f"{target.get('ContentLength')} bytes, the dev bucket's "
+                                            f"{source.get('ContentLength')}"}
+    return None
 
 
 def run_verify(cfg: Config, origin: ConfigOrigin, prod: ProdTable, result: VerifyResult) -> None:
@@ -6126,9 +6152,10 @@ def run_verify(cfg: Config, origin: ConfigOrigin, prod: ProdTable, result: Verif
     sources = select_sources(cfg)
     rules = Rules.from_config(cfg)
     result.images = len(sources)
+    buckets = Buckets(cfg) if cfg.copy_objects else None
     pool = ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="verify")
     try:
-        for r in pool.map(lambda s: verify_image(cfg, prod, rules, s), sources):
+        for r in pool.map(lambda s: verify_image(cfg, prod, rules, s, buckets), sources):
             if "items" in r:
                 result.checked.append(r)
             elif "error" in r:
@@ -6151,22 +6178,29 @@ def print_verify(cfg: Config, origin: ConfigOrigin, prod: ProdTable, result: Ver
     problems = result.problems
     # One line whose numbers add up: every image is checked, not checked or skipped.
     print(f"Verify: {plural(images['total'], 'image')} in {source_name(cfg)}: {images['checked']:,} "
-          f"checked against {prod.name} ({len(problems):,} of them with missing or different "
-          f"items), {images['not_checked']:,} not checked (could not be read"
+          f"checked against {prod.name}" + (" and its buckets" if cfg.copy_objects else "")
+          + f" ({len(problems):,} of them with missing or different "
+          f"{'items or objects' if cfg.copy_objects else 'items'}), {images['not_checked']:,} not "
+          "checked (could not be read"
           + (": listed below" if images["not_checked"] else "")
           + f"), {images['skipped_empty']:,} skipped (no receipts)")
     for r in problems:
-        print(f"  {r['image_id']}: {len(r['missing']):,} missing, {len(r['different']):,} different")
+        print(f"  {r['image_id']}: {len(r['missing']):,} missing, {len(r['different']):,} different"
+              + (f", {len(r['objects']):,} object(s) not in prod as in dev" if r.get("objects") else ""))
         for sk in r["missing"][:20]:
             print(f"    missing   {sk}")
         for d in r["different"][:20]:
             print(f"    different {d['SK']}: {', '.join(d['attributes'])}")
+        for o in r.get("objects", [])[:20]:
+            print(f"    object    {o['object']}: {o['problem']}")
     if result.not_checked:
         print("Not checked (could not be read):")
         for r in result.not_checked:
             print(f"  {r['error']}")
     if any(r["missing"] for r in problems):
         print(f"To write the missing items: {repair_command(origin, overwrite=False)}")
+    if any(r.get("objects") for r in problems):  # the argv has --copy-objects already
+        print(f"To copy the missing objects: {repair_command(origin, overwrite=False)}")
     if any(r["different"] for r in problems):
         print("To overwrite prod's differing items with the export's: "
               f"{repair_command(origin, overwrite=True)}")
