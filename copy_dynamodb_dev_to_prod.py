@@ -608,7 +608,7 @@ class Config:
         needed = set()
         if self.copies or self.status or self.verify or self.undo:
             needed.add("table")
-        if self.copies or self.verify:
+        if self.copies or self.verify or (self.status and self.copy_objects):
             needed |= {"dev_raw_bucket", "prod_raw_bucket", "dev_cdn_bucket", "prod_cdn_bucket"}
         if self.copies and not self.dry_run:
             needed.add("dev_table")
@@ -6034,6 +6034,8 @@ class StatusResult:
     words_none: int
     images: int | None = None             # the images counted (None: the whole table)
     not_found: list[str] | None = None    # ids asked for that the source lacks
+    # --copy-objects with an export: {referenced, missing_in_prod} of its images' objects
+    objects: dict[str, int] | None = None
 
     @property
     def failed(self) -> bool:
@@ -6042,6 +6044,8 @@ class StatusResult:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"scope": self.scope, "lines_none": self.lines_none,
                                "words_none": self.words_none}
+        if self.objects is not None:
+            out["objects"] = self.objects
         if self.not_found is not None:
             out["not_found"] = self.not_found
         return out
@@ -6063,9 +6067,32 @@ def run_status(cfg: Config, prod: ProdTable) -> StatusResult:
     print(f"Embedding status in {prod.name} ({scope}), GSI1 EMBEDDING_STATUS#NONE:")
     print(f"  receipt lines waiting: {counts['lines']:,}")
     print(f"  receipt words waiting: {counts['words']:,}")
-    return StatusResult(scope, counts["lines"], counts["words"],
-                        None if image_ids is None else len(image_ids),
-                        None if image_ids is None else [s.image_id for s in absent])
+    result = StatusResult(scope, counts["lines"], counts["words"],
+                          None if image_ids is None else len(image_ids),
+                          None if image_ids is None else [s.image_id for s in absent])
+    if cfg.copy_objects and image_ids is not None:
+        result.objects = count_missing_objects(cfg, [s for s in sources if not s.absent])
+        print(f"  objects missing in prod's buckets: {result.objects['missing_in_prod']:,} of "
+              f"{result.objects['referenced']:,} referenced")
+    return result
+
+
+def count_missing_objects(cfg: Config, sources: Sequence[ImageSource]) -> dict[str, int]:
+    """--status --copy-objects: of the objects these images' items point to, how many the
+    prod buckets lack (HeadObject; an image that cannot be read counts no object)."""
+    rules, buckets = Rules.from_config(cfg), Buckets(cfg)
+
+    def refs(source: ImageSource) -> list[ObjectRef]:
+        try:
+            return convert_source(source, rules, cfg.ignore_unknown).objects
+        except InputError as exc:
+            log.error("%s", format_error(exc.record(source)))
+            return []
+
+    with ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="status") as pool:
+        every = [r for found in pool.map(refs, sources) for r in found]
+        missing = sum(pool.map(lambda r: buckets.head(r.target, r.key) is None, every))
+    return {"referenced": len(every), "missing_in_prod": missing}
 
 
 @dataclasses.dataclass
