@@ -1074,7 +1074,8 @@ def check_source_config(cfg: Config) -> None:
     if len(given) > 1:
         raise UsageError(f"give one source: {' or '.join(given)}")
     connection = [f"--source-{n}" for n in ("region", "profile", "endpoint-url")
-                  if getattr(cfg, f"source_{n.replace('-', '_')}")]
+                  if getattr(cfg, f"source_{n.replace('-', '_')}")
+                  and not (n == "profile" and cfg.copy_objects)]  # also the dev buckets' profile
     if connection and not cfg.source_table:
         raise UsageError(f"{', '.join(connection)} only go with --source-table")
     if cfg.source_endpoint_url:
@@ -3584,20 +3585,29 @@ class Buckets:
     same ETag (or the same whole-object checksum) is the same object, and a re-run copies
     nothing again."""
 
-    def __init__(self, cfg: Config, client: Any = None) -> None:
+    def __init__(self, cfg: Config, client: Any = None, source_client: Any = None) -> None:
         self.cfg = cfg
         self.client = client if client is not None else make_client(cfg, "s3")
+        # --source-profile: the dev buckets are read with other credentials, which cannot
+        # copy server-side into prod's: every object is streamed through this machine.
+        self.streams = bool(cfg.source_profile) and cfg.source_profile != cfg.profile
+        self.source = source_client if source_client is not None else (
+            make_client(dataclasses.replace(cfg, profile=cfg.source_profile), "s3") if self.streams
+            else self.client)
         self.retrier = Retrier(cfg.max_retries)
 
-    def head(self, bucket: str, key: str, part: int | None = None) -> dict[str, Any] | None:
-        """The object's metadata, None where it does not exist; other errors raise."""
+    def head(self, bucket: str, key: str, part: int | None = None,
+             source: bool = False) -> dict[str, Any] | None:
+        """The object's metadata (`source`: as the dev side's credentials see it), None where it
+        does not exist; other errors raise."""
         from botocore.exceptions import ClientError
 
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
         if part is not None:
             kwargs["PartNumber"] = part
+        client = self.source if source else self.client
         try:
-            return cast("dict[str, Any]", self.retrier.call(self.client.head_object, **kwargs))
+            return cast("dict[str, Any]", self.retrier.call(client.head_object, **kwargs))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -3614,7 +3624,7 @@ class Buckets:
     def ensure(self, ref: ObjectRef, copy: bool) -> ObjectResult:
         """Make prod hold the object (copy=False: only say whether it would be copied)."""
         try:
-            source = self.head(ref.source, ref.key)
+            source = self.head(ref.source, ref.key, source=True)
         except Exception as exc:
             if botocore_setup_error(exc):
                 raise
@@ -3627,33 +3637,65 @@ class Buckets:
             return ObjectResult(ref, "present", size)
         if not copy:
             return ObjectResult(ref, "to_copy", size)
+        if self.streams:
+            self.stream(ref, source)
+            return ObjectResult(ref, "copied", size)
         parts = int(source.get("PartsCount") or 0) or etag_parts(source.get("ETag", ""))
-        if parts > 1:
-            self.copy_in_parts(ref, source, parts)
-        else:
-            self.retrier.call(self.client.copy_object, Bucket=ref.target, Key=ref.key,
-                              CopySource={"Bucket": ref.source, "Key": ref.key},
-                              MetadataDirective="COPY", TaggingDirective="COPY")
+        try:
+            if parts > 1:
+                self.copy_in_parts(ref, source, parts)
+            else:
+                self.retrier.call(self.client.copy_object, Bucket=ref.target, Key=ref.key,
+                                  CopySource={"Bucket": ref.source, "Key": ref.key},
+                                  MetadataDirective="COPY", TaggingDirective="COPY")
+        except Exception as exc:  # prod's credentials may not read dev's bucket: stream it
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") != "AccessDenied":
+                raise
+            log.info("%s: server-side copy refused (AccessDenied): streaming it", ref)
+            self.stream(ref, source)
         return ObjectResult(ref, "copied", size)
 
-    def copy_in_parts(self, ref: ObjectRef, source: Mapping[str, Any], parts: int) -> None:
-        """UploadPartCopy in the source's part sizes (HeadObject PartNumber=n); the upload is
-        aborted if any part fails, so no half object is left behind."""
-        kept = {name: source[name] for name in ("ContentType", "CacheControl", "ContentDisposition",
-                                                "ContentEncoding", "ContentLanguage", "Expires",
-                                                "Metadata", "StorageClass") if source.get(name)}
+    def stream(self, ref: ObjectRef, source: Mapping[str, Any]) -> None:
+        """Read the object with the dev side's client and write it with prod's, one part in
+        memory at a time (per worker): in one PutObject up to STREAM_PART_BYTES, else as a
+        multipart upload in the source's own parts where they are at most STREAM_MAX_PART_BYTES
+        (its ETag then survives, as a server-side copy's does), else in STREAM_PART_BYTES
+        parts (the ETag then differs: "already present" needs a whole-object checksum)."""
+        size = int(source.get("ContentLength", 0))
+        parts = int(source.get("PartsCount") or 0) or etag_parts(source.get("ETag", ""))
+        kept = kept_headers(source)
+        if parts <= 1 and size <= STREAM_PART_BYTES:
+            body = self.read_range(ref, 0, size)
+            self.retrier.call(self.client.put_object, Bucket=ref.target, Key=ref.key, Body=body, **kept)
+            return
+        lengths = [int((self.head(ref.source, ref.key, part=n, source=True) or {}).get("ContentLength", 0))
+                   for n in range(1, parts + 1)] if parts > 1 else []
+        if not lengths or max(lengths) > STREAM_MAX_PART_BYTES:
+            lengths = [min(STREAM_PART_BYTES, size - start) for start in range(0, size, STREAM_PART_BYTES)]
+        self.upload_in_parts(ref, kept, lengths, lambda n, start, length: {
+            "Body": self.read_range(ref, start, length)}, self.client.upload_part)
+
+    def read_range(self, ref: ObjectRef, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        response = self.retrier.call(self.source.get_object, Bucket=ref.source, Key=ref.key,
+                                     Range=f"bytes={start}-{start + length - 1}")
+        return cast(bytes, response["Body"].read())
+
+    def upload_in_parts(self, ref: ObjectRef, kept: Mapping[str, Any], lengths: Sequence[int],
+                        part_args: Callable[[int, int, int], dict[str, Any]],
+                        send: Callable[..., Any]) -> None:
+        """One multipart upload, a part per length; aborted if any part fails, so no half
+        object is left behind."""
         upload = self.retrier.call(self.client.create_multipart_upload, Bucket=ref.target, Key=ref.key,
                                    **kept)["UploadId"]
         try:
             done, start = [], 0
-            for n in range(1, parts + 1):
-                part = self.head(ref.source, ref.key, part=n)
-                length = int((part or {}).get("ContentLength", 0))
-                result = self.retrier.call(
-                    self.client.upload_part_copy, Bucket=ref.target, Key=ref.key, UploadId=upload,
-                    PartNumber=n, CopySource={"Bucket": ref.source, "Key": ref.key},
-                    CopySourceRange=f"bytes={start}-{start + length - 1}")
-                done.append({"PartNumber": n, "ETag": result["CopyPartResult"]["ETag"]})
+            for n, length in enumerate(lengths, 1):
+                result = self.retrier.call(send, Bucket=ref.target, Key=ref.key, UploadId=upload,
+                                           PartNumber=n, **part_args(n, start, length))
+                etag = result["CopyPartResult"]["ETag"] if "CopyPartResult" in result else result["ETag"]
+                done.append({"PartNumber": n, "ETag": etag})
                 start += length
             self.retrier.call(self.client.complete_multipart_upload, Bucket=ref.target, Key=ref.key,
                               UploadId=upload, MultipartUpload={"Parts": done})
@@ -3661,6 +3703,26 @@ class Buckets:
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=ref.target, Key=ref.key, UploadId=upload)
             raise
+
+    def copy_in_parts(self, ref: ObjectRef, source: Mapping[str, Any], parts: int) -> None:
+        """UploadPartCopy in the source's part sizes (HeadObject PartNumber=n)."""
+        lengths = [int((self.head(ref.source, ref.key, part=n) or {}).get("ContentLength", 0))
+                   for n in range(1, parts + 1)]
+        self.upload_in_parts(ref, kept_headers(source), lengths, lambda n, start, length: {
+            "CopySource": {"Bucket": ref.source, "Key": ref.key},
+            "CopySourceRange": f"bytes={start}-{start + length - 1}"}, self.client.upload_part_copy)
+
+
+# Streaming (--source-profile): a part in memory per worker, never a whole large object.
+STREAM_PART_BYTES = 8 * 1024 * 1024
+STREAM_MAX_PART_BYTES = 64 * 1024 * 1024
+
+
+def kept_headers(source: Mapping[str, Any]) -> dict[str, Any]:
+    """What a copy written anew keeps of its source (a server-side CopyObject keeps it itself)."""
+    return {name: source[name] for name in ("ContentType", "CacheControl", "ContentDisposition",
+                                            "ContentEncoding", "ContentLanguage", "Expires",
+                                            "Metadata", "StorageClass") if source.get(name)}
 
 
 def etag_parts(etag: str) -> int:
@@ -4284,7 +4346,7 @@ class Copier:
         the progress bar); `count` is how many `images` holds. Each gets its outcome in
         `tally`; images still on their way when the run is stopped get none."""
         self.tally = tally
-        self.progress = Progress(self.cfg.progress, count)
+        self.progress = Progress(self.cfg.progress, count, objects=self.buckets is not None and self.live)
         self.set_producing(True)
         try:
             if self.prod is None:
@@ -4550,6 +4612,8 @@ class Copier:
             result = ObjectResult(ref, "missing", error=f"cannot copy it: {describe_error(exc)}")
         allowed = self.cfg.allow_missing_objects and result.error.startswith(("not found", "cannot read"))
         self.tally.object_done(result, allowed)
+        if result.outcome == "copied" and self.progress:
+            self.progress.bytes_done(result.size)
         with job.lock:
             if result.outcome == "missing" and not allowed:
                 job.errors.append(InputError(f"object {ref}: {result.error}"))
@@ -4918,10 +4982,11 @@ class Journal:
 class Progress:
     """tqdm bars on stderr for images and items; silent when stderr is not a terminal."""
 
-    def __init__(self, enabled: bool, images: int) -> None:
+    def __init__(self, enabled: bool, images: int, objects: bool = False) -> None:
         self.enabled = enabled and sys.stderr.isatty()
         self.lock = threading.Lock()
         self.bars: list[Any] = []
+        self.bytes: Any = None
         if self.enabled:
             from tqdm import tqdm
             self.images = tqdm(total=images, desc="images", unit="img", file=sys.stderr,
@@ -4929,6 +4994,15 @@ class Progress:
             self.items = tqdm(total=0, desc="items ", unit="item", file=sys.stderr,
                               position=1, dynamic_ncols=True)
             self.bars = [self.images, self.items]
+            if objects:  # --copy-objects: the bytes copied, beside the items
+                self.bytes = tqdm(total=None, desc="bytes ", unit="B", unit_scale=True,
+                                  file=sys.stderr, position=2, dynamic_ncols=True)
+                self.bars.append(self.bytes)
+
+    def bytes_done(self, n: int) -> None:
+        if self.bytes is not None:
+            with self.lock:
+                self.bytes.update(n)
 
     def planned(self, n: int) -> None:
         if self.enabled:
@@ -6164,7 +6238,7 @@ def object_problem(buckets: Buckets, ref: ObjectRef) -> dict[str, Any] | None:
     """An object a prod item points to that the prod bucket lacks, or holds with another size
     than the dev bucket's."""
     target = buckets.head(ref.target, ref.key)
-    source = buckets.head(ref.source, ref.key)
+    source = buckets.head(ref.source, ref.key, source=True)
     where = f"s3://{ref.target}/{ref.key}"
     if target is None:
         return {"object": where, "problem": "missing in prod"}
