@@ -85,10 +85,10 @@ def test_an_unforeseen_error_fails_that_image_alone(ddblocal_table: TableHandle,
     victim = GOLDEN_IDS[1]
     real_diff = tool.diff_with_prod
 
-    def diff(items: Any, prod: Any, overwrite_changed: bool) -> Any:
+    def diff(items: Any, prod: Any, overwrite_changed: bool, mirror: bool = False) -> Any:
         if items and items[0]["PK"]["S"] == f"IMAGE#{victim}":
             raise RuntimeError("unforeseen")
-        return real_diff(items, prod, overwrite_changed)
+        return real_diff(items, prod, overwrite_changed, mirror)
 
     monkeypatch.setattr(tool, "diff_with_prod", diff)
     cfg = in_process_config(ddblocal_table.name, ddblocal_table.url)
