@@ -1014,6 +1014,7 @@ def check_mirror_config(cfg: Config) -> None:
                                         ("--overwrite-changed", cfg.overwrite_changed),
                                         ("--status", cfg.status), ("--verify", cfg.verify),
                                         ("--trigger-embeddings", cfg.trigger_embeddings),
+                                        ("--protect", bool(cfg.protect)),
                                         ("--journal", cfg.journal is not None)) if on]
         if others:
             raise UsageError(f"--undo runs on its own, not with {', '.join(others)}")
@@ -3082,6 +3083,13 @@ class ReadOnlyTable:
                 return candidate
         return lower
 
+    def partition_holds(self, image_id: str) -> bool:
+        """Whether any item is under IMAGE#id: one strongly consistent Query, Limit=1."""
+        page = self.retrier.call(self.client.query, TableName=self.table, Limit=1, ConsistentRead=True,
+                                 KeyConditionExpression="PK = :pk", ProjectionExpression="PK",
+                                 ExpressionAttributeValues={":pk": {"S": f"IMAGE#{image_id}"}})
+        return bool(page.get("Items"))
+
     def partition(self, image_id: str) -> list[dict[str, AttributeValue]]:
         """Every item of one image."""
         return self.partition_items(f"IMAGE#{image_id}")
@@ -3096,17 +3104,22 @@ class ReadOnlyTable:
 
 def table_sources(cfg: Config) -> list[ImageSource]:
     """--source-table: the given images, or every image of the dev table."""
-    assert cfg.source_table
-    connection = dataclasses.replace(cfg, region=cfg.source_region or cfg.region,
-                                     profile=cfg.source_profile or cfg.profile,
-                                     endpoint_url=cfg.source_endpoint_url or cfg.endpoint_url)
-    table = ReadOnlyTable(make_client(connection), cfg.source_table, Retrier(cfg.max_retries))
+    table = source_table(cfg)
     with errors_as(UsageError, f"cannot list the images of source table {cfg.source_table}"):
         ids = (tuple(table.image_ids()) if cfg.image_ids is None
                else tuple(dict.fromkeys(map(table.spelling, cfg.image_ids))))
     return [ImageSource(i, f"{cfg.source_table}/IMAGE#{i}",
                         functools.partial(read_partition, table.partition, i, table.table))
             for i in ids]
+
+
+def source_table(cfg: Config) -> ReadOnlyTable:
+    """--source-table, read with its own region, profile and endpoint where given."""
+    assert cfg.source_table
+    connection = dataclasses.replace(cfg, region=cfg.source_region or cfg.region,
+                                     profile=cfg.source_profile or cfg.profile,
+                                     endpoint_url=cfg.source_endpoint_url or cfg.endpoint_url)
+    return ReadOnlyTable(make_client(connection), cfg.source_table, Retrier(cfg.max_retries))
 
 
 def read_partition(fetch: Callable[[str], list[dict[str, AttributeValue]]], image_id: str,
@@ -3338,7 +3351,16 @@ def deletion_sources(cfg: Config, prod: ProdTable | None,
     with errors_as(UsageError, f"cannot list the images of the prod table {cfg.table}"):
         in_prod = prod.image_ids()
     ours = {s.image_id.lower() for s in sources}
-    return [ImageSource.to_delete(i) for i in in_prod if i.lower() not in ours]
+    candidates = [i for i in in_prod if i.lower() not in ours]
+    # GSITYPE is eventually consistent, and an image dev is re-writing has no IMAGE item for
+    # a while: an image is "missing" only if its dev partition is empty when read consistently.
+    dev = source_table(cfg)
+    with errors_as(UsageError, f"cannot read the source table {cfg.source_table}"):
+        held = [i for i in candidates if dev.partition_holds(i)]
+    for i in held:
+        log.warning("IMAGE#%s: not listed in %s, but its partition there holds items (being "
+                    "re-written?): not deleted", i, cfg.source_table)
+    return [ImageSource.to_delete(i) for i in candidates if i not in held]
 
 
 def source_image_ids(cfg: Config) -> list[str]:
@@ -4391,7 +4413,10 @@ class Copier:
                 self.progress_image()
                 continue
             self.tally.planned(image)
-            start(ImageJob(image, held=len(image.items), in_prod=planned.in_prod,
+            # One unit more than its items: the job itself, held until its outcome, so the
+            # budget is never idle (the run never ends) while any image is still on its way,
+            # e.g. one that deletes only or waits for its objects.
+            start(ImageJob(image, held=len(image.items) + 1, in_prod=planned.in_prod,
                            first=first_item(image.items), deleting=planned.source.delete))
             del image  # not alive while the next image is read
 
@@ -4432,6 +4457,8 @@ class Copier:
         except RuntimeError:  # the pool is shut down: the run is being stopped
             for batcher in counted_by:
                 batcher.task_done()
+            if not self.stopping:  # never silently: work dropped is an image that fails
+                self.fail(jobs(), InputError("internal error: work submitted after the pool closed"))
 
     # --- one image: read prod, diff, decide ------------------------------------------
 
@@ -4514,7 +4541,9 @@ class Copier:
             job.prod = {}
             if found:
                 self.read_keys(job)
-            elif self.cfg.check_partitions:  # a writer that kept no order may have left items
+            # a writer that kept no order may have left items; a journaled run must know what
+            # it overwrites (else undo would delete such an item as one the run added)
+            elif self.cfg.check_partitions or self.journal:
                 self.reads.task_started()
                 self.writes.task_started()
                 self.spawn(lambda: self.check_partition(job), lambda: [job], self.writes, self.reads)
@@ -4711,10 +4740,11 @@ class Copier:
         job.unsettled = len(stage)
         self.writes.add((job, item) for item in stage)
 
-    def release(self, job: ImageJob, n: int) -> None:
-        """Give back budget for items this job no longer holds (never more than it holds)."""
+    def release(self, job: ImageJob, n: int, final: bool = False) -> None:
+        """Give back budget for items this job no longer holds (never more than it holds);
+        its last unit only with its outcome (`final`, in finish)."""
         with job.lock:
-            n = min(n, job.held)
+            n = max(0, min(n, job.held - (0 if final else 1)))
             job.held -= n
         self.budget.release(n)
 
@@ -4755,7 +4785,7 @@ class Copier:
                 log.debug("%s: complete, %d item(s) written", image.image_id, job.written)
             self.progress_image()
         finally:
-            self.release(job, job.held)
+            self.release(job, job.held, final=True)
 
 
 def action_line(record: Mapping[str, Any]) -> str:
@@ -5908,12 +5938,16 @@ def undo_decision(chain: Sequence[JournalEntry], current: Mapping[str, Attribute
     now = item_digest(current)
     if now == item_digest(target):
         return "already", ""
-    left_by_run = {e.after for e in chain} | {item_digest(e.before) for e in chain}
-    if now in left_by_run:
-        return ("restore" if target is not None else "delete"), ""
-    if current is None:
-        return "conflict", "deleted since the run"
-    return "conflict", "changed since the run"
+    # Newest write first: prod holds what it left (step back to what it found), or what it
+    # found (recorded, never sent: skip it); anything else was changed by someone else, also
+    # between two journaled runs, and is left alone.
+    state = now
+    for entry in reversed(chain):
+        if state == entry.after:
+            state = item_digest(entry.before)
+        elif state != item_digest(entry.before):
+            return "conflict", ("deleted since the run" if current is None else "changed since the run")
+    return ("restore" if target is not None else "delete"), ""
 
 
 class Undoer:

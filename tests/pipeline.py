@@ -96,7 +96,7 @@ class Player:
     workflows' task tokens, one samples the rows in flight."""
 
     def __init__(self, table: TableHandle, sfn_url: str, queues: dict[str, str], *,
-                 claim_receipts: int, ingest_delay: float) -> None:
+                 claim_receipts: int, ingest_delay: float, sample: bool = True) -> None:
         self.table, self.queues = table, queues  # role -> callback queue URL
         self.claim_receipts, self.ingest_delay = claim_receipts, ingest_delay
         self.ddb = make_client(table.url)
@@ -116,7 +116,8 @@ class Player:
         self.thread = threading.Thread(target=self._loop, name="player", daemon=True)
         self.sampler = threading.Thread(target=self._sample_loop, name="player-sampler", daemon=True)
         self.thread.start()
-        self.sampler.start()
+        if sample:  # ``sample=False``: no sampler thread (max_in_flight stays 0)
+            self.sampler.start()
 
     # ----------------------------------------------------------------- reading the table
 
@@ -268,7 +269,8 @@ class Player:
         finally:
             self.stop.set()
             self.thread.join(30)
-            self.sampler.join(30)
+            if self.sampler.is_alive():
+                self.sampler.join(30)
         self.check()
 
 

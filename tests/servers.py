@@ -194,6 +194,17 @@ def ddblocal_unavailable_reason() -> str | None:
     return None
 
 
+def ddblocal_command(port: int) -> list[str]:
+    """The command line of DynamoDB Local in memory on ``port`` (run it in :func:`ddblocal_dir`).
+    It has no option to choose the interface: clients reach it at ``127.0.0.1``."""
+    java = shutil.which("java")
+    assert java is not None, "java is not on PATH"
+    home = ddblocal_dir()
+    return [java, "-Xss4m", f"-Djava.library.path={home / 'DynamoDBLocal_lib'}",
+            "-jar", str(home / "DynamoDBLocal.jar"),
+            "-inMemory", "-sharedDb", "-disableTelemetry", "-port", str(port)]
+
+
 class DDBLocalServer:
     """AWS's DynamoDB Local (in memory, no telemetry) on 127.0.0.1.
 
@@ -214,8 +225,6 @@ class DDBLocalServer:
         atexit.register(self.stop)
 
     def start(self) -> None:
-        java = shutil.which("java")
-        assert java is not None
         home = ddblocal_dir()
         self._log = tempfile.NamedTemporaryFile(prefix="ddblocal-", suffix=".log", delete=False)
         self.log_path = Path(self._log.name)
@@ -223,9 +232,7 @@ class DDBLocalServer:
         for _ in range(self.attempts):  # the free port may be taken by the time java binds it
             port = free_port()
             proc = subprocess.Popen(
-                [java, "-Xss4m", f"-Djava.library.path={home / 'DynamoDBLocal_lib'}",
-                 "-jar", str(home / "DynamoDBLocal.jar"),
-                 "-inMemory", "-sharedDb", "-disableTelemetry", "-port", str(port)],
+                ddblocal_command(port),
                 cwd=home,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import CliResult, kill_if_running, run_cli, tool_command
+from cli import BUCKET_FLAGS, CliResult, kill_if_running, run_cli, tool_command
 from conftest import TableHandle, new_table_name
 from fault_proxy import FaultProxy
 from items import Item, Key, assert_items_equal, canonical_item, item_key, stream_records, table_items
@@ -546,3 +546,59 @@ def test_a_journal_appended_to_after_a_cut_record_drops_the_cut_line(tmp_path: P
         tool.JOURNAL_FORMAT, tool.JOURNAL_FORMAT]
     cfg = tool.Config(export_dir=tmp_path, table="t")
     assert tool.read_journal(path, cfg, None) == (2, [])
+
+
+def test_undo_never_restores_over_a_change_made_between_two_journaled_runs() -> None:
+    """One journal, two runs (the same --report): a label X -> Y by run 1, edited to W by
+    someone else, then W -> Y by run 2 (sent, or recorded and never sent). prod's W, or run
+    2's Y over it, is not run 1's to undo: a conflict, left alone. With nothing in between,
+    the chain is undone to X."""
+    import copy_dynamodb_dev_to_prod as tool
+
+    def item(text: str) -> dict[str, Any]:
+        return {"PK": {"S": "IMAGE#x"}, "SK": {"S": "RECEIPT#00001#LABEL"},
+                "TYPE": {"S": "RECEIPT_WORD_LABEL"}, "label": {"S": text}}
+
+    def put(before: str | None, after: str) -> Any:
+        return tool.JournalEntry("IMAGE#x", "RECEIPT#00001#LABEL", "put",
+                                 item(before) if before else None, tool.item_digest(item(after)))
+
+    between = [put("X", "Y"), put("W", "Y")]
+    assert tool.undo_decision(between, item("Y"))[0] == "conflict"
+    assert tool.undo_decision(between, item("W"))[0] == "conflict"
+    assert tool.undo_decision([put(None, "Y"), put("W", "Y")], item("Y"))[0] == "conflict"
+    chained = [put("X", "Y"), put("Y", "Z")]
+    assert tool.undo_decision(chained, item("Z")) == ("restore", "")
+    assert tool.undo_decision(chained, item("Y")) == ("restore", "")   # run 2's batch never sent
+    assert tool.undo_decision(chained, item("X")) == ("already", "")
+    assert tool.undo_decision([put(None, "Y")], None) == ("already", "")
+    assert tool.undo_decision([put(None, "Y")], item("Y")) == ("delete", "")
+
+
+def test_a_delete_only_run_deletes_every_listed_image(ddblocal_table: TableHandle, tmp_path: Path) -> None:
+    """Images to delete hold no item of the source: the run must not end (and close its pool)
+    before their partition reads and deletes are done. Found by review: 20 listed images,
+    0 deleted, exit 0."""
+    import uuid
+
+    from items import GOLDEN_EXPORT, GOLDEN_IDS, expected_for_clone, put_items
+
+    clones = [str(uuid.uuid4()) for _ in range(20)]
+    for new_id in clones:
+        clone = expected_for_clone(GOLDEN_IDS[0], new_id)
+        put_items(ddblocal_table.client, ddblocal_table.name, clone.values())
+    ids = tmp_path / "gone.txt"
+    ids.write_text("\n".join(clones) + "\n", encoding="utf-8")
+    export = tmp_path / "export"
+    export.mkdir()
+    shutil.copy(GOLDEN_EXPORT / f"{GOLDEN_IDS[1]}.json", export)
+    result = run_cli(["--no-dry-run", "--yes", "--table", ddblocal_table.name, "--endpoint-url",
+                      ddblocal_table.url, "--region", "us-east-1", "--export-dir", str(export),
+                      *BUCKET_FLAGS, "--no-progress", "--delete-missing", "--delete-image-ids", str(ids),
+                      "--journal", str(tmp_path / "j.jsonl")], report=tmp_path / "r.json")
+    assert result.returncode == 0, result.describe()
+    assert result.report is not None
+    assert result.report["images"]["deleted"] == 20 and result.report["images"]["interrupted"] == 0
+    assert result.report["items"]["deleted"] == result.report["items"]["to_delete"] > 0
+    left = {k[0] for k in table_items(ddblocal_table.client, ddblocal_table.name)}
+    assert not left & {f"IMAGE#{i}" for i in clones}

@@ -1,16 +1,18 @@
-"""The README's own commands, run as written, in order, against a moto server.
+"""The README's own commands, run as written, in order, against the README's own rehearsal.
 
-Every ```sh block of README.md is read; each command that runs this tool is run with bash in a
-scratch directory laid out as the README leaves a fresh clone: the tool, `dev.export`,
-`.venv/bin/python` (a wrapper around the Python running the tests, which has the requirements),
-and `dev.json`/`prod.json` as `pulumi stack output --json` prints them, prod.json naming a fresh
-table on the session's moto server (reached through `AWS_ENDPOINT_URL_DYNAMODB`, as an operator's
-environment would point at AWS). Step Functions and SQS are a moto server of this module's own
-that runs workflows (`AWS_ENDPOINT_URL_SFN`/`_SQS`): every workflow the README names is a
-callback machine answered by the embedding pipeline's stand-in, so the waves' rounds end.
-stdin is a terminal that answers "yes", so the copy that asks
-for confirmation is confirmed as a user would. Installs, the test suite and the benchmark are
-the only commands not run here; any other command the test does not know fails it.
+Every ```sh block of README.md is read; each command that runs this tool or the rehearsal
+(`tests/rehearse.py`) is run with bash in a scratch directory laid out as the README leaves a
+fresh clone: the tool, `dev.export`, `tests/` (the repository's), and `.venv/bin/python` (a
+wrapper around the Python running the tests, which has the requirements). The "Rehearse locally"
+section's first block starts the rehearsal (on free ports: `REHEARSAL_*_PORT=0`) and loads its
+environment: `. ./rehearsal.env` is sourced by bash, and the environment it leaves is the one
+every later command gets, as in the operator's shell. The rehearsal writes `dev.json` and
+`prod.json`, and every workflow the README names is a callback machine its pipeline player
+answers, so the waves' rounds end. stdin is a terminal that answers "yes", so the copy that asks
+for confirmation is confirmed as a user would. The rehearsal's stop command runs last, after the
+prod table is checked, and no process of the rehearsal may be left. Installs, the test suite and
+the benchmark are the only commands not run here; any other command the test does not know
+fails it.
 
 One substitution: the AWS Batch example's `/data/dev.export` (a container path) becomes
 `dev.export`.
@@ -26,18 +28,12 @@ import sys
 from pathlib import Path
 
 from cli import TOOL, Terminal
-from conftest import TableHandle
 from items import DEV_EXPORT, GOLDEN_EXPECTED, REPO_ROOT, assert_items_equal, load_expected, table_items
-from servers import EMBEDDING_ROLE, README_MACHINES, env_for_subprocess, make_service_client
-from waves import Pipeline, callback_definition, embedded
+from rehearse import PID_FILE, STATE_DIR, ours
+from servers import env_for_subprocess, make_client
+from waves import embedded
 
 README = REPO_ROOT / "README.md"
-# What the README's wave recipe names: the receipt system's four workflows as Pulumi names
-# them (a random suffix) and its compaction queues with their dead-letter queues.
-PIPELINE_MACHINES = tuple(f"{kind}-{step}-sf-prod-{n}a7c9e1" for n, (kind, step) in enumerate(
-    [("line", "submit"), ("word", "submit"), ("line", "ingest"), ("word", "ingest")]))
-COMPACTION_QUEUES = ("lines-compaction-queue", "words-compaction-queue",
-                     "lines-compaction-dlq", "words-compaction-dlq")
 SUBSTITUTIONS = {"/data/dev.export": "dev.export"}
 NOT_RUN_HERE = (  # installs (need the network), the test suite itself, the benchmark
     re.compile(r"^python3 -m venv \.venv$"),
@@ -46,6 +42,8 @@ NOT_RUN_HERE = (  # installs (need the network), the test suite itself, the benc
     re.compile(r"^\.venv/bin/python -m pytest( .*)?$"),
     re.compile(r"^\.venv/bin/python benchmarks/bench_copy\.py( .*)?$"),
 )
+REHEARSAL = re.compile(r"^\.venv/bin/python tests/rehearse\.py (start|stop|state)( .*)?$")
+LOAD_ENV = ". ./rehearsal.env"
 
 
 def readme_commands() -> list[str]:
@@ -61,27 +59,26 @@ def readme_commands() -> list[str]:
     return commands
 
 
-def tool_commands() -> list[str]:
+def commands_run_here() -> list[str]:
+    """The README's commands this test runs, in order: the rehearsal's, loading its
+    environment, and the tool's."""
     commands = readme_commands()
-    unknown = [c for c in commands
-               if "copy_dynamodb_dev_to_prod.py" not in c and not any(p.match(c) for p in NOT_RUN_HERE)]
+    run = [c for c in commands if "copy_dynamodb_dev_to_prod.py" in c or REHEARSAL.match(c) or c == LOAD_ENV]
+    unknown = [c for c in commands if c not in run and not any(p.match(c) for p in NOT_RUN_HERE)]
     assert not unknown, f"README commands this test does not know how to run: {unknown}"
-    return [c for c in commands if "copy_dynamodb_dev_to_prod.py" in c]
+    return run
 
 
-def scratch_clone(root: Path, table: str) -> Path:
+def scratch_clone(root: Path) -> Path:
     """What a fresh clone looks like after the README's install line."""
     root.mkdir()
     shutil.copy2(TOOL, root / TOOL.name)
     shutil.copytree(DEV_EXPORT, root / "dev.export")
+    (root / "tests").symlink_to(REPO_ROOT / "tests", target_is_directory=True)
     venv_bin = root / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
     (venv_bin / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (venv_bin / "python").chmod(0o755)
-    for stage, table_name in (("dev", "ReceiptsTable-dev-0000"), ("prod", table)):
-        (root / f"{stage}.json").write_text(json.dumps({
-            "dynamodb_table_name": table_name, "raw_bucket_name": f"{stage}-raw-bucket",
-            "cdn_bucket_name": f"{stage}-cdn-bucket", "api_url": "https://example.invalid"}))
     return root
 
 
@@ -93,57 +90,74 @@ def run_on_a_terminal(command: str, cwd: Path, env: dict[str, str]) -> subproces
         return subprocess.CompletedProcess(command, code, term.stdout, term.stderr)
 
 
-def start_pipeline(table: TableHandle, sfn_url: str) -> Pipeline:
-    """Every workflow the README names, as callback machines answered by the embedding
-    pipeline's stand-in (waves.Pipeline: it embeds every NONE line or word of the machine's
-    kind, then lets the execution succeed), and the compaction queues, empty."""
-    sqs, sfn = make_service_client(sfn_url, "sqs"), make_service_client(sfn_url, "stepfunctions")
-    queues = {kind: sqs.create_queue(QueueName=f"readme-{kind}-tokens")["QueueUrl"]
-              for kind in ("line", "word")}
-    for name in (*README_MACHINES, *PIPELINE_MACHINES):
-        kind = "line" if "line" in name else "word"
-        sfn.create_state_machine(name=name, definition=callback_definition(queues[kind]),
-                                 roleArn=EMBEDDING_ROLE)
-    for name in COMPACTION_QUEUES:
-        sqs.create_queue(QueueName=name)
-    return Pipeline(table, sfn_url, queues)
+def sourced(command: str, cwd: Path, env: dict[str, str]) -> dict[str, str]:
+    """The environment bash has after ``command`` (e.g. `. ./rehearsal.env`)."""
+    proc = subprocess.run(["bash", "-c", f"{command} && env -0"], cwd=cwd, env=env, capture_output=True,
+                          check=True, timeout=30)
+    return dict(line.split("=", 1) for line in proc.stdout.decode().split("\0") if "=" in line)
 
 
-def test_readme_commands_run_as_written(fresh_table: TableHandle, sfn_url: str, tmp_path: Path) -> None:
-    commands = tool_commands()
-    assert len(commands) >= 8, commands
-    pipeline = start_pipeline(fresh_table, sfn_url)
+def test_readme_commands_run_as_written(tmp_path: Path) -> None:
+    commands = commands_run_here()
+    assert len([c for c in commands if "copy_dynamodb_dev_to_prod.py" in c]) >= 8, commands
+    rehearsal = [c for c in commands if REHEARSAL.match(c) or c == LOAD_ENV]
+    assert " start" in rehearsal[0] and rehearsal[1] == LOAD_ENV, \
+        f"the README's rehearsal must start, then its environment be loaded: {rehearsal}"
+    first = commands.index(rehearsal[0])
+    assert commands[first + 1] == LOAD_ENV and all("--dry-run" in c for c in commands[:first]), \
+        f"before the rehearsal only offline dry runs: {commands[:first + 2]}"
+    stops = [c for c in commands if REHEARSAL.match(c) and " stop" in c]
+    assert stops, "the README never stops the rehearsal"
+    clone = scratch_clone(tmp_path / "clone")
+    env = env_for_subprocess(extra={"AWS_BATCH_JOB_ARRAY_INDEX": "0", "N": "1",
+                                    "REHEARSAL_DYNAMODB_PORT": "0", "REHEARSAL_MOTO_PORT": "0"})
+    pid_file = clone / STATE_DIR / PID_FILE
+    processes: list[dict[str, object]] = []
+    stopped = False
     try:
-        outputs = run_readme(commands, fresh_table, sfn_url, tmp_path)
+        outputs = {}
+        for command in [c for c in commands if c not in stops]:
+            if command == LOAD_ENV:
+                env = sourced(command, clone, env)
+                continue
+            outputs[command] = run_readme_command(command, clone, env)
+            if not processes and pid_file.exists():
+                processes = json.loads(pid_file.read_text())["processes"]
+        assert {str(p["name"]) for p in processes} >= {"moto", "pipeline player"}, processes
+        check_outcome(outputs, clone, env)
+        check_practice_states(commands, clone, env)
+        for command in stops:
+            outputs[command] = run_readme_command(command, clone, env)
+        stopped = True
+        assert "Stopped" in outputs[stops[0]], outputs[stops[0]]
     finally:
-        pipeline.close()
-    check_outcome(outputs, fresh_table, tmp_path / "clone")
+        if not stopped and pid_file.exists():
+            run_on_a_terminal(stops[0] if stops else ".venv/bin/python tests/rehearse.py stop", clone, env)
+    left = [p for p in processes if ours(p)]
+    assert not left, f"the rehearsal's stop left processes behind: {left}"
+    assert not pid_file.exists()
 
 
-def run_readme(commands: list[str], fresh_table: TableHandle, sfn_url: str, tmp_path: Path) -> dict[str, str]:
-    clone = scratch_clone(tmp_path / "clone", fresh_table.name)
-    env = env_for_subprocess(fresh_table.url)
-    env.update(AWS_ENDPOINT_URL_SFN=sfn_url, AWS_ENDPOINT_URL_SQS=sfn_url,
-               AWS_BATCH_JOB_ARRAY_INDEX="0", N="1")
-    outputs = {}
-    for command in commands:
-        for old, new in SUBSTITUTIONS.items():
-            command = command.replace(old, new)
-        proc = run_on_a_terminal(command, clone, env)
-        text = proc.stdout + proc.stderr
-        assert proc.returncode == 0, f"README command failed (exit {proc.returncode}): {command}\n{text}"
-        for bad in ("Traceback", "error:", "WARNING"):
-            assert bad not in text, f"{command}\n{text}"
-        outputs[command] = proc.stdout
-    return outputs
+def run_readme_command(command: str, clone: Path, env: dict[str, str]) -> str:
+    for old, new in SUBSTITUTIONS.items():
+        command = command.replace(old, new)
+    proc = run_on_a_terminal(command, clone, env)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"README command failed (exit {proc.returncode}): {command}\n{text}"
+    for bad in ("Traceback", "error:", "WARNING"):
+        assert bad not in text, f"{command}\n{text}"
+    return proc.stdout
 
 
-def check_outcome(outputs: dict[str, str], fresh_table: TableHandle, clone: Path) -> None:
-    # The copy happened (confirmed on the terminal), every item as the golden vectors say, its
-    # lines and words embedded by the workflows the README started.
+def check_outcome(outputs: dict[str, str], clone: Path, env: dict[str, str]) -> None:
+    # The copy happened (confirmed on the terminal) into the table prod.json names, on the engine
+    # the rehearsal's environment points at, every item as the golden vectors say, its lines and
+    # words embedded by the workflows the README started.
     golden = [p.stem for p in (clone / "dev.export").glob("*.json")
               if (GOLDEN_EXPECTED / f"{p.stem}.jsonl").exists()]
-    assert_items_equal(table_items(fresh_table.client, fresh_table.name), embedded(load_expected(golden)))
+    prod_table = json.loads((clone / "prod.json").read_text())["dynamodb_table_name"]
+    client = make_client(env["AWS_ENDPOINT_URL_DYNAMODB"])
+    assert_items_equal(table_items(client, prod_table), embedded(load_expected(golden)), exact_numbers=False)
     assert (clone / "copy-report.json").exists() and (clone / "report-0.json").exists()
     asked = [out for cmd, out in outputs.items() if "--no-dry-run" in cmd and "--yes" not in cmd]
     # a live run asks before it writes; one with nothing to write says so and asks nothing
@@ -154,3 +168,17 @@ def check_outcome(outputs: dict[str, str], fresh_table: TableHandle, clone: Path
     assert "(0 of them with missing or different items), 0 not checked" in verify, verify
     status = [out for cmd, out in outputs.items() if "--status" in cmd]
     assert status and all("receipt lines waiting:" in out for out in status)
+
+
+def check_practice_states(commands: list[str], clone: Path, env: dict[str, str]) -> None:
+    """The rehearsal's states worth practising on do what the README says: a message in a
+    dead-letter queue makes the wave recipe's plan say the run would stop (exit 1); `healthy`
+    puts it back."""
+    plan = next(c for c in commands if "--wave-size" in c and "--no-dry-run" not in c)
+    state = ".venv/bin/python tests/rehearse.py state"
+    assert run_on_a_terminal(f"{state} dead-letter", clone, env).returncode == 0
+    stopped = run_on_a_terminal(plan, clone, env)
+    said = "dead-letter queue words-compaction-dlq holds 1 message"
+    assert stopped.returncode == 1 and said in stopped.stdout, stopped.stdout + stopped.stderr
+    assert run_on_a_terminal(f"{state} healthy", clone, env).returncode == 0
+    assert run_on_a_terminal(plan, clone, env).returncode == 0

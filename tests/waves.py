@@ -60,6 +60,23 @@ KIND_PREFIX = {"line": "LINE#", "word": "WORD#"}
 # --------------------------------------------------------------------------- server
 
 
+def moto_server_command(port: int) -> list[str]:
+    """moto's server as a process of its own, on 127.0.0.1:``port``."""
+    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+
+def enable_sfn_execution(url: str) -> None:
+    """Switch the moto server at ``url`` to executing state machines (moto only records them
+    by default)."""
+    request = urllib.request.Request(
+        f"{url}/moto-api/config",
+        data=json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request, timeout=10).close()
+
+
 @contextlib.contextmanager
 def executing_sfn_server() -> Iterator[str]:
     """A moto server subprocess (its URL) with Step Functions executing; stopped on leaving."""
@@ -67,7 +84,7 @@ def executing_sfn_server() -> Iterator[str]:
     for _ in range(3):
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            moto_server_command(port),
             env=env_for_subprocess(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -82,14 +99,8 @@ def executing_sfn_server() -> Iterator[str]:
             proc = None
     assert proc is not None, "moto server did not start"
     base = f"http://127.0.0.1:{port}"
-    request = urllib.request.Request(
-        f"{base}/moto-api/config",
-        data=json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
     try:
-        urllib.request.urlopen(request, timeout=10).close()
+        enable_sfn_execution(base)
         yield base
     finally:
         proc.terminate()
