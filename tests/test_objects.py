@@ -304,3 +304,74 @@ def test_kill_during_object_copies_then_rerun_is_complete_and_exact(
     o = objects_of(rerun)
     assert o["copied"] + o["already_present"] == o["referenced"], o
     assert o["copied"] <= total - len(in_prod), o  # what the killed run copied is not copied again
+
+
+# --------------------------------------------------------------------------- credentials, checks
+
+
+def profile_env(tmp_path: Path, url: str) -> dict[str, str]:
+    """Two AWS profiles, dev and prod, in config files of their own (moto accepts any key)."""
+    config, credentials = tmp_path / "aws-config", tmp_path / "aws-credentials"
+    config.write_text(f"[profile dev]\nregion = {REGION}\n[profile prod]\nregion = {REGION}\n")
+    credentials.write_text("[dev]\naws_access_key_id = devkey\naws_secret_access_key = devsecret\n"
+                           "[prod]\naws_access_key_id = prodkey\naws_secret_access_key = prodsecret\n")
+    env = env_for_subprocess(url)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        env.pop(name, None)
+    env.update(AWS_CONFIG_FILE=str(config), AWS_SHARED_CREDENTIALS_FILE=str(credentials))
+    return env
+
+
+def test_source_profile_streams_every_object_and_an_object_in_parts_keeps_its_etag(
+        fresh_table: TableHandle, tmp_path: Path) -> None:
+    """--source-profile: the dev buckets are read with their own credentials, every object is
+    streamed through the tool; one uploaded in parts is written in the same parts, so its
+    ETag is the source's and a re-run copies nothing."""
+    sc = make_scenario(fresh_table.url, tmp_path)
+    sc.seed()
+    big = sorted(sc.all_refs)[0]
+    s3 = sc.s3
+    upload = s3.create_multipart_upload(Bucket=big[0], Key=big[1], ContentType="image/png")
+    parts = []
+    for n, body in enumerate((b"a" * (5 * MIB), b"b" * 777), 1):
+        etag = s3.upload_part(Bucket=big[0], Key=big[1], UploadId=upload["UploadId"], PartNumber=n,
+                              Body=body)["ETag"]
+        parts.append({"PartNumber": n, "ETag": etag})
+    s3.complete_multipart_upload(Bucket=big[0], Key=big[1], UploadId=upload["UploadId"],
+                                 MultipartUpload={"Parts": parts})
+    env = profile_env(tmp_path, fresh_table.url)
+    args = [*args_of(sc, fresh_table), "--profile", "prod", "--source-profile", "dev"]
+    first = run_cli(args, env=env, report=tmp_path / "first.json")
+    assert first.returncode == 0, first.describe()
+    refs = sc.all_refs
+    assert objects_of(first)["copied"] == len(refs), first.report
+    target = sc.prod_obj(big)
+    assert s3.head_object(Bucket=target[0], Key=target[1])["ETag"] == \
+        s3.head_object(Bucket=big[0], Key=big[1])["ETag"]
+    assert s3.get_object(Bucket=target[0], Key=target[1])["Body"].read() == b"a" * (5 * MIB) + b"b" * 777
+    others = {o for o in refs if o != big}
+    sc.assert_prod_exact(others, also=[big])
+    assert_items_equal(table_items(fresh_table.client, fresh_table.name), sc.expected)
+    delete_image_items(fresh_table)
+    again = run_cli(args, env=env, report=tmp_path / "again.json")
+    assert again.returncode == 0, again.describe()
+    assert objects_of(again)["copied"] == 0 and objects_of(again)["already_present"] == len(refs)
+
+
+def test_verify_and_status_find_an_object_deleted_in_prod(fresh_table: TableHandle, tmp_path: Path) -> None:
+    sc = make_scenario(fresh_table.url, tmp_path)
+    sc.seed()
+    run(sc, fresh_table, tmp_path, "copy")
+    gone = sc.prod_obj(sorted(sc.all_refs)[3])
+    sc.s3.delete_object(Bucket=gone[0], Key=gone[1])
+    checks = ["--table", fresh_table.name, "--endpoint-url", fresh_table.url, "--region", REGION,
+              "--export-dir", str(sc.export), *sc.bucket_flags, "--copy-objects"]
+    verify = run_cli(["--verify", *checks])
+    assert verify.returncode == 1, verify.describe()
+    assert f"s3://{gone[0]}/{gone[1]}: missing in prod" in verify.stdout, verify.describe()
+    repair = next(line for line in verify.stdout.splitlines()
+                  if line.startswith("To copy the missing objects: "))
+    assert "--copy-objects" in repair and "--no-skip-existing" in repair
+    status = run_cli(["--status", *checks])
+    assert status.returncode == 0, status.describe()
+    assert f"objects missing in prod's buckets: 1 of {len(sc.all_refs)} referenced" in status.stdout
