@@ -164,8 +164,13 @@ def check_outcome(outputs: dict[str, str], clone: Path, env: dict[str, str]) -> 
     assert any("Type 'yes' to continue" in out for out in asked), asked
     assert all("Type 'yes' to continue" in out or "not asking for confirmation" in out
                for out in asked), asked
+    # the copy took the images' S3 objects along (--copy-objects), and verify found them all
+    objects = json.loads((clone / "copy-report.json").read_text())["objects"]
+    assert objects["copied"] > 0 and objects["missing_in_source"] == 0, objects
+    assert objects["copied"] + objects["already_present"] == objects["referenced"], objects
     verify = next(out for cmd, out in outputs.items() if "--verify" in cmd)
-    assert "(0 of them with missing or different items), 0 not checked" in verify, verify
+    assert "and its buckets (0 of them with missing or different items or objects), 0 not checked" \
+        in verify, verify
     status = [out for cmd, out in outputs.items() if "--status" in cmd]
     assert status and all("receipt lines waiting:" in out for out in status)
 
