@@ -117,6 +117,13 @@ def run_cli(
     return CliResult(proc.returncode, proc.stdout, proc.stderr, seconds, data)
 
 
+def kill_9(proc: subprocess.Popen[Any]) -> None:
+    """kill -9 the tool's process while it runs, and reap it: what a crash leaves behind."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+
+
 def kill_if_running(proc: subprocess.Popen[Any]) -> None:
     """A test's tool process that is still running is killed and reaped (cleanup after a
     failed wait or a signal test)."""

@@ -4,13 +4,12 @@ complete (the IMAGE-last invariant), and a re-run must finish the table exactly.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from cli import kill_if_running, live_args, run_cli, tool_command
+from cli import kill_9, kill_if_running, live_args, run_cli, tool_command
 from conftest import TableHandle
 from fault_proxy import FaultProxy
 from items import (
@@ -47,9 +46,7 @@ def kill_when(table: TableHandle, threshold: int, tmp_path: Path) -> int:
                  give_up=lambda: None if proc.poll() is None else "the run ended before it could be killed",
                  details=lambda: (tmp_path / "run.log").read_text())
         assert proc.poll() is None, "the run ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        assert proc.returncode == -signal.SIGKILL
+        kill_9(proc)
         proxy.wait_idle()
     finally:
         kill_if_running(proc)

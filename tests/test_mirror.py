@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli import BUCKET_FLAGS, CliResult, kill_if_running, run_cli, tool_command
+from cli import BUCKET_FLAGS, CliResult, kill_9, kill_if_running, run_cli, tool_command
 from conftest import TableHandle, new_table_name
 from fault_proxy import FaultProxy
 from items import Item, Key, assert_items_equal, canonical_item, item_key, stream_records, table_items
@@ -376,9 +375,7 @@ def kill_during_deletes(prod: Prod, proxy: FaultProxy, doomed: set[Key], partiti
                      interval=0.02, what=f"{threshold} of the mirror's deletes",
                      give_up=lambda: None if proc.poll() is None else "the run ended before the kill",
                      details=lambda: log_path.read_text())
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-            assert proc.returncode == -signal.SIGKILL
+            kill_9(proc)
             proxy.wait_idle()
         finally:
             kill_if_running(proc)

@@ -10,12 +10,11 @@ the table.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from cli import CliResult, kill_if_running, run_cli, summary_errors, tool_command
+from cli import CliResult, kill_9, kill_if_running, run_cli, summary_errors, tool_command
 from conftest import TableHandle
 from items import (
     IMG_ROUNDING,
@@ -282,9 +281,7 @@ def test_kill_during_object_copies_then_rerun_is_complete_and_exact(
                           what="the first objects in prod",
                           give_up=lambda: None if proc.poll() is None else f"exit {proc.returncode}")
         assert copied
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        assert proc.returncode == -signal.SIGKILL
+        kill_9(proc)
     finally:
         kill_if_running(proc)
     in_prod = sc.prod_objects()
